@@ -1,0 +1,187 @@
+"""Callbacks that turn the posteriors computed by the validation/test steps into latent diagnostics.
+
+They reuse the `mean`/`logvar` returned by `validation_step`/`test_step` (no second pass over the data) and
+accumulate them in torchmetrics, which gather their states across processes before computing, so the
+numbers under DDP equal those of a single process (evaluation loaders never repeat an example).
+"""
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from callbacks.metrics import (
+    ActiveUnits,
+    ImportanceWeightedNLL as IWNLLMetric,
+    KLDivergence,
+    MutualInformation,
+    TokenPerplexity,
+    per_example_normal,
+)
+
+
+def _stage(trainer: L.Trainer) -> str:
+    return "test" if trainer.testing else "val"
+
+
+def _log_bar_chart(trainer: L.Trainer, tag: str, values: torch.Tensor, ylabel: str) -> None:
+    """A bar chart per latent dimension, as a TensorBoard figure (rank zero only)."""
+    experiment = getattr(trainer.logger, "experiment", None)
+    if not trainer.is_global_zero or not hasattr(experiment, "add_figure"):
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    ax.bar(range(len(values)), values.cpu().numpy())
+    ax.set_xlabel("latent dimension")
+    ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    experiment.add_figure(tag, fig, global_step=trainer.current_epoch)
+    plt.close(fig)
+
+
+class LatentDiagnostics(Callback):
+    """Logs `{val,test}/mi`, `mi_batch` and `au`, and a per-dimension KL chart, every `every_n_epochs`
+    validation epochs and on every test run. (`{val,test}/kl` itself is logged by the model.)
+    """
+
+    def __init__(self, every_n_epochs: int = 1, au_threshold: float = 0.02, seed: int = 0, chunk_size: int = 1024):
+        """
+        Args:
+            every_n_epochs: run on validation every this many epochs (0: never on validation, only on test).
+            au_threshold: a dimension is active when the variance of its posterior mean exceeds this.
+            seed: seed of the per-example z draws of the MI estimators.
+            chunk_size: rows per block in the N x N aggregate-posterior computation.
+        """
+        super().__init__()
+        self.every_n_epochs = every_n_epochs
+        self.metrics = nn.ModuleDict({
+            "kl": KLDivergence(),
+            "au": ActiveUnits(threshold=au_threshold),
+            "mi": MutualInformation("full", seed=seed, chunk_size=chunk_size),
+            "mi_batch": MutualInformation("batch", seed=seed, chunk_size=chunk_size),
+        })
+        self._active = False
+
+    def _start(self, trainer: L.Trainer, pl_module: L.LightningModule, active: bool) -> None:
+        self._active = active
+        self.metrics.to(pl_module.device)
+        for metric in self.metrics.values():
+            metric.reset()
+
+    def _update(self, outputs, batch) -> None:
+        if not self._active or outputs is None:
+            return
+        mean, logvar, index = outputs["mean"].detach(), outputs["logvar"].detach(), batch.get("index")
+        self.metrics["kl"].update(mean, logvar)
+        self.metrics["au"].update(mean, logvar)
+        self.metrics["mi"].update(mean, logvar, index)
+        self.metrics["mi_batch"].update(mean, logvar, index)
+
+    def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._active:
+            return
+        stage = _stage(trainer)
+        self.metrics["kl"].compute()
+        for name in ("mi", "mi_batch", "au"):
+            pl_module.log(f"{stage}/{name}", self.metrics[name].compute().float())
+        _log_bar_chart(trainer, f"{stage}/kl_per_dimension", self.metrics["kl"].per_dimension, "KL (nats)")
+        _log_bar_chart(trainer, f"{stage}/posterior_mean_variance", self.metrics["au"].variances, "Var_x E[z_d|x]")
+        self._active = False
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        epoch_due = self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        self._start(trainer, pl_module, epoch_due and not trainer.sanity_checking)
+
+    def on_test_epoch_start(self, trainer, pl_module):
+        self._start(trainer, pl_module, True)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._update(outputs, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._update(outputs, batch)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self._finish(trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        self._finish(trainer, pl_module)
+
+
+class ImportanceWeightedNLL(Callback):
+    """Logs `test/nll_iw` = -log (1/K) sum_k p(x, z_k) / q(z_k|x) (K = num_samples), and for text also
+    `test/ppl_iw` and `test/ppl_elbo` (per-token perplexities, the end-of-sentence token counted).
+
+    The z_k of each example are drawn from a generator seeded by (seed, example index), so the result does
+    not depend on batch size or the number of processes. Decoder evaluations run in chunks of `chunk_size`.
+    """
+
+    def __init__(self, num_samples: int = 500, chunk_size: int = 2500, every_n_val_epochs: int = 0, seed: int = 0):
+        """
+        Args:
+            num_samples: K, importance samples per example.
+            chunk_size: decoder evaluations per forward pass (bounds memory for any K).
+            every_n_val_epochs: also run on validation every this many epochs (0: test only; it is expensive).
+            seed: seed of the per-example z_k draws.
+        """
+        super().__init__()
+        self.num_samples, self.chunk_size, self.seed = num_samples, chunk_size, seed
+        self.every_n_val_epochs = every_n_val_epochs
+        self.metrics = nn.ModuleDict({"nll_iw": IWNLLMetric(), "ppl_iw": TokenPerplexity(), "ppl_elbo": TokenPerplexity()})
+        self._active = False
+        self._has_tokens = False
+
+    def _start(self, pl_module, active: bool) -> None:
+        self._active = active
+        self._has_tokens = False
+        self.metrics.to(pl_module.device)
+        for metric in self.metrics.values():
+            metric.reset()
+
+    def _update(self, trainer, pl_module, outputs, batch) -> None:
+        if not self._active or outputs is None:
+            return
+        x, mean, logvar = batch["x"], outputs["mean"].detach(), outputs["logvar"].detach()
+        index = batch["index"].cpu()
+        noise = per_example_normal(index, (self.num_samples, mean.shape[1]), self.seed).to(mean)
+        with trainer.precision_plugin.forward_context():
+            log_weights = pl_module.log_importance_weights(x, mean, logvar, noise, self.chunk_size)
+        self.metrics["nll_iw"].update(log_weights)
+        tokens = pl_module.decoder.count_tokens(x)
+        self._has_tokens = tokens is not None
+        if tokens is not None:
+            self.metrics["ppl_iw"].update(IWNLLMetric.per_example(log_weights), tokens)
+            self.metrics["ppl_elbo"].update(outputs["elbo"].detach(), tokens)
+
+    def _finish(self, trainer, pl_module) -> None:
+        if not self._active:
+            return
+        stage = _stage(trainer)
+        pl_module.log(f"{stage}/nll_iw", self.metrics["nll_iw"].compute().float())
+        if self._has_tokens:
+            pl_module.log(f"{stage}/ppl_iw", self.metrics["ppl_iw"].compute().float())
+            pl_module.log(f"{stage}/ppl_elbo", self.metrics["ppl_elbo"].compute().float())
+        self._active = False
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        due = self.every_n_val_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_val_epochs == 0
+        self._start(pl_module, due and not trainer.sanity_checking)
+
+    def on_test_epoch_start(self, trainer, pl_module):
+        self._start(pl_module, True)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._update(trainer, pl_module, outputs, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._update(trainer, pl_module, outputs, batch)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self._finish(trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        self._finish(trainer, pl_module)

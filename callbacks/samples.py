@@ -1,0 +1,47 @@
+"""Shows what the model does with its latent code: reconstructions and prior samples in TensorBoard."""
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torchvision.utils import make_grid
+
+
+class SampleLogger(Callback):
+    """Each `every_n_epochs` validation epochs, logs `num_examples` validation inputs next to their
+    reconstructions (decoded from the posterior mean) and `num_examples` samples from the prior.
+
+    Images go to `val/reconstructions` (top row inputs, bottom row reconstructions) and `val/samples`; text
+    to the same tags as text. Rank zero only. Autoregressive decoding is sequential, so keep n small.
+    """
+
+    def __init__(self, num_examples: int = 8, every_n_epochs: int = 1):
+        super().__init__()
+        self.num_examples, self.every_n_epochs = num_examples, every_n_epochs
+        self._inputs: torch.Tensor | None = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 0 and not trainer.sanity_checking:
+            self._inputs = batch["x"][: self.num_examples]
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        inputs, self._inputs = self._inputs, None
+        experiment = getattr(trainer.logger, "experiment", None)
+        due = self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        if inputs is None or not due or not trainer.is_global_zero or experiment is None:
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        with trainer.precision_plugin.forward_context():
+            reconstructions = pl_module.reconstruct(inputs)
+            samples = pl_module.sample(self.num_examples)
+        pl_module.train(was_training)
+        step = trainer.current_epoch
+        to_text = getattr(trainer.datamodule, "decode", None)
+        if inputs.dtype == torch.long and to_text is not None:
+            pairs = [f"{a}  \n→ {b}" for a, b in zip(to_text(inputs), to_text(reconstructions))]
+            experiment.add_text("val/reconstructions", "\n\n".join(pairs), step)
+            experiment.add_text("val/samples", "\n\n".join(to_text(samples)), step)
+            return
+        grid = make_grid(torch.cat([inputs.float(), reconstructions.float()]).cpu(), nrow=len(inputs), pad_value=0.5)
+        experiment.add_image("val/reconstructions", grid, step)
+        experiment.add_image("val/samples", make_grid(samples.float().cpu(), nrow=len(samples), pad_value=0.5), step)

@@ -1,0 +1,95 @@
+"""What the binary-image datasets share: in-memory uint8 storage, batched indexing and binarization.
+
+Images are stored as uint8 intensities (0..255). Training batches are binarized dynamically, a fresh
+Bernoulli draw of every pixel for every batch, vectorised on the batch's device after transfer.
+Validation and test images are binarized once, with a fixed seed, at set-up (stored as 0/255), so they are
+identical across epochs, runs and processes.
+"""
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+
+def binarize_fixed(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """One Bernoulli draw per pixel from a seeded generator; returns uint8 0/255 so x/255 is exactly 0 or 1."""
+    generator = torch.Generator().manual_seed(seed)
+    out = torch.empty_like(images)
+    for start in range(0, len(images), 10_000):  # bounded float memory
+        chunk = images[start : start + 10_000].float().div_(255)
+        out[start : start + 10_000] = torch.bernoulli(chunk, generator=generator).mul_(255).to(torch.uint8)
+    return out
+
+
+class InMemoryDataset(Dataset):
+    """Tensors indexed a whole batch at a time: each batch is a dict with `x`, `index` and optional `label`."""
+
+    def __init__(self, x: torch.Tensor, labels: torch.Tensor | None = None):
+        self.x, self.labels = x, labels
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        batch = {"x": self.x[index], "index": index}
+        if self.labels is not None:
+            batch["label"] = self.labels[index]
+        return batch
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {key: value[0] for key, value in self.__getitems__([i]).items()}
+
+
+def keep_batch(batch):
+    """collate_fn for datasets that already return whole batches."""
+    return batch
+
+
+class EvaluationLoaderMixin:
+    """Evaluation loaders that never repeat an example: under DDP each process gets a disjoint shard.
+
+    Lightning's default distributed sampler pads shards with repeated examples so all processes see the same
+    number of batches; that would count some examples twice in KL, MI, AU and NLL.
+    """
+
+    def _eval_loader(self, dataset: Dataset, batch_size: int, collate_fn=keep_batch) -> DataLoader:
+        trainer = getattr(self, "trainer", None)
+        sampler = None
+        if trainer is not None and trainer.world_size > 1:
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
+                          num_workers=self.hparams.num_workers, collate_fn=collate_fn)
+
+
+class BinarizedImageDataModule(EvaluationLoaderMixin, L.LightningDataModule):
+    """Base for MNIST and Omniglot; subclasses fill `self.train_set`, `self.val_set` and `self.test_set`."""
+
+    dynamic_training: bool = True
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+
+    @property
+    def data_dims(self) -> list[int]:
+        """Shape of one example, linked to the model's `data_dims`."""
+        return list(self.image_shape)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True,
+                          num_workers=self.hparams.num_workers, collate_fn=keep_batch)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.val_set, self.hparams.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_set, self.hparams.eval_batch_size)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        x = batch["x"].float().div_(255)
+        trainer = getattr(self, "trainer", None)
+        if self.dynamic_training and trainer is not None and trainer.training:
+            x = torch.bernoulli(x)
+        return {**batch, "x": x}

@@ -1,0 +1,265 @@
+"""Generative networks p(x|z) built on one skip-decoder backbone.
+
+Every decoder is a stack of layers numbered 0..L-1 followed by an output layer (number L). Where the latent
+code enters is decided in exactly one place, `SkipDecoder.takes_latent`: a plain VAE feeds z to layer 0 only,
+a Skip-VAE (Dieng et al., 2019) feeds it to every layer and to the output layer, so that the decoder cannot
+"forget" z on its way up and the posterior is harder to collapse.
+"""
+
+from abc import abstractmethod
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.distributions import bernoulli_log_prob, categorical_log_prob
+
+
+class SkipDecoder(nn.Module):
+    """Base class: an autoregressive (or factorised) likelihood p(x|z) with a choice of where z enters."""
+
+    def __init__(self, latent_skip: bool):
+        super().__init__()
+        self.latent_skip = latent_skip
+
+    def takes_latent(self, layer: int) -> bool:
+        """Layer 0 always conditions on z; later layers and the output layer only in the skip model."""
+        return layer == 0 or self.latent_skip
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Logits of p(x|z) for every position of x (teacher forcing)."""
+
+    @abstractmethod
+    def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) in nats per example, shape (batch,), float32."""
+
+    @abstractmethod
+    def sample(self, z: torch.Tensor, greedy: bool = False) -> torch.Tensor:
+        """Draw x ~ p(x|z) (or its most likely value per step when greedy)."""
+
+    def count_tokens(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Predicted tokens per example, for per-token perplexity; None for data that is not text."""
+        return None
+
+
+class BernoulliImageDecoder(SkipDecoder):
+    """Binary images: logits of shape (batch, C, H, W), log-likelihood summed over pixels."""
+
+    def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return bernoulli_log_prob(self(x, z), x)
+
+
+def gate(x: torch.Tensor) -> torch.Tensor:
+    """Gated activation tanh(a) * sigmoid(b) over the two channel halves of x."""
+    a, b = x.chunk(2, dim=1)
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
+class GatedMaskedConv2d(nn.Module):
+    """One gated PixelCNN layer (van den Oord et al., 2016) with a vertical and a horizontal stack.
+
+    Causality comes from padding and cropping instead of masked weights: the vertical stack at row i sees
+    rows < i only; the horizontal stack at column j sees columns < j (mask A, first layer) or <= j (mask B)
+    of its own row, plus the vertical stack's view of the rows above.
+    """
+
+    def __init__(self, in_channels: int, channels: int, kernel_size: int, mask_a: bool):
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(f"PixelCNN kernel sizes must be odd, got {kernel_size}")
+        self.mask_a = mask_a
+        self.half = kernel_size // 2
+        self.v_conv = nn.Conv2d(in_channels, 2 * channels, (self.half + 1, kernel_size))
+        self.h_conv = nn.Conv2d(in_channels, 2 * channels, (1, self.half + 1))
+        self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, 1)
+        self.h_out = nn.Conv2d(channels, channels, 1)
+        self.h_residual = None if mask_a else nn.Conv2d(in_channels, channels, 1)
+
+    def forward(self, v: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.half
+        # Negative padding crops: one extra row on top and one fewer at the bottom shifts the view down by one.
+        v_pre = self.v_conv(F.pad(v, (k, k, k + 1, -1)))
+        h_pad = (k + 1, -1, 0, 0) if self.mask_a else (k, 0, 0, 0)
+        h_pre = self.h_conv(F.pad(h, h_pad)) + self.v_to_h(v_pre)
+        h_new = self.h_out(gate(h_pre))
+        if self.h_residual is not None:
+            h_new = h_new + self.h_residual(h)
+        return gate(v_pre), h_new
+
+
+class GatedPixelCNNDecoder(BernoulliImageDecoder):
+    """Gated PixelCNN over binary images; z is projected to `latent_feature_maps` full-size maps per layer."""
+
+    def __init__(
+        self,
+        image_shape: list[int],
+        latent_dim: int,
+        channels: int,
+        kernel_sizes: list[int],
+        latent_feature_maps: int,
+        latent_skip: bool,
+    ):
+        super().__init__(latent_skip)
+        self.image_shape = list(image_shape)
+        self.num_layers = len(kernel_sizes)
+        self.maps = latent_feature_maps
+        image_channels, height, width = image_shape
+        latent_layers = [i for i in range(self.num_layers + 1) if self.takes_latent(i)]
+        self.latent_maps = nn.ModuleDict(
+            {str(i): nn.Linear(latent_dim, latent_feature_maps * height * width) for i in latent_layers}
+        )
+        self.layers = nn.ModuleList()
+        in_channels = image_channels
+        for i, k in enumerate(kernel_sizes):
+            extra = latent_feature_maps if self.takes_latent(i) else 0
+            self.layers.append(GatedMaskedConv2d(in_channels + extra, channels, k, mask_a=i == 0))
+            in_channels = channels
+        extra = latent_feature_maps if self.takes_latent(self.num_layers) else 0
+        self.output = nn.Conv2d(channels + extra, image_channels, 1)
+
+    def _with_latent(self, layer: int, features: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if not self.takes_latent(layer):
+            return features
+        _, height, width = self.image_shape
+        maps = self.latent_maps[str(layer)](z).view(z.shape[0], self.maps, height, width)
+        # Rows beyond those being decoded (see `sample`) are cropped away.
+        maps = maps[:, :, : features.shape[2]].to(features.dtype)
+        return torch.cat([features, maps], dim=1)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        v = h = self._with_latent(0, x, z)
+        for i, layer in enumerate(self.layers):
+            if i > 0 and self.takes_latent(i):
+                v, h = self._with_latent(i, v, z), self._with_latent(i, h, z)
+            v, h = layer(v, h)
+        return self.output(self._with_latent(self.num_layers, h, z))
+
+    @torch.no_grad()
+    def sample(self, z: torch.Tensor, greedy: bool = False) -> torch.Tensor:
+        """Pixel by pixel in raster order; each pass runs only over the rows decoded so far."""
+        channels, height, width = self.image_shape
+        x = torch.zeros(z.shape[0], channels, height, width, device=z.device)
+        for row in range(height):
+            for col in range(width):
+                logits = self(x[:, :, : row + 1], z)[:, :, row, col].float()
+                probs = torch.sigmoid(logits)
+                x[:, :, row, col] = (probs > 0.5).float() if greedy else torch.bernoulli(probs)
+        return x
+
+
+class MLPDecoder(BernoulliImageDecoder):
+    """Factorised Bernoulli decoder: z -> linear -> `num_layers` ReLU layers -> pixel logits.
+
+    In the skip model each hidden layer and the output also receive a linear projection of z (added, which
+    equals a linear layer on the concatenation [h, z]).
+    """
+
+    def __init__(self, image_shape: list[int], latent_dim: int, hidden: int, num_layers: int, latent_skip: bool):
+        super().__init__(latent_skip)
+        self.image_shape = list(image_shape)
+        size = image_shape[0] * image_shape[1] * image_shape[2]
+        self.num_layers = num_layers
+        self.input = nn.Linear(latent_dim, hidden)
+        self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(num_layers))
+        self.output = nn.Linear(hidden, size)
+        self.latent = nn.ModuleDict(
+            {str(i): nn.Linear(latent_dim, hidden if i <= num_layers else size)
+             for i in range(1, num_layers + 2) if self.takes_latent(i)}
+        )
+
+    def _add_latent(self, layer: int, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return h + self.latent[str(layer)](z) if self.takes_latent(layer) else h
+
+    def forward(self, x: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
+        h = self.input(z)
+        for i, layer in enumerate(self.hidden, start=1):
+            h = torch.relu(self._add_latent(i, layer(h), z))
+        logits = self._add_latent(self.num_layers + 1, self.output(h), z)
+        return logits.view(z.shape[0], *self.image_shape)
+
+    @torch.no_grad()
+    def sample(self, z: torch.Tensor, greedy: bool = False) -> torch.Tensor:
+        probs = torch.sigmoid(self(None, z).float())
+        return (probs > 0.5).float() if greedy else torch.bernoulli(probs)
+
+
+class LSTMDecoder(SkipDecoder):
+    """LSTM language model p(w_1..w_n <eos> | z) over padded token batches `<bos> w_1 .. w_n <eos> <pad>..`.
+
+    Both models append z to every input embedding and set the first layer's initial hidden state to Linear(z);
+    the skip model also feeds z into the input of every upper LSTM layer and into the output layer.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        latent_dim: int,
+        embedding_dim: int,
+        hidden: int,
+        num_layers: int,
+        dropout: float,
+        latent_skip: bool,
+        pad_id: int = 0,
+        bos_id: int = 1,
+        eos_id: int = 2,
+    ):
+        super().__init__(latent_skip)
+        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        self.num_layers = num_layers
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
+        self.dropout = nn.Dropout(dropout)
+        self.initial_hidden = nn.Linear(latent_dim, hidden)
+        self.lstms = nn.ModuleList()
+        for i in range(num_layers):
+            size = embedding_dim + latent_dim if i == 0 else hidden + (latent_dim if self.takes_latent(i) else 0)
+            self.lstms.append(nn.LSTM(size, hidden, batch_first=True))
+        extra = latent_dim if self.takes_latent(num_layers) else 0
+        self.output = nn.Linear(hidden + extra, vocab_size)
+
+    def _run(self, inputs: torch.Tensor, z: torch.Tensor, states: list | None = None):
+        """Logits for `inputs` (batch, time) given z; returns the LSTM states too so decoding can continue."""
+        z_steps = z.unsqueeze(1).expand(-1, inputs.shape[1], -1)
+        h = torch.cat([self.dropout(self.embedding(inputs)), z_steps.to(self.embedding.weight.dtype)], dim=-1)
+        if states is None:
+            h0 = self.initial_hidden(z).unsqueeze(0)
+            states = [(h0, torch.zeros_like(h0))] + [None] * (self.num_layers - 1)
+        new_states = []
+        for i, lstm in enumerate(self.lstms):
+            if i > 0 and self.takes_latent(i):
+                h = torch.cat([h, z_steps.to(h.dtype)], dim=-1)
+            h, state = lstm(h, states[i])
+            new_states.append(state)
+        h = self.dropout(h)
+        if self.takes_latent(self.num_layers):
+            h = torch.cat([h, z_steps.to(h.dtype)], dim=-1)
+        return self.output(h), new_states
+
+    def forward(self, tokens: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self._run(tokens[:, :-1], z)[0]
+
+    def count_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Words plus the end-of-sentence token of each document (the given start token is not predicted)."""
+        return (tokens[:, 1:] != self.pad_id).sum(1)
+
+    def log_prob(self, tokens: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        targets = tokens[:, 1:]
+        return categorical_log_prob(self(tokens, z), targets, targets != self.pad_id)
+
+    @torch.no_grad()
+    def sample(self, z: torch.Tensor, greedy: bool = False, max_length: int = 100) -> torch.Tensor:
+        """Token by token from `<bos>` until every row has emitted `<eos>` (or max_length); pads after `<eos>`."""
+        batch = z.shape[0]
+        tokens = torch.full((batch, 1), self.bos_id, dtype=torch.long, device=z.device)
+        done = torch.zeros(batch, dtype=torch.bool, device=z.device)
+        states = None
+        for _ in range(max_length):
+            logits, states = self._run(tokens[:, -1:], z, states)
+            logits = logits[:, -1].float()
+            step = logits.argmax(-1) if greedy else torch.multinomial(torch.softmax(logits, -1), 1).squeeze(1)
+            step = torch.where(done, torch.full_like(step, self.pad_id), step)
+            tokens = torch.cat([tokens, step.unsqueeze(1)], dim=1)
+            done |= step == self.eos_id
+            if bool(done.all()):
+                break
+        return tokens

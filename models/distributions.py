@@ -1,0 +1,49 @@
+"""Closed-form densities and divergences shared by the models and the diagnostics.
+
+All functions return per-example values (one number per row) so callers decide how to reduce.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def gaussian_kl_per_dim(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, I)) for each latent dimension, shape (batch, latent)."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q(z|x) || p(z)) in nats per example, shape (batch,)."""
+    return gaussian_kl_per_dim(mean, logvar).sum(-1)
+
+
+def log_normal(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mean, diag(exp(logvar))) summed over the last dimension (broadcasting)."""
+    return -0.5 * (LOG_2PI + logvar + (z - mean).pow(2) * torch.exp(-logvar)).sum(-1)
+
+
+def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I) summed over the last dimension."""
+    return -0.5 * (LOG_2PI + z.pow(2)).sum(-1)
+
+
+def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p(x | logits) of binary data, summed over all but the first dimension, shape (batch,).
+
+    Computed from logits (not probabilities) so it stays finite for saturated pixels; always in float32.
+    """
+    nll = F.binary_cross_entropy_with_logits(logits.float(), x.float(), reduction="none")
+    return -nll.flatten(1).sum(-1)
+
+
+def categorical_log_prob(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log p(tokens | logits) summed over unmasked positions, shape (batch,).
+
+    logits: (batch, time, vocab); targets, mask: (batch, time). Padded positions (mask False) add nothing.
+    """
+    log_probs = -F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+    return (log_probs * mask).sum(-1)

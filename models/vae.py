@@ -1,0 +1,244 @@
+"""The VAE and Skip-VAE LightningModules: wiring of encoder, decoder, loss, logging and optimisation.
+
+The two classes are identical except for `latent_skip`, which the decoder reads in one place
+(`SkipDecoder.takes_latent`). All networks are built from plain hyper-parameters so that checkpoints
+reload with `load_from_checkpoint` and every value can be overridden from the command line.
+"""
+
+import math
+from collections.abc import Sequence
+from typing import ClassVar, Literal
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from models.decoders import GatedPixelCNNDecoder, LSTMDecoder, MLPDecoder, SkipDecoder
+from models.distributions import gaussian_kl, log_normal, log_standard_normal
+from models.encoders import LSTMEncoder, MLPEncoder, ResidualConvEncoder
+
+# Hyper-parameters that change the networks' shapes: a checkpoint is only usable when these agree.
+ARCHITECTURE_KEYS = (
+    "architecture", "data_dims", "latent_dim", "encoder_hidden", "decoder_layers", "decoder_hidden",
+    "kernel_sizes", "latent_feature_maps", "embedding_dim",
+)
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint was written by a different model class or architecture than the one configured."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class VAE(L.LightningModule):
+    """Gaussian-latent VAE whose decoder sees z at its first layer only.
+
+    Loss: the negative ELBO in nats per example, -E_q[log p(x|z)] + beta * KL(q(z|x) || p(z)), with the KL in
+    closed form and beta warmed up linearly from `kl_start` to 1 over `kl_warmup_epochs` epochs.
+    Logged `*/elbo` values are negative ELBOs (positive nats, an upper bound on the NLL; lower is better).
+    """
+
+    latent_skip: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        architecture: Literal["pixelcnn", "mlp", "lstm"] = "pixelcnn",
+        data_dims: Sequence[int] = (1, 28, 28),
+        latent_dim: int = 20,
+        encoder_hidden: int = 64,
+        decoder_layers: int = 8,
+        decoder_hidden: int = 32,
+        kernel_sizes: Sequence[int] | None = None,
+        latent_feature_maps: int = 1,
+        embedding_dim: int = 512,
+        dropout: float = 0.5,
+        optimizer: Literal["adam", "sgd"] = "adam",
+        lr: float = 1e-3,
+        kl_start: float = 1.0,
+        kl_warmup_epochs: float = 0.0,
+    ):
+        """
+        Args:
+            architecture: "pixelcnn" (residual conv encoder + gated PixelCNN), "mlp" (MLP encoder and decoder)
+                or "lstm" (LSTM encoder and LSTM language-model decoder).
+            data_dims: shape of one example, [channels, height, width] for images or [vocab_size] for text;
+                linked from the datamodule, not set by hand.
+            latent_dim: dimension of z.
+            encoder_hidden: conv channels (pixelcnn), hidden units (mlp) or LSTM units (lstm) of the encoder.
+            decoder_layers: PixelCNN layers, MLP hidden layers or LSTM layers of the decoder.
+            decoder_hidden: PixelCNN channels, MLP hidden units or LSTM units of the decoder.
+            kernel_sizes: PixelCNN kernel size per layer (default: 3 for every layer).
+            latent_feature_maps: how many full-size maps z is projected to at each PixelCNN layer it enters.
+            embedding_dim: word embedding size (lstm).
+            dropout: dropout on word embeddings and LSTM outputs (lstm).
+            optimizer: "adam" (images) or "sgd" (text, as in the paper).
+            lr: learning rate.
+            kl_start: KL weight beta at step 0; 1.0 disables warm-up.
+            kl_warmup_epochs: epochs over which beta grows linearly from kl_start to 1.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if kernel_sizes is not None and len(kernel_sizes) != decoder_layers:
+            raise ValueError(
+                f"kernel_sizes has {len(kernel_sizes)} entries but decoder_layers is {decoder_layers}; "
+                "give one kernel size per layer"
+            )
+        self.encoder, self.decoder = self._build_networks()
+        self.eval_metrics = nn.ModuleDict(
+            {f"{stage}_{name}": MeanMetric() for stage in ("val", "test") for name in ("elbo", "recon", "kl")}
+        )
+
+    def _build_networks(self) -> tuple[nn.Module, SkipDecoder]:
+        hp = self.hparams
+        dims = list(hp.data_dims)
+        if hp.architecture == "lstm":
+            if len(dims) != 1:
+                raise ValueError(f"architecture 'lstm' needs data_dims [vocab_size], got {dims}")
+            encoder = LSTMEncoder(dims[0], hp.latent_dim, hp.embedding_dim, hp.encoder_hidden)
+            decoder = LSTMDecoder(dims[0], hp.latent_dim, hp.embedding_dim, hp.decoder_hidden, hp.decoder_layers,
+                                  hp.dropout, self.latent_skip)
+            return encoder, decoder
+        if len(dims) != 3:
+            raise ValueError(f"architecture '{hp.architecture}' needs data_dims [C, H, W], got {dims}")
+        if hp.architecture == "mlp":
+            encoder = MLPEncoder(dims, hp.latent_dim, hp.encoder_hidden)
+            decoder = MLPDecoder(dims, hp.latent_dim, hp.decoder_hidden, hp.decoder_layers, self.latent_skip)
+            return encoder, decoder
+        kernels = list(hp.kernel_sizes) if hp.kernel_sizes is not None else [3] * hp.decoder_layers
+        encoder = ResidualConvEncoder(dims, hp.latent_dim, hp.encoder_hidden)
+        decoder = GatedPixelCNNDecoder(dims, hp.latent_dim, hp.decoder_hidden, kernels, hp.latent_feature_maps,
+                                       self.latent_skip)
+        return encoder, decoder
+
+    # ------------------------------------------------------------------ model
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of q(z|x), always float32 (also under mixed precision)."""
+        mean, logvar = self.encoder(x)
+        return mean.float(), logvar.float()
+
+    @staticmethod
+    def reparameterize(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        return mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+
+    def kl_weight(self) -> float:
+        """beta at the current optimizer step: linear from kl_start to 1, derived from global_step (resumable)."""
+        hp = self.hparams
+        if hp.kl_warmup_epochs <= 0 or self._trainer is None:
+            return 1.0
+        steps_per_epoch = self.trainer.num_training_batches / self.trainer.accumulate_grad_batches
+        if not math.isfinite(steps_per_epoch) or steps_per_epoch <= 0:
+            return 1.0
+        progress = self.global_step / (hp.kl_warmup_epochs * steps_per_epoch)
+        return min(1.0, hp.kl_start + (1.0 - hp.kl_start) * progress)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One-sample ELBO terms per example: recon = -log p(x|z), kl = KL(q(z|x)||p(z)), both (batch,)."""
+        mean, logvar = self.encode(x)
+        z = self.reparameterize(mean, logvar)
+        recon = -self.decoder.log_prob(x, z)
+        kl = gaussian_kl(mean, logvar)
+        return {"recon": recon, "kl": kl, "elbo": recon + kl, "mean": mean, "logvar": logvar}
+
+    @torch.no_grad()
+    def sample(self, n: int, greedy: bool = False) -> torch.Tensor:
+        """Draw n examples: z ~ N(0, I), then x ~ p(x|z) autoregressively."""
+        z = torch.randn(n, self.hparams.latent_dim, device=self.device)
+        return self.decoder.sample(z, greedy=greedy)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, greedy: bool = False) -> torch.Tensor:
+        """Decode x from the posterior mean of q(z|x)."""
+        mean, _ = self.encode(x)
+        return self.decoder.sample(mean, greedy=greedy)
+
+    @torch.no_grad()
+    def log_importance_weights(
+        self, x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor, chunk_size: int
+    ) -> torch.Tensor:
+        """log p(x, z_k) - log q(z_k|x) for z_k = mean + std * noise[:, k], shape (batch, K), float32.
+
+        The batch*K decoder evaluations run in slices of at most `chunk_size`, so memory does not grow with K.
+        """
+        batch, num_samples, _ = noise.shape
+        z = (mean.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * noise).flatten(0, 1)
+        log_prior = log_standard_normal(z)
+        log_q = log_normal(z, mean.repeat_interleave(num_samples, 0), logvar.repeat_interleave(num_samples, 0))
+        log_lik = torch.empty(batch * num_samples, device=z.device)
+        for start in range(0, batch * num_samples, chunk_size):
+            rows = torch.arange(start, min(start + chunk_size, batch * num_samples), device=z.device)
+            log_lik[rows] = self.decoder.log_prob(x[rows // num_samples], z[rows]).float()
+        return (log_lik + log_prior - log_q).view(batch, num_samples)
+
+    # ------------------------------------------------------------------ steps
+    def _step(self, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+        out = self(batch["x"])
+        if stage == "train":
+            beta = self.kl_weight()
+            loss = (out["recon"] + beta * out["kl"]).mean()
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"training loss is {loss.item()} at global step {self.global_step} (recon "
+                    f"{out['recon'].mean().item():.4g}, kl {out['kl'].mean().item():.4g}). Lower the learning rate, "
+                    "keep gradient clipping on (trainer.gradient_clip_val) or check the input data; "
+                    "checkpoints written so far are kept."
+                )
+            logs = {"loss": loss, "elbo": out["elbo"].mean(), "recon": out["recon"].mean(),
+                    "kl": out["kl"].mean(), "beta": beta}
+            for name, value in logs.items():
+                self.log(f"train/{name}", value, prog_bar=name == "elbo", batch_size=len(out["kl"]))
+            return {"loss": loss}
+        for name in ("elbo", "recon", "kl"):
+            metric = self.eval_metrics[f"{stage}_{name}"]
+            metric.update(out[name].detach())
+            self.log(f"{stage}/{name}", metric, prog_bar=name == "elbo", on_step=False, on_epoch=True)
+        return {"mean": out["mean"], "logvar": out["logvar"], "elbo": out["elbo"], "recon": out["recon"]}
+
+    def training_step(self, batch: dict, batch_idx: int):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int):
+        return self._step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int):
+        return self._step(batch, "test")
+
+    def configure_optimizers(self):
+        if self.hparams.optimizer == "sgd":
+            return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+    # ------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["skipvae_model"] = {"class": type(self).__name__,
+                                       "architecture": {k: self.hparams[k] for k in ARCHITECTURE_KEYS}}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("skipvae_model")
+        if saved is None:
+            raise CheckpointMismatchError("this checkpoint was not written by a VAE/SkipVAE of this project")
+        problems = []
+        if saved["class"] != type(self).__name__:
+            problems.append(f"model class {saved['class']} (configured: {type(self).__name__})")
+        for key, value in saved["architecture"].items():
+            mine = self.hparams.get(key)
+            if _plain(value) != _plain(mine):
+                problems.append(f"{key}={value!r} (configured: {mine!r})")
+        if problems:
+            raise CheckpointMismatchError(
+                "checkpoint does not match the configured model: " + "; ".join(problems)
+                + ". Use the config the checkpoint was trained with (saved as config.yaml next to it)."
+            )
+
+
+def _plain(value):
+    """Lists and tuples compare equal when their items do (YAML gives lists, defaults are tuples)."""
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+class SkipVAE(VAE):
+    """Skip-VAE: the same model, with z fed to every decoder layer and to the output layer."""
+
+    latent_skip: ClassVar[bool] = True
