@@ -1,0 +1,31 @@
+"""Shared fixtures. Real MNIST comes from $SKIPVAE_DATA_DIR, by default the `shared/data` folder beside the
+project root; every other data file a test needs is generated in its real format."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("SKIPVAE_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+DATA_DIR = Path(os.environ["SKIPVAE_DATA_DIR"])
+CONFIGS = ROOT / "configs"
+PRESETS = {"debug.yaml", "bf16.yaml", "ddp.yaml"}
+EXPERIMENT_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in PRESETS)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    folder = DATA_DIR / "mnist"
+    if not (folder / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail(f"real MNIST files are needed in {folder} (set SKIPVAE_DATA_DIR)")
+    return folder

@@ -1,0 +1,39 @@
+"""Helpers for tests that drive the command line."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config_args(*names: str) -> list[str]:
+    args = []
+    for name in names:
+        args += ["--config", str(ROOT / "configs" / name)]
+    return args
+
+
+def logging_args(save_dir: Path, name: str = "run") -> list[str]:
+    return ["--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.logger.init_args.name", name,
+            "--trainer.logger.init_args.version", "0", "--trainer.enable_progress_bar", "false"]
+
+
+def run_main(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python main.py ...` in a fresh process (needed for multi-process DDP and for exit codes)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_events(log_dir: Path) -> EventAccumulator:
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def last_scalar(events: EventAccumulator, tag: str) -> float:
+    return events.Scalars(tag)[-1].value

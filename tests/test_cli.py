@@ -1,0 +1,152 @@
+"""The command line: every experiment config trains, configs round-trip, test runs from a checkpoint,
+TensorBoard gets what the README promises, presets (bf16, ddp) work, and bad input fails clearly."""
+
+import math
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from conftest import EXPERIMENT_CONFIGS
+from datamodules.files import DataError
+from helpers import config_args, last_scalar, logging_args, read_events, run_main
+from main import cli_main
+from models.vae import CheckpointMismatchError
+
+MLP = "mnist_skipvae_mlp.yaml"
+
+
+def fit(tmp_path, config: str, *extra: str, name: str = "run"):
+    return cli_main(["fit", *config_args(config, "debug.yaml"), *logging_args(tmp_path, name), *extra])
+
+
+@pytest.fixture(scope="module")
+def mlp_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("mlp")
+    cli = fit(tmp_path, MLP)
+    return tmp_path / "run" / "version_0", cli
+
+
+class TestConfigs:
+    @pytest.mark.parametrize("config", [c for c in EXPERIMENT_CONFIGS if c != MLP])
+    def test_fit_runs_with_debug_preset(self, tmp_path, config):
+        cli = fit(tmp_path, config)
+        log_dir = tmp_path / "run" / "version_0"
+        assert (log_dir / "checkpoints" / "last.ckpt").exists()
+        assert (log_dir / "config.yaml").exists()
+        metrics = cli.trainer.callback_metrics
+        for name in ("val/elbo", "val/kl", "val/mi", "val/au"):
+            assert math.isfinite(float(metrics[name])), name
+        assert float(metrics["val/elbo"]) > float(metrics["val/kl"]) >= 0
+
+    @pytest.mark.parametrize("config", EXPERIMENT_CONFIGS)
+    def test_print_config_round_trips(self, tmp_path, capsys, config):
+        with pytest.raises(SystemExit):
+            cli_main(["fit", *config_args(config), "--print_config"])
+        printed = capsys.readouterr().out
+        saved = tmp_path / "printed.yaml"
+        saved.write_text(printed)
+        with pytest.raises(SystemExit):
+            cli_main(["fit", "--config", str(saved), "--print_config"])
+        assert yaml.safe_load(capsys.readouterr().out) == yaml.safe_load(printed)
+
+    def test_command_line_override(self, tmp_path, capsys):
+        with pytest.raises(SystemExit):
+            cli_main(["fit", *config_args("mnist_skipvae.yaml"), "--model.init_args.latent_dim", "16",
+                      "--trainer.max_epochs", "5", "--print_config"])
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert printed["model"]["init_args"]["latent_dim"] == 16
+        assert printed["trainer"]["max_epochs"] == 5
+
+
+class TestRunOutputs:
+    def test_mlp_fit_logs_and_checkpoints(self, mlp_run):
+        log_dir, cli = mlp_run
+        events = read_events(log_dir)
+        scalars = set(events.Tags()["scalars"])
+        assert {"train/loss", "train/elbo", "train/recon", "train/kl", "train/beta",
+                "val/elbo", "val/recon", "val/kl", "val/mi", "val/mi_batch", "val/au"} <= scalars
+        assert last_scalar(events, "train/beta") == 1.0
+        saved = yaml.safe_load((log_dir / "config.yaml").read_text())
+        assert saved["model"]["class_path"] == "models.SkipVAE"
+        assert list(cli.model.hparams.data_dims) == [1, 28, 28]  # linked from the datamodule
+
+    def test_test_from_checkpoint_reports_all_metrics(self, mlp_run, tmp_path):
+        log_dir, _ = mlp_run
+        cli = cli_main(["test", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path),
+                        "--ckpt_path", str(log_dir / "checkpoints" / "last.ckpt")])
+        metrics = cli.trainer.callback_metrics
+        for name in ("test/elbo", "test/recon", "test/kl", "test/mi", "test/mi_batch", "test/au", "test/nll_iw"):
+            assert math.isfinite(float(metrics[name])), name
+        assert float(metrics["test/nll_iw"]) <= float(metrics["test/elbo"]) + 1e-3
+
+    def test_tensorboard_holds_scalars_and_image_grids(self, tmp_path):
+        fit(tmp_path, "mnist_skipvae.yaml")
+        events = read_events(tmp_path / "run" / "version_0")
+        assert {"train/elbo", "val/elbo", "val/kl"} <= set(events.Tags()["scalars"])
+        assert {"val/reconstructions", "val/samples"} <= set(events.Tags()["images"])
+
+
+class TestPresets:
+    def test_bf16_mixed_fit(self, tmp_path):
+        cli = cli_main(["fit", *config_args("mnist_skipvae.yaml", "debug.yaml", "bf16.yaml"), *logging_args(tmp_path),
+                        "--trainer.callbacks", "[]"])
+        assert cli.trainer.precision == "bf16-mixed"
+        assert math.isfinite(float(cli.trainer.callback_metrics["val/elbo"]))
+
+    def test_two_process_ddp_fit(self, tmp_path):
+        result = run_main(["fit", *config_args(MLP, "debug.yaml", "ddp.yaml"), *logging_args(tmp_path),
+                           "--trainer.accelerator", "cpu"])
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert (tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt").exists()
+        assert "world_size: 2" in result.stderr or "MEMBER: 2/2" in result.stderr
+
+
+class TestBadInput:
+    def test_unknown_config_key(self, tmp_path):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("model:\n  init_args:\n    latent_dimm: 3\n")
+        result = run_main(["fit", *config_args(MLP), "--config", str(bad)])
+        assert result.returncode != 0
+        assert "latent_dimm" in result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_missing_mnist_folder(self, tmp_path):
+        result = run_main(["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path),
+                           "--data.init_args.data_dir", str(tmp_path / "nowhere"), "--data.init_args.download", "false"])
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        message = result.stderr.strip().splitlines()[-1]
+        assert message.startswith("error: missing data file")
+        assert str(tmp_path / "nowhere" / "mnist") in message and "http" in message
+
+    def test_corrupt_gzip(self, tmp_path, mnist_dir):
+        target = tmp_path / "data" / "mnist"
+        shutil.copytree(mnist_dir, target)
+        broken = target / "t10k-labels-idx1-ubyte.gz"
+        broken.chmod(0o644)
+        broken.write_bytes(broken.read_bytes()[:1000])
+        with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz is corrupt or incomplete.*download it again"):
+            fit(tmp_path, MLP, "--data.init_args.data_dir", str(tmp_path / "data"), "--data.init_args.download", "false")
+
+    def test_checkpoint_from_another_model(self, mlp_run):
+        from models import VAE
+
+        log_dir, _ = mlp_run
+        with pytest.raises(CheckpointMismatchError, match="model class SkipVAE \\(configured: VAE\\)"):
+            VAE.load_from_checkpoint(log_dir / "checkpoints" / "last.ckpt")
+
+    def test_checkpoint_not_from_this_project(self, tmp_path):
+        from models import SkipVAE
+
+        path = tmp_path / "other.ckpt"
+        torch.save({"state_dict": {}, "hyper_parameters": {}, "pytorch-lightning_version": "2.6.6"}, path)
+        with pytest.raises(CheckpointMismatchError, match="not written by a VAE/SkipVAE"):
+            SkipVAE.load_from_checkpoint(path)
+
+    def test_nan_loss_stops_with_clear_error(self, tmp_path):
+        from models.vae import NonFiniteLossError
+
+        with pytest.raises(NonFiniteLossError, match="training loss is nan"):
+            fit(tmp_path, MLP, "--model.init_args.lr", "1e30", "--trainer.limit_train_batches", "4")

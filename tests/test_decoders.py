@@ -1,0 +1,129 @@
+"""The skip-decoder backbone: autoregressive causality and where the latent code enters."""
+
+import pytest
+import torch
+
+from models import VAE, SkipVAE
+from models.decoders import GatedPixelCNNDecoder, LSTMDecoder, MLPDecoder
+
+
+def pixelcnn(skip: bool, kernels=(5, 3, 3), shape=(1, 8, 8)) -> GatedPixelCNNDecoder:
+    torch.manual_seed(0)
+    return GatedPixelCNNDecoder(list(shape), latent_dim=3, channels=6, kernel_sizes=list(kernels),
+                                latent_feature_maps=2, latent_skip=skip).double()
+
+
+class TestPixelCNNCausality:
+    @pytest.mark.parametrize("skip", [False, True])
+    @pytest.mark.parametrize("kernels", [(3, 3, 3), (7, 5, 3)])
+    def test_logit_depends_only_on_earlier_pixels(self, skip, kernels):
+        decoder = pixelcnn(skip, kernels)
+        height, width = 8, 8
+        x = torch.bernoulli(torch.full((1, 1, height, width), 0.5, dtype=torch.float64)).requires_grad_()
+        z = torch.randn(1, 3, dtype=torch.float64)
+        logits = decoder(x, z)
+        for i in range(height * width):
+            (grad,) = torch.autograd.grad(logits.flatten()[i], x, retain_graph=True)
+            dependent = grad.flatten().abs() > 0
+            assert not dependent[i:].any(), f"logit {i} depends on pixel {int(dependent[i:].nonzero()[0]) + i}"
+            if i % width > 0:  # not blind to the pixel on the left or the one above
+                assert dependent[i - 1]
+            if i >= width:
+                assert dependent[i - width]
+
+    def test_first_logit_sees_no_pixel(self):
+        decoder = pixelcnn(False)
+        z = torch.randn(1, 3, dtype=torch.float64)
+        a = decoder(torch.zeros(1, 1, 8, 8, dtype=torch.float64), z)[0, 0, 0, 0]
+        b = decoder(torch.ones(1, 1, 8, 8, dtype=torch.float64), z)[0, 0, 0, 0]
+        assert a == b
+
+
+class TestLatentRouting:
+    @staticmethod
+    def _layer_inputs_with_latent(decoder: GatedPixelCNNDecoder) -> list[int]:
+        """Indices of layers whose input channels include the z maps (layer L = output conv)."""
+        widths = [layer.v_conv.in_channels for layer in decoder.layers] + [decoder.output.in_channels]
+        base = [1] + [6] * len(decoder.layers)
+        return [i for i, (w, b) in enumerate(zip(widths, base)) if w == b + decoder.maps]
+
+    def test_vae_feeds_first_layer_only_and_skipvae_every_layer(self):
+        assert self._layer_inputs_with_latent(pixelcnn(False)) == [0]
+        assert self._layer_inputs_with_latent(pixelcnn(True)) == [0, 1, 2, 3]
+
+    @pytest.mark.parametrize("skip", [False, True])
+    def test_z_reaches_output_without_first_layer_only_when_skipping(self, skip):
+        decoder = pixelcnn(skip)
+        with torch.no_grad():
+            decoder.latent_maps["0"].weight.zero_()
+        z = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+        x = torch.bernoulli(torch.full((2, 1, 8, 8), 0.5, dtype=torch.float64))
+        (grad,) = torch.autograd.grad(decoder(x, z).sum(), z)
+        assert (grad.abs().sum() > 0) == skip
+
+    @pytest.mark.parametrize("skip", [False, True])
+    def test_every_latent_projection_gets_gradient(self, skip):
+        decoder = pixelcnn(skip)
+        z = torch.randn(2, 3, dtype=torch.float64)
+        x = torch.bernoulli(torch.full((2, 1, 8, 8), 0.5, dtype=torch.float64))
+        decoder(x, z).sum().backward()
+        assert sorted(decoder.latent_maps.keys(), key=int) == (["0", "1", "2", "3"] if skip else ["0"])
+        for projection in decoder.latent_maps.values():
+            assert projection.weight.grad.abs().sum() > 0
+
+    def test_lightning_modules_differ_only_in_latent_skip(self):
+        vae, skip = VAE(decoder_layers=2, kernel_sizes=[3, 3]), SkipVAE(decoder_layers=2, kernel_sizes=[3, 3])
+        assert not vae.decoder.latent_skip and skip.decoder.latent_skip
+        extra = set(skip.state_dict()) - set(vae.state_dict())
+        assert extra == {f"decoder.latent_maps.{i}.{p}" for i in (1, 2) for p in ("weight", "bias")}
+        assert set(vae.state_dict()) <= set(skip.state_dict())
+
+
+class TestMLPDecoder:
+    @pytest.mark.parametrize("skip", [False, True])
+    def test_z_enters_hidden_layers_and_output_only_when_skipping(self, skip):
+        torch.manual_seed(0)
+        decoder = MLPDecoder([1, 4, 4], latent_dim=3, hidden=8, num_layers=2, latent_skip=skip)
+        assert sorted(decoder.latent.keys()) == (["1", "2", "3"] if skip else [])
+        with torch.no_grad():
+            decoder.input.weight.zero_()
+        z = torch.randn(2, 3, requires_grad=True)
+        (grad,) = torch.autograd.grad(decoder(None, z).sum(), z)
+        assert (grad.abs().sum() > 0) == skip
+
+
+class TestLSTMDecoder:
+    def decoder(self, skip: bool, layers: int = 2) -> LSTMDecoder:
+        torch.manual_seed(0)
+        return LSTMDecoder(vocab_size=11, latent_dim=3, embedding_dim=5, hidden=7, num_layers=layers, dropout=0.0,
+                           latent_skip=skip).double()
+
+    @pytest.mark.parametrize("skip", [False, True])
+    def test_logits_at_t_ignore_tokens_at_or_after_t(self, skip):
+        decoder = self.decoder(skip)
+        tokens = torch.tensor([[1, 4, 5, 6, 7, 8, 2]])
+        z = torch.randn(1, 3, dtype=torch.float64)
+        embedded = decoder.embedding(tokens[:, :-1]).detach().requires_grad_()
+        decoder.embedding.forward = lambda _: embedded  # feed the embeddings we take gradients against
+        logits = decoder(tokens, z)
+        steps = logits.shape[1]
+        for t in range(steps):
+            (grad,) = torch.autograd.grad(logits[0, t].sum(), embedded, retain_graph=True)
+            per_input = grad[0].abs().sum(-1)
+            assert (per_input[t + 1 :] == 0).all()
+            assert (per_input[: t + 1] > 0).all()
+
+    @pytest.mark.parametrize("skip", [False, True])
+    def test_z_enters_upper_layers_and_output_only_when_skipping(self, skip):
+        decoder = self.decoder(skip)
+        assert decoder.lstms[1].input_size == 7 + (3 if skip else 0)
+        assert decoder.output.in_features == 7 + (3 if skip else 0)
+        assert decoder.lstms[0].input_size == 5 + 3  # both models append z to every input embedding
+
+    def test_log_prob_ignores_padding(self):
+        decoder = self.decoder(True)
+        z = torch.randn(1, 3, dtype=torch.float64)
+        short = torch.tensor([[1, 4, 5, 2]])
+        padded = torch.tensor([[1, 4, 5, 2, 0, 0]])
+        torch.testing.assert_close(decoder.log_prob(short, z), decoder.log_prob(padded, z))
+        assert decoder.count_tokens(padded).item() == 3

@@ -1,0 +1,84 @@
+"""MNIST loading: real IDX and .amat files, splits, binarization."""
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules import MNISTDataModule
+from datamodules.files import DataError
+from datamodules.mnist import read_amat
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_dir):
+    dm = MNISTDataModule(data_dir=str(mnist_dir.parent), download=False)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+class TestDynamicMNIST:
+    def test_split_sizes_and_disjointness(self, mnist):
+        assert (len(mnist.train_set), len(mnist.val_set), len(mnist.test_set)) == (50_000, 10_000, 10_000)
+        assert mnist.data_dims == [1, 28, 28]
+        label_counts = torch.bincount(torch.cat([mnist.train_set.labels, mnist.val_set.labels]))
+        assert label_counts.tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+
+    def test_split_is_fixed_by_seed(self, mnist_dir, mnist):
+        again = MNISTDataModule(data_dir=str(mnist_dir.parent), download=False)
+        again.setup("fit")
+        assert torch.equal(again.val_set.x, mnist.val_set.x)
+        assert torch.equal(again.test_set.x, mnist.test_set.x)
+
+    def test_eval_sets_are_binary_and_fixed(self, mnist):
+        assert set(torch.unique(mnist.val_set.x).tolist()) == {0, 255}
+        batch = mnist.on_after_batch_transfer(mnist.val_set.__getitems__([0, 1, 2]), 0)
+        assert set(torch.unique(batch["x"]).tolist()) <= {0.0, 1.0}
+        assert batch["x"].shape == (3, 1, 28, 28) and batch["index"].tolist() == [0, 1, 2]
+
+    def test_training_batches_are_fresh_bernoulli_draws(self, mnist):
+        class Training:
+            training = True
+
+        mnist.trainer = Training()
+        try:
+            raw = mnist.train_set.__getitems__(list(range(200)))
+            first = mnist.on_after_batch_transfer(dict(raw), 0)["x"]
+            second = mnist.on_after_batch_transfer(dict(raw), 0)["x"]
+        finally:
+            mnist.trainer = None
+        assert set(torch.unique(first).tolist()) == {0.0, 1.0}
+        assert not torch.equal(first, second)
+        grey = raw["x"].float() / 255
+        # The mean of the draws tracks the grey values (2 draws x 156,800 pixels).
+        assert abs(((first + second) / 2).mean() - grey.mean()) < 0.005
+
+    def test_loader_yields_dict_batches(self, mnist):
+        batch = next(iter(mnist.train_dataloader()))
+        assert batch["x"].shape == (50, 1, 28, 28) and batch["x"].dtype == torch.uint8
+        assert batch["label"].shape == (50,)
+
+
+class TestStaticMNIST:
+    def test_reads_larochelle_split(self, mnist_dir):
+        dm = MNISTDataModule(data_dir=str(mnist_dir.parent), binarization="static", download=False)
+        dm.setup("fit")
+        assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (50_000, 10_000, 10_000)
+        assert dm.train_set.labels is None
+        means = [s.x.float().div(255).mean().item() for s in (dm.train_set, dm.val_set, dm.test_set)]
+        assert means == pytest.approx([0.1306, 0.1311, 0.1325], abs=5e-4)
+
+    def test_amat_rows_match_a_plain_parser(self, mnist_dir):
+        array = read_amat(mnist_dir, "valid", download=False)
+        with gzip.open(mnist_dir / "binarized_mnist_valid.amat.gz", "rt") as handle:
+            first_rows = [np.array(handle.readline().split(), dtype=np.uint8) for _ in range(3)]
+        np.testing.assert_array_equal(array[:3], np.stack(first_rows))
+
+    def test_wrong_content_is_rejected(self, tmp_path):
+        folder = tmp_path / "mnist"
+        folder.mkdir()
+        (folder / "binarized_mnist_test.amat").write_text("0 1\n")
+        with pytest.raises(DataError, match="does not hold Larochelle's binarized MNIST 'test' split"):
+            read_amat(folder, "test", download=False)
