@@ -128,10 +128,11 @@ class GatedPixelCNNDecoder(BernoulliImageDecoder):
         return torch.cat([features, maps], dim=1)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        v = h = self._with_latent(0, x, z)
+        v = h = self._with_latent(0, x, z).contiguous(memory_format=torch.channels_last)
         for i, layer in enumerate(self.layers):
             if i > 0 and self.takes_latent(i):
-                v, h = self._with_latent(i, v, z), self._with_latent(i, h, z)
+                v = self._with_latent(i, v, z).contiguous(memory_format=torch.channels_last)
+                h = self._with_latent(i, h, z).contiguous(memory_format=torch.channels_last)
             v, h = layer(v, h)
         return self.output(self._with_latent(self.num_layers, h, z))
 

@@ -37,7 +37,7 @@ class ResidualConvEncoder(nn.Module):
         self.logvar = nn.Linear(channels * height * width, latent_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.features(x).flatten(1)
+        h = self.features(x.contiguous(memory_format=torch.channels_last)).flatten(1)
         return self.mean(h), self.logvar(h)
 
 

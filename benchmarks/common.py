@@ -1,0 +1,34 @@
+"""Shared pieces of the benchmark scripts: the machine's matmul peak and the official MNIST models."""
+
+import time
+
+import torch
+
+from models import VAE, SkipVAE
+
+OFFICIAL_MNIST = dict(architecture="pixelcnn", data_dims=(1, 28, 28), latent_dim=20, encoder_hidden=64,
+                      decoder_layers=8, decoder_hidden=32, kernel_sizes=[3] * 8, latent_feature_maps=1)
+
+
+def build(model_class, **overrides):
+    torch.manual_seed(0)
+    return model_class(**{**OFFICIAL_MNIST, **overrides})
+
+
+MODELS = {"VAE": VAE, "SkipVAE": SkipVAE}
+
+
+def matmul_flops_per_second(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    """Best-of-`repeats` FLOP/s of a square matmul: the reference ceiling the model's steps are compared with."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def binary_images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.bernoulli(torch.full((n, 1, 28, 28), 0.13), generator=torch.Generator().manual_seed(seed))
