@@ -120,7 +120,7 @@ class ImportanceWeightedNLL(Callback):
     not depend on batch size or the number of processes. Decoder evaluations run in chunks of `chunk_size`.
     """
 
-    def __init__(self, num_samples: int = 500, chunk_size: int = 2500, every_n_val_epochs: int = 0, seed: int = 0):
+    def __init__(self, num_samples: int = 500, chunk_size: int = 100, every_n_val_epochs: int = 0, seed: int = 0):
         """
         Args:
             num_samples: K, importance samples per example.
