@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import build, matmul_flops_per_second  # noqa: E402
 from benchmarks.train_throughput import train_step  # noqa: E402
 from callbacks.diagnostics import LatentDiagnostics  # noqa: E402
-from callbacks.metrics import per_example_normal  # noqa: E402
+from models.distributions import per_example_normal  # noqa: E402
 from datamodules import MNISTDataModule  # noqa: E402
 from models import SkipVAE  # noqa: E402
 

@@ -16,8 +16,8 @@ from callbacks.metrics import (
     KLDivergence,
     MutualInformation,
     TokenPerplexity,
-    per_example_normal,
 )
+from models.distributions import per_example_normal
 
 
 def _stage(trainer: L.Trainer) -> str:

@@ -12,17 +12,13 @@ from typing import Literal
 import torch
 from torchmetrics import Metric
 
-from models.distributions import LOG_2PI, gaussian_kl, gaussian_kl_per_dim, log_standard_normal
-
-
-def per_example_normal(index: torch.Tensor, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """Standard-normal noise of `shape` for each example, drawn from a generator seeded by (seed, index)."""
-    generator = torch.Generator()
-    rows = []
-    for i in index.tolist():
-        generator.manual_seed(seed * 1_000_003 + int(i))
-        rows.append(torch.randn(shape, generator=generator))
-    return torch.stack(rows)
+from models.distributions import (
+    LOG_2PI,
+    gaussian_kl,
+    gaussian_kl_per_dim,
+    log_standard_normal,
+    per_example_normal,
+)
 
 
 def sample_posterior(mean: torch.Tensor, logvar: torch.Tensor, index: torch.Tensor | None, seed: int) -> torch.Tensor:

@@ -47,3 +47,16 @@ def categorical_log_prob(logits: torch.Tensor, targets: torch.Tensor, mask: torc
     """
     log_probs = -F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
     return (log_probs * mask).sum(-1)
+
+
+def per_example_normal(index: torch.Tensor, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Standard-normal noise of `shape` for each example, from a generator seeded by (seed, example index).
+
+    Evaluation draws made this way do not depend on batch size, order or the number of processes.
+    """
+    generator = torch.Generator()
+    rows = []
+    for i in index.tolist():
+        generator.manual_seed(seed * 1_000_003 + int(i))
+        rows.append(torch.randn(shape, generator=generator))
+    return torch.stack(rows)

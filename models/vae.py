@@ -15,7 +15,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from models.decoders import GatedPixelCNNDecoder, LSTMDecoder, MLPDecoder, SkipDecoder
-from models.distributions import gaussian_kl, log_normal, log_standard_normal
+from models.distributions import gaussian_kl, log_normal, log_standard_normal, per_example_normal
 from models.encoders import LSTMEncoder, MLPEncoder, ResidualConvEncoder
 
 # Hyper-parameters that change the networks' shapes: a checkpoint is only usable when these agree.
@@ -120,10 +120,6 @@ class VAE(L.LightningModule):
         mean, logvar = self.encoder(x)
         return mean.float(), logvar.float()
 
-    @staticmethod
-    def reparameterize(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        return mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
-
     def kl_weight(self) -> float:
         """beta at the current optimizer step: linear from kl_start to 1, derived from global_step (resumable)."""
         hp = self.hparams
@@ -135,10 +131,15 @@ class VAE(L.LightningModule):
         progress = self.global_step / (hp.kl_warmup_epochs * steps_per_epoch)
         return min(1.0, hp.kl_start + (1.0 - hp.kl_start) * progress)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One-sample ELBO terms per example: recon = -log p(x|z), kl = KL(q(z|x)||p(z)), both (batch,)."""
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One-sample ELBO terms per example: recon = -log p(x|z), kl = KL(q(z|x)||p(z)), both (batch,).
+
+        z = mean + std * noise; noise defaults to a fresh standard-normal draw.
+        """
         mean, logvar = self.encode(x)
-        z = self.reparameterize(mean, logvar)
+        if noise is None:
+            noise = torch.randn_like(mean)
+        z = mean + torch.exp(0.5 * logvar) * noise
         recon = -self.decoder.log_prob(x, z)
         kl = gaussian_kl(mean, logvar)
         return {"recon": recon, "kl": kl, "elbo": recon + kl, "mean": mean, "logvar": logvar}
@@ -175,7 +176,11 @@ class VAE(L.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def _step(self, batch: dict, stage: str) -> dict[str, torch.Tensor]:
-        out = self(batch["x"])
+        noise = None
+        if stage != "train" and "index" in batch:
+            # Evaluation z is seeded per example: val/test ELBOs do not depend on batching or process count.
+            noise = per_example_normal(batch["index"].cpu(), (self.hparams.latent_dim,), seed=0).to(self.device)
+        out = self(batch["x"], noise)
         if stage == "train":
             beta = self.kl_weight()
             loss = (out["recon"] + beta * out["kl"]).mean()
