@@ -5,6 +5,9 @@ accumulate them in torchmetrics, which gather their states across processes befo
 numbers under DDP equal those of a single process (evaluation loaders never repeat an example).
 """
 
+import json
+from pathlib import Path
+
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -46,6 +49,8 @@ def _log_bar_chart(trainer: L.Trainer, tag: str, values: torch.Tensor, ylabel: s
 class LatentDiagnostics(Callback):
     """Logs `{val,test}/mi`, `mi_batch` and `au`, and a per-dimension KL chart, every `every_n_epochs`
     validation epochs and on every test run. (`{val,test}/kl` itself is logged by the model.)
+    A test run also writes these values and the per-dimension KL and posterior-mean variances to
+    `<log dir>/latent_diagnostics.json`.
     """
 
     def __init__(self, every_n_epochs: int = 1, au_threshold: float = 0.02, seed: int = 0, chunk_size: int = 1024):
@@ -85,11 +90,20 @@ class LatentDiagnostics(Callback):
         if not self._active:
             return
         stage = _stage(trainer)
-        self.metrics["kl"].compute()
+        values = {"kl": self.metrics["kl"].compute().item()}
         for name in ("mi", "mi_batch", "au"):
-            pl_module.log(f"{stage}/{name}", self.metrics[name].compute().float())
+            value = self.metrics[name].compute()
+            values[name] = value.item()
+            pl_module.log(f"{stage}/{name}", value.float())
+        per_dimension = {"kl_per_dimension": self.metrics["kl"].per_dimension.tolist(),
+                         "posterior_mean_variance": self.metrics["au"].variances.tolist()}
         _log_bar_chart(trainer, f"{stage}/kl_per_dimension", self.metrics["kl"].per_dimension, "KL (nats)")
         _log_bar_chart(trainer, f"{stage}/posterior_mean_variance", self.metrics["au"].variances, "Var_x E[z_d|x]")
+        if stage == "test" and trainer.is_global_zero and trainer.log_dir is not None:
+            # The per-dimension numbers behind the charts, for tables and plots made outside TensorBoard.
+            path = Path(trainer.log_dir) / "latent_diagnostics.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({**values, **per_dimension}, indent=1))
         self._active = False
 
     def on_validation_epoch_start(self, trainer, pl_module):
@@ -120,16 +134,20 @@ class ImportanceWeightedNLL(Callback):
     not depend on batch size or the number of processes. Decoder evaluations run in chunks of `chunk_size`.
     """
 
-    def __init__(self, num_samples: int = 500, chunk_size: int = 100, every_n_val_epochs: int = 0, seed: int = 0):
+    def __init__(self, num_samples: int = 500, chunk_size: int = 100, every_n_val_epochs: int = 0, seed: int = 0,
+                 max_examples: int | None = None):
         """
         Args:
             num_samples: K, importance samples per example.
             chunk_size: decoder evaluations per forward pass (bounds memory for any K).
             every_n_val_epochs: also run on validation every this many epochs (0: test only; it is expensive).
             seed: seed of the per-example z_k draws.
+            max_examples: evaluate only the examples whose dataset index is below this (a fixed subset, the
+                same for any batching or process count); None: every example.
         """
         super().__init__()
         self.num_samples, self.chunk_size, self.seed = num_samples, chunk_size, seed
+        self.max_examples = max_examples
         self.every_n_val_epochs = every_n_val_epochs
         self.metrics = nn.ModuleDict({"nll_iw": IWNLLMetric(), "ppl_iw": TokenPerplexity(), "ppl_elbo": TokenPerplexity()})
         self._active = False
@@ -137,7 +155,8 @@ class ImportanceWeightedNLL(Callback):
 
     def _start(self, pl_module, active: bool) -> None:
         self._active = active
-        self._has_tokens = False
+        # Decided per model, not per batch: every process must take part in the same metric syncs.
+        self._has_tokens = pl_module.decoder.count_tokens(torch.zeros(1, 2, dtype=torch.long)) is not None
         self.metrics.to(pl_module.device)
         for metric in self.metrics.values():
             metric.reset()
@@ -145,17 +164,22 @@ class ImportanceWeightedNLL(Callback):
     def _update(self, trainer, pl_module, outputs, batch) -> None:
         if not self._active or outputs is None:
             return
-        x, mean, logvar = batch["x"], outputs["mean"].detach(), outputs["logvar"].detach()
+        x, mean, logvar, elbo = batch["x"], outputs["mean"].detach(), outputs["logvar"].detach(), outputs["elbo"]
         index = batch["index"].cpu()
+        if self.max_examples is not None:
+            keep = index < self.max_examples
+            if not keep.any():
+                return
+            index, rows = index[keep], keep.nonzero().squeeze(1).to(x.device)
+            x, mean, logvar, elbo = x[rows], mean[rows], logvar[rows], elbo[rows]
         noise = per_example_normal(index, (self.num_samples, mean.shape[1]), self.seed).to(mean)
         with trainer.precision_plugin.forward_context():
             log_weights = pl_module.log_importance_weights(x, mean, logvar, noise, self.chunk_size)
         self.metrics["nll_iw"].update(log_weights)
         tokens = pl_module.decoder.count_tokens(x)
-        self._has_tokens = tokens is not None
         if tokens is not None:
             self.metrics["ppl_iw"].update(IWNLLMetric.per_example(log_weights), tokens)
-            self.metrics["ppl_elbo"].update(outputs["elbo"].detach(), tokens)
+            self.metrics["ppl_elbo"].update(elbo.detach(), tokens)
 
     def _finish(self, trainer, pl_module) -> None:
         if not self._active:

@@ -12,6 +12,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
+from datamodules.files import DataError
+
 
 def binarize_fixed(images: torch.Tensor, seed: int) -> torch.Tensor:
     """One Bernoulli draw per pixel from a seeded generator; returns uint8 0/255 so x/255 is exactly 0 or 1."""
@@ -76,6 +78,18 @@ class BinarizedImageDataModule(EvaluationLoaderMixin, L.LightningDataModule):
     def data_dims(self) -> list[int]:
         """Shape of one example, linked to the model's `data_dims`."""
         return list(self.image_shape)
+
+    def probe_train_data(self, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `limit` training images as floats in {0, 1} and their labels, for a latent probe.
+
+        Grey training images are binarized once with seed `binarize_seed + 2`, so the probe is deterministic.
+        """
+        if self.train_set.labels is None:
+            raise DataError(f"{type(self).__name__} with these settings has no class labels for a probe")
+        x = self.train_set.x[:limit]
+        if self.dynamic_training:
+            x = binarize_fixed(x, self.hparams.binarize_seed + 2)
+        return x.float().div_(255), self.train_set.labels[:limit]
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True,

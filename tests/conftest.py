@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("SKIPVAE_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 DATA_DIR = Path(os.environ["SKIPVAE_DATA_DIR"])
 CONFIGS = ROOT / "configs"
-PRESETS = {"debug.yaml", "bf16.yaml", "ddp.yaml"}
+PRESETS = {"debug.yaml", "bf16.yaml", "ddp.yaml", "cpu_study.yaml"}
 EXPERIMENT_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in PRESETS)
 
 

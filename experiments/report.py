@@ -1,0 +1,142 @@
+"""Tables and plots of a finished study: results.csv, results.md, curves.png, kl_per_dimension.png."""
+
+import csv
+import math
+import os
+import platform
+from collections import defaultdict
+from pathlib import Path
+
+from experiments.studies import Study
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _grouped(records: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        groups[record["group"]].append(record)
+    return groups
+
+
+def write_csv(study: Study, records: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["run", "group", "seed", *study.metrics, "seconds"])
+        for r in records:
+            writer.writerow([r["run"], r["group"], r["seed"],
+                             *(_plain(r["metrics"].get(m)) for m in study.metrics), f"{r['seconds']:.0f}"])
+
+
+def _plain(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def markdown_table(study: Study, records: list[dict]) -> str:
+    """One row per group: mean ± std over its seeds of every metric of the study."""
+    names = [m.split("/", 1)[1] for m in study.metrics]
+    lines = ["| model | seeds | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for group, runs in _grouped(records).items():
+        cells = []
+        for metric in study.metrics:
+            values = [r["metrics"][metric] for r in runs if metric in r["metrics"]]
+            if not values:
+                cells.append("–")
+                continue
+            mean, std = mean_std(values)
+            digits = 0 if metric.endswith("/au") and std == 0 else 2 if not metric.endswith("probe_acc") else 3
+            cells.append(f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(values) > 1 else ""))
+        lines.append(f"| {group} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_markdown(name: str, study: Study, records: list[dict], path: Path) -> None:
+    hours = sum(r["seconds"] for r in records) / 3600
+    per_run = "; ".join(f"{r['run']} seed {r['seed']}: " + ", ".join(
+        f"{m.split('/', 1)[1]} {r['metrics'][m]:.3f}" for m in study.metrics if m in r["metrics"]) for r in records)
+    text = (
+        f"# Study `{name}`\n\n{study.description}\n\n"
+        f"Command: `python -m experiments.run {name}`. Machine: {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPU cores; {hours:.2f} h of run time in all (fit + test).\n\n"
+        "All values are test-set numbers, mean ± sample std over seeds: elbo and nll_iw in nats per example "
+        "(lower is better), kl and mi in nats, au the count of active units.\n\n"
+        f"{markdown_table(study, records)}\n\nPer run: {per_run}.\n"
+    )
+    path.write_text(text)
+
+
+def _scalars(log_dir: Path, tags: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    available = set(events.Tags()["scalars"])
+    out = {}
+    for tag in tags:
+        if tag in available:
+            steps = {}
+            for event in events.Scalars(tag):  # a resumed run may log a step twice: keep the latest value
+                steps[event.step] = event.value
+            out[tag] = sorted(steps.items())
+    return out
+
+
+def plot_curves(study: Study, records: list[dict], study_dir: Path, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(study.curves), figsize=(4 * len(study.curves), 3.2))
+    colours = {group: f"C{i}" for i, group in enumerate(_grouped(records))}
+    styles = ["-", "--", ":", "-."]
+    for record in records:
+        curves = _scalars(study_dir / "runs" / record["run"] / "fit", study.curves)
+        seeds = sorted({r["seed"] for r in records if r["group"] == record["group"]})
+        for ax, tag in zip(axes, study.curves):
+            if tag in curves:
+                steps, values = zip(*curves[tag])
+                ax.plot(steps, values, styles[seeds.index(record["seed"]) % len(styles)], marker="o", markersize=3,
+                        color=colours[record["group"]], label=f"{record['group']} seed {record['seed']}")
+    for ax, tag in zip(axes, study.curves):
+        ax.set_title(tag)
+        ax.set_xlabel("training step")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_kl_per_dimension(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for i, (group, runs) in enumerate(_grouped(records).items()):
+        per_run = [sorted(r["kl_per_dimension"], reverse=True) for r in runs if r.get("kl_per_dimension")]
+        if not per_run:
+            continue
+        mean = [sum(column) / len(column) for column in zip(*per_run)]
+        ax.plot(range(1, len(mean) + 1), mean, marker="o", markersize=3, color=f"C{i}", label=group)
+    ax.set_xlabel("latent dimension, sorted by KL")
+    ax.set_ylabel("test KL per dimension (nats)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(name: str, study: Study, records: list[dict], study_dir: Path) -> None:
+    study_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(study, records, study_dir / "results.csv")
+    write_markdown(name, study, records, study_dir / "results.md")
+    plot_curves(study, records, study_dir, study_dir / "curves.png")
+    plot_kl_per_dimension(records, study_dir / "kl_per_dimension.png")
