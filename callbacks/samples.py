@@ -31,9 +31,12 @@ class SampleLogger(Callback):
             return
         was_training = pl_module.training
         pl_module.eval()
-        with trainer.precision_plugin.forward_context():
-            reconstructions = pl_module.reconstruct(inputs)
-            samples = pl_module.sample(self.num_examples)
+        with trainer.precision_plugin.forward_context(), torch.no_grad():
+            # One autoregressive decoding for both: z = posterior means of the inputs, then draws from p(z).
+            z = torch.cat([pl_module.encode(inputs)[0],
+                           torch.randn(self.num_examples, pl_module.hparams.latent_dim, device=pl_module.device)])
+            decoded = pl_module.decoder.sample(z)
+        reconstructions, samples = decoded[: len(inputs)], decoded[len(inputs) :]
         pl_module.train(was_training)
         step = trainer.current_epoch
         to_text = getattr(trainer.datamodule, "decode", None)

@@ -1,5 +1,7 @@
 """LightningDataModules, one per dataset."""
 
 from datamodules.mnist import MNISTDataModule
+from datamodules.omniglot import OmniglotDataModule
+from datamodules.yahoo import YahooDataModule
 
-__all__ = ["MNISTDataModule"]
+__all__ = ["MNISTDataModule", "OmniglotDataModule", "YahooDataModule"]

@@ -1,8 +1,8 @@
 """What the binary-image datasets share: in-memory uint8 storage, batched indexing and binarization.
 
-Images are stored as uint8 intensities (0..255). Training batches are binarized dynamically, a fresh
-Bernoulli draw of every pixel for every batch, vectorised on the batch's device after transfer.
-Validation and test images are binarized once, with a fixed seed, at set-up (stored as 0/255), so they are
+Images are stored as uint8 intensities (0..255, MNIST) or float32 in [0, 1] (Omniglot). Training batches are
+binarized dynamically, a fresh Bernoulli draw of every pixel for every batch, vectorised on the batch's device after transfer.
+Validation and test images are binarized once, with a fixed seed, at set-up (stored as 0/255 or 0/1), so they are
 identical across epochs, runs and processes.
 """
 
@@ -15,13 +15,24 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from datamodules.files import DataError
 
 
+def pixel_scale(images: torch.Tensor) -> int:
+    """Value of a white pixel: 255 for uint8 storage (MNIST), 1 for float storage in [0, 1] (Omniglot)."""
+    return 255 if images.dtype == torch.uint8 else 1
+
+
+def to_unit_interval(images: torch.Tensor) -> torch.Tensor:
+    """Stored images as float32 in [0, 1]."""
+    return images.float().div_(pixel_scale(images))
+
+
 def binarize_fixed(images: torch.Tensor, seed: int) -> torch.Tensor:
-    """One Bernoulli draw per pixel from a seeded generator; returns uint8 0/255 so x/255 is exactly 0 or 1."""
+    """One Bernoulli draw per pixel from a seeded generator, in the input's storage type and scale
+    (uint8 0/255 or float 0/1), so that `to_unit_interval` gives exactly 0 or 1."""
     generator = torch.Generator().manual_seed(seed)
     out = torch.empty_like(images)
     for start in range(0, len(images), 10_000):  # bounded float memory
-        chunk = images[start : start + 10_000].float().div_(255)
-        out[start : start + 10_000] = torch.bernoulli(chunk, generator=generator).mul_(255).to(torch.uint8)
+        chunk = to_unit_interval(images[start : start + 10_000])
+        out[start : start + 10_000] = torch.bernoulli(chunk, generator=generator).mul_(pixel_scale(images))
     return out
 
 
@@ -89,7 +100,7 @@ class BinarizedImageDataModule(EvaluationLoaderMixin, L.LightningDataModule):
         x = self.train_set.x[:limit]
         if self.dynamic_training:
             x = binarize_fixed(x, self.hparams.binarize_seed + 2)
-        return x.float().div_(255), self.train_set.labels[:limit]
+        return to_unit_interval(x), self.train_set.labels[:limit]
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True,
@@ -102,7 +113,7 @@ class BinarizedImageDataModule(EvaluationLoaderMixin, L.LightningDataModule):
         return self._eval_loader(self.test_set, self.hparams.eval_batch_size)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        x = batch["x"].float().div_(255)
+        x = to_unit_interval(batch["x"])
         trainer = getattr(self, "trainer", None)
         if self.dynamic_training and trainer is not None and trainer.training:
             x = torch.bernoulli(x)

@@ -60,8 +60,9 @@ def test_command(run: Run, run_dir: Path) -> list[str]:
 
 
 def _execute(command: list[str], log: Path, quiet: bool) -> None:
-    """Run `python <command>` from the project root; output to the terminal, or to `log` when quiet."""
-    full = [sys.executable, *command]
+    """Run `python <command>` from the project root; output to the terminal, or to `log` (without the
+    progress bar) when quiet."""
+    full = [sys.executable, *command, *(["--trainer.enable_progress_bar", "false"] if quiet else [])]
     log.parent.mkdir(parents=True, exist_ok=True)
     if quiet:
         with open(log, "w") as handle:

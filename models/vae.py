@@ -59,6 +59,7 @@ class VAE(L.LightningModule):
         lr: float = 1e-3,
         kl_start: float = 1.0,
         kl_warmup_epochs: float = 0.0,
+        param_init: float = 0.0,
     ):
         """
         Args:
@@ -78,6 +79,8 @@ class VAE(L.LightningModule):
             lr: learning rate.
             kl_start: KL weight beta at step 0; 1.0 disables warm-up.
             kl_warmup_epochs: epochs over which beta grows linearly from kl_start to 1.
+            param_init: when > 0, every parameter starts uniform in [-param_init, param_init] (the paper's text
+                models use 0.1); 0 keeps PyTorch's default initialisation.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -87,6 +90,9 @@ class VAE(L.LightningModule):
                 "give one kernel size per layer"
             )
         self.encoder, self.decoder = self._build_networks()
+        if param_init > 0:
+            for parameter in self.parameters():
+                nn.init.uniform_(parameter, -param_init, param_init)
         self.eval_metrics = nn.ModuleDict(
             {f"{stage}_{name}": MeanMetric() for stage in ("val", "test") for name in ("elbo", "recon", "kl")}
         )
@@ -233,9 +239,14 @@ class VAE(L.LightningModule):
             if _plain(value) != _plain(mine):
                 problems.append(f"{key}={value!r} (configured: {mine!r})")
         if problems:
+            hint = ""
+            if self.hparams.architecture == "lstm" and _plain(saved["architecture"]["data_dims"]) != _plain(
+                    self.hparams.data_dims):
+                hint = (" For text, data_dims is the vocabulary size: pass the training run's vocabulary "
+                        "(vocab.txt in its log folder) as --data.init_args.vocab_file.")
             raise CheckpointMismatchError(
                 "checkpoint does not match the configured model: " + "; ".join(problems)
-                + ". Use the config the checkpoint was trained with (saved as config.yaml next to it)."
+                + ". Use the config the checkpoint was trained with (saved as config.yaml next to it)." + hint
             )
 
 

@@ -29,3 +29,18 @@ def mnist_dir() -> Path:
     if not (folder / "train-images-idx3-ubyte.gz").exists():
         pytest.fail(f"real MNIST files are needed in {folder} (set SKIPVAE_DATA_DIR)")
     return folder
+
+
+@pytest.fixture(scope="session")
+def fixture_data_dir(tmp_path_factory) -> Path:
+    """Omniglot and Yahoo files generated in their real formats (the full files are not on every machine)."""
+    from fixtures import make_data_dir
+
+    return make_data_dir(tmp_path_factory.mktemp("data"))
+
+
+def fixture_args(config: str, data_dir: Path) -> list[str]:
+    """Arguments that point a config whose full data may be missing at the generated fixtures."""
+    if config.startswith("omniglot") or (config.startswith("yahoo") and not config.startswith("yahoo_small")):
+        return ["--data.init_args.data_dir", str(data_dir), "--data.init_args.check_file", "false"]
+    return []

@@ -1,0 +1,112 @@
+"""The study runner: tables, plots, resume after an interrupted study; and the latent probe."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from callbacks.probe import probe_accuracy
+from conftest import DATA_DIR, ROOT
+from experiments.report import markdown_table, mean_std
+from experiments.run import fit_command
+from experiments.studies import STUDIES, Run, Study
+
+
+def runner(out, *extra) -> list[str]:
+    return [sys.executable, "-m", "experiments.run", "debug", "--out", str(out), "--quiet", *extra]
+
+
+class TestStudyRunner:
+    def test_interrupted_study_resumes_and_reports(self, tmp_path):
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        first = tmp_path / "debug" / "runs" / "vae_seed1" / "metrics.json"
+        process = subprocess.Popen(runner(tmp_path), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 300
+        while not first.exists() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGKILL)  # the runner and its main.py child, mid-study
+        process.wait()
+        assert first.exists(), process.stdout.read().decode()[-2000:]
+        assert not (tmp_path / "debug" / "runs" / "skipvae_seed1" / "metrics.json").exists()
+        finished_at = first.stat().st_mtime
+
+        result = subprocess.run(runner(tmp_path), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert "[1/2] debug/vae_seed1: finished earlier, reusing" in result.stdout
+        assert "[2/2] debug/skipvae_seed1:" in result.stdout
+        assert first.stat().st_mtime == finished_at
+
+        study_dir = tmp_path / "debug"
+        rows = (study_dir / "results.csv").read_text().splitlines()
+        assert rows[0].startswith("run,group,seed,test/elbo,test/nll_iw,test/kl,test/mi,test/mi_batch,test/au")
+        assert [r.split(",")[0] for r in rows[1:]] == ["vae_seed1", "skipvae_seed1"]
+        table = (study_dir / "results.md").read_text()
+        assert "| VAE | 1 |" in table and "| SkipVAE | 1 |" in table
+        for image in ("curves.png", "kl_per_dimension.png"):
+            assert (study_dir / image).read_bytes()[:4] == b"\x89PNG"
+        record = json.loads(first.read_text())
+        # both are Monte-Carlo estimates (one z per example for the ELBO, K = 10 for IW): close, IW not above by much
+        assert record["metrics"]["test/nll_iw"] <= record["metrics"]["test/elbo"] + 0.5
+        assert 0 <= record["metrics"]["test/probe_acc"] <= 1 and len(record["kl_per_dimension"]) == 20
+
+        again = subprocess.run(runner(tmp_path), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0 and again.stdout.count("finished earlier, reusing") == 2
+
+    def test_failed_run_stops_with_message(self, tmp_path):
+        env = {**os.environ, "SKIPVAE_DATA_DIR": str(tmp_path / "nowhere"), "PYTHONWARNINGS": "ignore"}
+        result = subprocess.run(runner(tmp_path), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1
+        assert "exited with code 1; its output is in" in result.stderr and "finished runs are kept" in result.stderr
+        log = tmp_path / "debug" / "runs" / "vae_seed1" / "fit.log"
+        assert "missing data file" in log.read_text()
+
+    def test_fit_resumes_from_last_checkpoint(self, tmp_path):
+        run = Run("r", "VAE", ("configs/mnist_vae.yaml",), 3, ("--trainer.max_epochs", "2"))
+        command = fit_command(run, tmp_path / "r")
+        assert "--ckpt_path" not in command and command[command.index("--seed_everything") + 1] == "3"
+        (tmp_path / "r" / "fit" / "checkpoints").mkdir(parents=True)
+        (tmp_path / "r" / "fit" / "checkpoints" / "last.ckpt").write_bytes(b"")
+        assert fit_command(run, tmp_path / "r")[-2:] == ["--ckpt_path", str(tmp_path / "r" / "fit" / "checkpoints" / "last.ckpt")]
+
+    def test_every_study_names_existing_configs(self):
+        for name, study in STUDIES.items():
+            for run in study.runs:
+                for config in run.configs:
+                    assert (ROOT / config).exists(), (name, config)
+            assert len({run.name for run in study.runs}) == len(study.runs), name
+
+    def test_markdown_table_mean_and_std_over_seeds(self):
+        study = Study("t", (), metrics=("test/kl", "test/au"))
+        records = [{"group": "VAE", "metrics": {"test/kl": 1.0, "test/au": 2}},
+                   {"group": "VAE", "metrics": {"test/kl": 3.0, "test/au": 2}},
+                   {"group": "SkipVAE", "metrics": {"test/kl": 5.0}}]
+        lines = markdown_table(study, records).splitlines()
+        assert lines[2] == "| VAE | 2 | 2.00 ± 1.41 | 2 ± 0 |"
+        assert lines[3] == "| SkipVAE | 1 | 5.00 | – |"
+        assert mean_std([1.0, 3.0]) == pytest.approx((2.0, 2 ** 0.5))
+
+
+class TestProbe:
+    def test_separable_classes_are_found_and_noise_is_chance(self):
+        generator = torch.Generator().manual_seed(0)
+        labels = torch.randint(0, 4, (2000,), generator=generator)
+        centres = torch.randn(4, 6, generator=generator) * 4
+        features = centres[labels] + torch.randn(2000, 6, generator=generator)
+        assert probe_accuracy(features[:1000], labels[:1000], features[1000:], labels[1000:]) > 0.95
+        noise = torch.randn(2000, 6, generator=generator)
+        assert abs(probe_accuracy(noise[:1000], labels[:1000], noise[1000:], labels[1000:]) - 0.25) < 0.06
+
+    def test_reference_posteriors_skip_model_is_more_informative(self):
+        accuracy = {}
+        for name in ("noskip", "skip"):
+            data = np.load(DATA_DIR / "reference" / f"mnist-{name}-latents.npz")
+            mean, labels = torch.from_numpy(data["mean"]), torch.from_numpy(data["labels"])
+            accuracy[name] = probe_accuracy(mean[:5000], labels[:5000], mean[5000:], labels[5000:])
+        assert 0.5 < accuracy["noskip"] < accuracy["skip"] <= 1.0

@@ -1,0 +1,161 @@
+"""YahooDataModule: vocabulary, documents, bucketing, masks, checkpointed vocabulary and bad files."""
+
+from collections import Counter
+
+import pytest
+import torch
+
+from datamodules import YahooDataModule
+from datamodules.files import DataError
+from datamodules.yahoo import BucketedDocuments, Vocabulary, read_documents
+from fixtures import write_documents, write_yahoo
+
+
+@pytest.fixture
+def yahoo_dir(tmp_path):
+    write_yahoo(tmp_path / "yahoo")
+    return tmp_path
+
+
+def make(data_dir, **kwargs) -> YahooDataModule:
+    dm = YahooDataModule(data_dir=str(data_dir), download=False, check_file=False, **kwargs)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+class TestVocabulary:
+    def test_built_by_frequency_with_specials_first(self):
+        docs = [["b", "a", "b", "c"], ["c", "b", "_UNK", "d"]]
+        vocab = Vocabulary.build(docs, max_size=6)
+        assert vocab.words == ["<pad>", "<bos>", "<eos>", "_UNK", "b", "c"]  # b:3, c:2, then a/d tie cut off
+        ids, unknown = vocab.encode(["b", "zzz", "a"])
+        assert ids.tolist() == [1, 4, 3, 3, 2] and unknown == 2
+
+    def test_ties_are_alphabetical(self):
+        assert Vocabulary.build([["y", "x", "z"]], max_size=10).words[4:] == ["x", "y", "z"]
+
+    def test_reads_word_per_line_and_indexed_files(self, tmp_path):
+        (tmp_path / "words.txt").write_text("why\nis\n_UNK\n")
+        assert Vocabulary.read(tmp_path / "words.txt").words == ["<pad>", "<bos>", "<eos>", "why", "is", "_UNK"]
+        vocab = Vocabulary(["<pad>", "<bos>", "<eos>", "_UNK", "hello"])
+        vocab.save(tmp_path / "saved.txt")
+        assert Vocabulary.read(tmp_path / "saved.txt") == vocab
+
+    def test_reads_the_real_vocabulary_files(self, tmp_path):
+        from conftest import DATA_DIR
+
+        indexed = Vocabulary.read(DATA_DIR / "yahoo" / "vocab_yaoxiaoyuan.txt")
+        plain = Vocabulary.read(DATA_DIR / "yahoo" / "vocab_della.txt")
+        assert len(indexed) == 20000 and indexed.words[3:5] == ["_UNK", "."]
+        assert len(plain) == 20000 and set(plain.words) == set(indexed.words)
+
+    @pytest.mark.parametrize("content, message", [
+        ("", "is empty"),
+        ("<pad>\t0\n<bos>\t1\n<eos>\t2\n_UNK\tx\n", "line 4: expected `word<TAB>3`"),
+        ("<pad>\t0\n<bos>\t1\n<eos>\t2\n_UNK\t5\n", "line 4"),
+        ("a b c\n", "line 1"),
+        ("<pad>\t0\n<bos>\t1\n<eos>\t2\n_UNK\t3\nx\t4\nx\t5\n", "twice"),
+        ("a\n<pad>\n<bos>\n<eos>\n", "must be its first three lines"),
+    ])
+    def test_malformed_files(self, tmp_path, content, message):
+        (tmp_path / "vocab.txt").write_text(content)
+        with pytest.raises(DataError, match=message):
+            Vocabulary.read(tmp_path / "vocab.txt")
+
+    def test_decode_stops_at_eos_and_drops_specials(self):
+        vocab = Vocabulary(["<pad>", "<bos>", "<eos>", "_UNK", "hi", "there"])
+        assert vocab.decode([1, 4, 5, 3, 2, 4, 0]) == "hi there _UNK"
+
+
+class TestDocuments:
+    def test_blank_lines_are_skipped_and_counted(self, tmp_path):
+        write_documents(tmp_path / "d.txt", 100, seed=0, blank_every=25)
+        docs, blank = read_documents(tmp_path / "d.txt")
+        assert len(docs) == 100 and blank == 4
+
+    @pytest.mark.parametrize("content", ["", "\n\n  \n"])
+    def test_empty_file(self, tmp_path, content):
+        (tmp_path / "e.txt").write_text(content)
+        with pytest.raises(DataError, match="empty or holds only blank lines"):
+            read_documents(tmp_path / "e.txt")
+
+    def test_not_utf8(self, tmp_path):
+        (tmp_path / "b.txt").write_bytes(b"caf\xe9 ok\n")
+        with pytest.raises(DataError, match="not UTF-8"):
+            read_documents(tmp_path / "b.txt")
+
+    def test_bucketed_batches_have_similar_lengths_and_masks(self):
+        docs = [torch.arange(1, n + 1) for n in torch.randint(3, 60, (101,), generator=torch.Generator().manual_seed(0))]
+        dataset = BucketedDocuments(docs, batch_size=10)
+        assert len(dataset) == 11
+        seen = []
+        for i in range(len(dataset)):
+            batch = dataset[i]
+            lengths = batch["mask"].sum(1)
+            assert torch.equal(batch["mask"], batch["x"] != 0)
+            assert int(lengths.max()) == batch["x"].shape[1]
+            for row, j in zip(batch["x"], batch["index"].tolist()):  # each row is its document, then padding
+                assert torch.equal(row[: len(docs[j])], docs[j]) and not row[len(docs[j]):].any()
+            seen += batch["index"].tolist()
+        assert sorted(seen) == list(range(101))  # every document exactly once
+        spans = [int(dataset[i]["mask"].sum(1).max() - dataset[i]["mask"].sum(1).min()) for i in range(len(dataset))]
+        assert sum(spans) <= 60  # sorted by length: a batch's lengths differ little
+
+
+class TestDataModule:
+    def test_splits_vocabulary_and_batches(self, yahoo_dir):
+        dm = make(yahoo_dir, batch_size=16, eval_batch_size=8)
+        assert sum(len(b) for b in dm.datasets["train"].batches) == 200
+        assert sum(len(b) for b in dm.datasets["test"].batches) == 40
+        assert dm.data_dims == [len(dm.vocabulary)] == [4 + 19]  # 20 fixture words, _UNK among them
+        batch = next(iter(dm.train_dataloader()))
+        assert batch["x"].dtype == torch.long and batch["x"].shape[0] == 16
+        assert (batch["x"][:, 0] == 1).all()  # <bos>
+        assert ((batch["x"] == 2).sum(1) == 1).all()  # one <eos> per document
+        assert torch.equal(batch["mask"], batch["x"] != 0)
+
+    def test_unknown_test_words_map_to_unk(self, yahoo_dir):
+        dm = make(yahoo_dir)
+        text = " ".join(dm.decode(torch.cat([dm.datasets["test"][i]["x"] for i in range(1)])))
+        assert "zebra" not in dm.vocabulary.ids and "zebra" not in text
+        docs, _ = read_documents(yahoo_dir / "yahoo" / "test.txt")
+        n_unknown = sum(Counter(w for d in docs for w in d)[w] for w in ("zebra", "quokka"))
+        encoded = torch.cat([dm.datasets["test"].documents[i] for i in range(40)])
+        assert int((encoded == dm.vocabulary.unk_id).sum()) == n_unknown + sum(d.count("_UNK") for d in docs)
+
+    def test_val_split_holds_out_training_documents(self, yahoo_dir):
+        dm = make(yahoo_dir, train_file="valid.txt", val_split=10)
+        assert sum(len(b) for b in dm.datasets["val"].batches) == 10
+        assert sum(len(b) for b in dm.datasets["train"].batches) == 30
+
+    def test_checkpoint_vocabulary_is_used_for_test(self, yahoo_dir):
+        trained = make(yahoo_dir)
+        state = trained.state_dict()
+        # the same size, a different order: a machine that built its vocabulary differently
+        shuffled = Vocabulary(state["vocabulary"][:4] + state["vocabulary"][4:][::-1])
+        shuffled.save(yahoo_dir / "other_vocab.txt")
+        other = make(yahoo_dir, vocab_file=str(yahoo_dir / "other_vocab.txt"))
+        assert other.vocabulary != trained.vocabulary
+        with pytest.warns(UserWarning, match="checkpoint's vocabulary"):
+            other.load_state_dict(state)
+        assert other.vocabulary == trained.vocabulary
+        assert torch.equal(other.datasets["test"][0]["x"], trained.datasets["test"][0]["x"])
+
+    def test_vocabulary_size_mismatch(self, yahoo_dir):
+        dm = make(yahoo_dir)
+        with pytest.raises(DataError, match="vocab_file"):
+            dm.load_state_dict({"vocabulary": dm.vocabulary.words + ["extra"]})
+
+    def test_missing_official_file_names_url(self, tmp_path):
+        dm = YahooDataModule(data_dir=str(tmp_path), download=False)
+        with pytest.raises(DataError, match=r"train\.txt.*https://raw\.githubusercontent\.com/harvardnlp"):
+            dm.prepare_data()
+
+    def test_real_stand_in_split(self):
+        dm = YahooDataModule(train_file="valid.txt", val_split=1000, test_file="test.txt", download=False)
+        dm.setup("fit")
+        assert sum(len(b) for b in dm.datasets["train"].batches) == 9000
+        assert sum(len(b) for b in dm.datasets["val"].batches) == 1000
+        assert sum(len(b) for b in dm.datasets["test"].batches) == 10000
+        assert len(dm.vocabulary) == 4 + 17043  # the distinct words of valid.txt besides _UNK
