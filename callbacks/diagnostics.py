@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
+from torchmetrics import MeanMetric
 
 from callbacks.metrics import (
     ActiveUnits,
@@ -128,7 +129,8 @@ class LatentDiagnostics(Callback):
 
 class ImportanceWeightedNLL(Callback):
     """Logs `test/nll_iw` = -log (1/K) sum_k p(x, z_k) / q(z_k|x) (K = num_samples), and for text also
-    `test/ppl_iw` and `test/ppl_elbo` (per-token perplexities, the end-of-sentence token counted).
+    `test/ppl_iw` and `test/ppl_elbo` (per-token perplexities, the end-of-sentence token counted). With
+    `max_examples`, these cover that subset only, and `test/elbo_subset` gives the ELBO of the same examples.
 
     The z_k of each example are drawn from a generator seeded by (seed, example index), so the result does
     not depend on batch size or the number of processes. Decoder evaluations run in chunks of `chunk_size`.
@@ -149,7 +151,8 @@ class ImportanceWeightedNLL(Callback):
         self.num_samples, self.chunk_size, self.seed = num_samples, chunk_size, seed
         self.max_examples = max_examples
         self.every_n_val_epochs = every_n_val_epochs
-        self.metrics = nn.ModuleDict({"nll_iw": IWNLLMetric(), "ppl_iw": TokenPerplexity(), "ppl_elbo": TokenPerplexity()})
+        self.metrics = nn.ModuleDict({"nll_iw": IWNLLMetric(), "ppl_iw": TokenPerplexity(), "ppl_elbo": TokenPerplexity(),
+                                      "elbo_subset": MeanMetric()})
         self._active = False
         self._has_tokens = False
 
@@ -176,6 +179,7 @@ class ImportanceWeightedNLL(Callback):
         with trainer.precision_plugin.forward_context():
             log_weights = pl_module.log_importance_weights(x, mean, logvar, noise, self.chunk_size)
         self.metrics["nll_iw"].update(log_weights)
+        self.metrics["elbo_subset"].update(elbo.detach().double())
         tokens = pl_module.decoder.count_tokens(x)
         if tokens is not None:
             self.metrics["ppl_iw"].update(IWNLLMetric.per_example(log_weights), tokens)
@@ -186,6 +190,8 @@ class ImportanceWeightedNLL(Callback):
             return
         stage = _stage(trainer)
         pl_module.log(f"{stage}/nll_iw", self.metrics["nll_iw"].compute().float())
+        if self.max_examples is not None:  # the one-sample ELBO of the same examples, to compare with nll_iw
+            pl_module.log(f"{stage}/elbo_subset", self.metrics["elbo_subset"].compute().float())
         if self._has_tokens:
             pl_module.log(f"{stage}/ppl_iw", self.metrics["ppl_iw"].compute().float())
             pl_module.log(f"{stage}/ppl_elbo", self.metrics["ppl_elbo"].compute().float())

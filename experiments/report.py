@@ -64,8 +64,10 @@ def write_markdown(name: str, study: Study, records: list[dict], path: Path) -> 
         f"# Study `{name}`\n\n{study.description}\n\n"
         f"Command: `python -m experiments.run {name}`. Machine: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPU cores; {hours:.2f} h of run time in all (fit + test).\n\n"
-        "All values are test-set numbers, mean ± sample std over seeds: elbo and nll_iw in nats per example "
-        "(lower is better), kl and mi in nats, au the count of active units.\n\n"
+        "All values are test-set numbers, mean ± sample std over seeds: elbo (negative ELBO, all test examples), "
+        "elbo_subset and nll_iw (the examples the importance-weighted NLL was computed on) in nats per example, "
+        "lower is better; kl and mi in nats; au the count of active units; probe_acc the test accuracy of a "
+        "logistic regression on posterior means.\n\n"
         f"{markdown_table(study, records)}\n\nPer run: {per_run}.\n"
     )
     path.write_text(text)

@@ -32,8 +32,8 @@ class Study:
     curves: tuple[str, ...] = ("val/elbo", "val/kl", "val/mi", "val/au")
 
 
-IMAGE_METRICS = ("test/elbo", "test/nll_iw", "test/kl", "test/mi", "test/mi_batch", "test/au", "test/probe_acc")
-TEXT_METRICS = ("test/elbo", "test/nll_iw", "test/ppl_elbo", "test/ppl_iw", "test/kl", "test/mi", "test/mi_batch",
+IMAGE_METRICS = ("test/elbo", "test/elbo_subset", "test/nll_iw", "test/kl", "test/mi", "test/mi_batch", "test/au", "test/probe_acc")
+TEXT_METRICS = ("test/elbo", "test/elbo_subset", "test/nll_iw", "test/ppl_elbo", "test/ppl_iw", "test/kl", "test/mi", "test/mi_batch",
                 "test/au")
 
 

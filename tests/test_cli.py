@@ -90,6 +90,27 @@ class TestRunOutputs:
         assert {"val/reconstructions", "val/samples"} <= set(events.Tags()["images"])
 
 
+    def test_text_run_logs_text_samples_and_perplexity(self, tmp_path, fixture_data_dir):
+        cli = fit(tmp_path, "yahoo_skipvae.yaml", *fixture_args("yahoo_skipvae.yaml", fixture_data_dir))
+        log_dir = tmp_path / "run" / "version_0"
+        tags = read_events(log_dir).Tags()["tensors"]
+        assert {"val/reconstructions/text_summary", "val/samples/text_summary"} <= set(tags)
+        assert (log_dir / "vocab.txt").read_text().startswith("<pad>\t0\n<bos>\t1\n<eos>\t2\n_UNK\t3\n")
+        test = cli_main(["test", *config_args("yahoo_skipvae.yaml", "debug.yaml"), *logging_args(tmp_path, "test"),
+                         *fixture_args("yahoo_skipvae.yaml", fixture_data_dir),
+                         "--ckpt_path", str(log_dir / "checkpoints" / "last.ckpt")])
+        metrics = test.trainer.callback_metrics
+        for name in ("test/ppl_iw", "test/ppl_elbo", "test/nll_iw", "test/mi", "test/au"):
+            assert math.isfinite(float(metrics[name])), name
+        # per-token perplexity: total negative ELBO over total predicted tokens (words + <eos>, not <bos>)
+        dataset = test.datamodule.datasets["test"]
+        batches = [dataset[i]["x"] for i in range(2)]  # debug preset: 2 test batches
+        tokens = sum(int((x[:, 1:] != 0).sum()) for x in batches)
+        documents = sum(len(x) for x in batches)
+        expected = float(metrics["test/elbo"]) * documents / tokens
+        assert math.log(float(metrics["test/ppl_elbo"])) == pytest.approx(expected, rel=1e-4)
+
+
 class TestPresets:
     def test_bf16_mixed_fit(self, tmp_path):
         cli = cli_main(["fit", *config_args("mnist_skipvae.yaml", "debug.yaml", "bf16.yaml"), *logging_args(tmp_path),

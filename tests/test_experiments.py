@@ -45,7 +45,7 @@ class TestStudyRunner:
 
         study_dir = tmp_path / "debug"
         rows = (study_dir / "results.csv").read_text().splitlines()
-        assert rows[0].startswith("run,group,seed,test/elbo,test/nll_iw,test/kl,test/mi,test/mi_batch,test/au")
+        assert rows[0].startswith("run,group,seed,test/elbo,test/elbo_subset,test/nll_iw,test/kl,test/mi,test/mi_batch,test/au")
         assert [r.split(",")[0] for r in rows[1:]] == ["vae_seed1", "skipvae_seed1"]
         table = (study_dir / "results.md").read_text()
         assert "| VAE | 1 |" in table and "| SkipVAE | 1 |" in table
