@@ -6,6 +6,7 @@ numbers under DDP equal those of a single process (evaluation loaders never repe
 """
 
 import json
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -22,6 +23,10 @@ from callbacks.metrics import (
     TokenPerplexity,
 )
 from models.distributions import per_example_normal
+
+# The values logged here are computed from states gathered across processes, so they are already the same on
+# every process; Lightning's advice to average them with `sync_dist=True` does not apply.
+warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
 
 
 def _stage(trainer: L.Trainer) -> str:
@@ -100,9 +105,10 @@ class LatentDiagnostics(Callback):
                          "posterior_mean_variance": self.metrics["au"].variances.tolist()}
         _log_bar_chart(trainer, f"{stage}/kl_per_dimension", self.metrics["kl"].per_dimension, "KL (nats)")
         _log_bar_chart(trainer, f"{stage}/posterior_mean_variance", self.metrics["au"].variances, "Var_x E[z_d|x]")
-        if stage == "test" and trainer.is_global_zero and trainer.log_dir is not None:
+        log_dir = trainer.log_dir if stage == "test" else None  # a collective under DDP: asked on every process
+        if log_dir is not None and trainer.is_global_zero:
             # The per-dimension numbers behind the charts, for tables and plots made outside TensorBoard.
-            path = Path(trainer.log_dir) / "latent_diagnostics.json"
+            path = Path(log_dir) / "latent_diagnostics.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({**values, **per_dimension}, indent=1))
         self._active = False

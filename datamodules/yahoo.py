@@ -258,9 +258,11 @@ class YahooDataModule(EvaluationLoaderMixin, L.LightningDataModule):
             if len(dataset) == 0:
                 raise DataError(f"the {split} split has no documents")
         trainer = getattr(self, "trainer", None)
-        if stage == "fit" and trainer is not None and trainer.is_global_zero and trainer.log_dir is not None:
-            Path(trainer.log_dir).mkdir(parents=True, exist_ok=True)
-            self.vocabulary.save(Path(trainer.log_dir) / "vocab.txt")
+        if stage == "fit" and trainer is not None:
+            log_dir = trainer.log_dir  # a collective under DDP: every process asks, rank zero writes
+            if trainer.is_global_zero and log_dir is not None:
+                Path(log_dir).mkdir(parents=True, exist_ok=True)
+                self.vocabulary.save(Path(log_dir) / "vocab.txt")
 
     # ------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:
