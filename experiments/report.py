@@ -25,13 +25,19 @@ def _grouped(records: list[dict]) -> dict[str, list[dict]]:
     return groups
 
 
+def reported_metrics(study: Study, records: list[dict]) -> list[str]:
+    """The study's metrics that at least one run logged (e.g. no `elbo_subset` without an IW-NLL subset)."""
+    return [m for m in study.metrics if any(m in r["metrics"] for r in records)]
+
+
 def write_csv(study: Study, records: list[dict], path: Path) -> None:
+    metrics = reported_metrics(study, records)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["run", "group", "seed", *study.metrics, "seconds"])
+        writer.writerow(["run", "group", "seed", *metrics, "seconds"])
         for r in records:
             writer.writerow([r["run"], r["group"], r["seed"],
-                             *(_plain(r["metrics"].get(m)) for m in study.metrics), f"{r['seconds']:.0f}"])
+                             *(_plain(r["metrics"].get(m)) for m in metrics), f"{r['seconds']:.0f}"])
 
 
 def _plain(value: float | None) -> str:
@@ -40,11 +46,12 @@ def _plain(value: float | None) -> str:
 
 def markdown_table(study: Study, records: list[dict]) -> str:
     """One row per group: mean ± std over its seeds of every metric of the study."""
-    names = [m.split("/", 1)[1] for m in study.metrics]
+    metrics = reported_metrics(study, records)
+    names = [m.split("/", 1)[1] for m in metrics]
     lines = ["| model | seeds | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for group, runs in _grouped(records).items():
         cells = []
-        for metric in study.metrics:
+        for metric in metrics:
             values = [r["metrics"][metric] for r in runs if metric in r["metrics"]]
             if not values:
                 cells.append("–")
@@ -58,15 +65,15 @@ def markdown_table(study: Study, records: list[dict]) -> str:
 
 def write_markdown(name: str, study: Study, records: list[dict], path: Path) -> None:
     hours = sum(r["seconds"] for r in records) / 3600
-    per_run = "; ".join(f"{r['run']} seed {r['seed']}: " + ", ".join(
+    per_run = "; ".join(f"{r['run']} ({r['seconds'] / 60:.1f} min): " + ", ".join(
         f"{m.split('/', 1)[1]} {r['metrics'][m]:.3f}" for m in study.metrics if m in r["metrics"]) for r in records)
     text = (
         f"# Study `{name}`\n\n{study.description}\n\n"
         f"Command: `python -m experiments.run {name}`. Machine: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPU cores; {hours:.2f} h of run time in all (fit + test).\n\n"
-        "All values are test-set numbers, mean ± sample std over seeds: elbo (negative ELBO, all test examples), "
-        "elbo_subset and nll_iw (the examples the importance-weighted NLL was computed on) in nats per example, "
-        "lower is better; kl and mi in nats; au the count of active units; probe_acc the test accuracy of a "
+        "All values are test-set numbers, mean ± sample std over seeds: elbo (negative ELBO, all test examples) "
+        "and nll_iw (importance-weighted NLL; with elbo_subset where shown, on the examples it was computed on) "
+        "in nats per example, lower is better; kl and mi in nats; au the count of active units; probe_acc the test accuracy of a "
         "logistic regression on posterior means.\n\n"
         f"{markdown_table(study, records)}\n\nPer run: {per_run}.\n"
     )
@@ -120,6 +127,7 @@ def plot_kl_per_dimension(records: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for i, (group, runs) in enumerate(_grouped(records).items()):
@@ -128,6 +136,7 @@ def plot_kl_per_dimension(records: list[dict], path: Path) -> None:
             continue
         mean = [sum(column) / len(column) for column in zip(*per_run)]
         ax.plot(range(1, len(mean) + 1), mean, marker="o", markersize=3, color=f"C{i}", label=group)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("latent dimension, sorted by KL")
     ax.set_ylabel("test KL per dimension (nats)")
     ax.legend(fontsize=7)

@@ -45,7 +45,7 @@ class TestStudyRunner:
 
         study_dir = tmp_path / "debug"
         rows = (study_dir / "results.csv").read_text().splitlines()
-        assert rows[0].startswith("run,group,seed,test/elbo,test/elbo_subset,test/nll_iw,test/kl,test/mi,test/mi_batch,test/au")
+        assert rows[0].startswith("run,group,seed,test/elbo,test/nll_iw,test/kl,test/mi,test/mi_batch,test/au")
         assert [r.split(",")[0] for r in rows[1:]] == ["vae_seed1", "skipvae_seed1"]
         table = (study_dir / "results.md").read_text()
         assert "| VAE | 1 |" in table and "| SkipVAE | 1 |" in table
@@ -88,8 +88,11 @@ class TestStudyRunner:
                    {"group": "VAE", "metrics": {"test/kl": 3.0, "test/au": 2}},
                    {"group": "SkipVAE", "metrics": {"test/kl": 5.0}}]
         lines = markdown_table(study, records).splitlines()
+        assert lines[0] == "| model | seeds | kl | au |"
         assert lines[2] == "| VAE | 2 | 2.00 ± 1.41 | 2 ± 0 |"
         assert lines[3] == "| SkipVAE | 1 | 5.00 | – |"
+        unused = Study("t", (), metrics=("test/kl", "test/ppl_iw"))  # a metric no run logged is left out
+        assert markdown_table(unused, records).splitlines()[0] == "| model | seeds | kl |"
         assert mean_std([1.0, 3.0]) == pytest.approx((2.0, 2 ** 0.5))
 
 
