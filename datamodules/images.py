@@ -1,9 +1,9 @@
 """What the binary-image datasets share: in-memory uint8 storage, batched indexing and binarization.
 
 Images are stored as uint8 intensities (0..255, MNIST) or float32 in [0, 1] (Omniglot). Training batches are
-binarized dynamically, a fresh Bernoulli draw of every pixel for every batch, vectorised on the batch's device after transfer.
-Validation and test images are binarized once, with a fixed seed, at set-up (stored as 0/255 or 0/1), so they are
-identical across epochs, runs and processes.
+binarized dynamically, a fresh Bernoulli draw of every pixel for every batch, vectorised on the batch's device
+after transfer. Validation and test images are binarized once, with a fixed seed, at set-up (stored as 0/255
+or 0/1), so they are identical across epochs, runs and processes.
 """
 
 import lightning as L
@@ -21,8 +21,8 @@ def pixel_scale(images: torch.Tensor) -> int:
 
 
 def to_unit_interval(images: torch.Tensor) -> torch.Tensor:
-    """Stored images as float32 in [0, 1]."""
-    return images.float().div_(pixel_scale(images))
+    """Stored images as a new float32 tensor in [0, 1]."""
+    return images.float() / pixel_scale(images)
 
 
 def binarize_fixed(images: torch.Tensor, seed: int) -> torch.Tensor:
