@@ -3,6 +3,7 @@
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.seed import isolate_rng
 from torchvision.utils import make_grid
 
 
@@ -12,11 +13,13 @@ class SampleLogger(Callback):
 
     Images go to `val/reconstructions` (top row inputs, bottom row reconstructions) and `val/samples`; text
     to the same tags as text. Rank zero only. Autoregressive decoding is sequential, so keep n small.
+    The draws come from a generator seeded with `seed` and kept apart from training's: every epoch shows the same
+    prior z (progress is easy to compare), and logging samples does not change the training run.
     """
 
-    def __init__(self, num_examples: int = 8, every_n_epochs: int = 1):
+    def __init__(self, num_examples: int = 8, every_n_epochs: int = 1, seed: int = 0):
         super().__init__()
-        self.num_examples, self.every_n_epochs = num_examples, every_n_epochs
+        self.num_examples, self.every_n_epochs, self.seed = num_examples, every_n_epochs, seed
         self._inputs: torch.Tensor | None = None
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
@@ -31,7 +34,8 @@ class SampleLogger(Callback):
             return
         was_training = pl_module.training
         pl_module.eval()
-        with trainer.precision_plugin.forward_context(), torch.no_grad():
+        with trainer.precision_plugin.forward_context(), torch.no_grad(), isolate_rng():
+            torch.manual_seed(self.seed)
             # One autoregressive decoding for both: z = posterior means of the inputs, then draws from p(z).
             z = torch.cat([pl_module.encode(inputs)[0],
                            torch.randn(self.num_examples, pl_module.hparams.latent_dim, device=pl_module.device)])

@@ -17,6 +17,7 @@ from torchmetrics import MeanMetric
 from models.decoders import GatedPixelCNNDecoder, LSTMDecoder, MLPDecoder, SkipDecoder
 from models.distributions import gaussian_kl, log_normal, log_standard_normal, per_example_normal
 from models.encoders import LSTMEncoder, MLPEncoder, ResidualConvEncoder
+from models.rng import gather_rng_states, restore_rng_states
 
 # Hyper-parameters that change the networks' shapes: a checkpoint is only usable when these agree.
 ARCHITECTURE_KEYS = (
@@ -30,7 +31,7 @@ class CheckpointMismatchError(ValueError):
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite."""
+    """The training loss or its gradients became NaN or infinite."""
 
 
 class VAE(L.LightningModule):
@@ -60,6 +61,7 @@ class VAE(L.LightningModule):
         kl_start: float = 1.0,
         kl_warmup_epochs: float = 0.0,
         param_init: float = 0.0,
+        on_nonfinite: Literal["stop", "skip"] = "stop",
     ):
         """
         Args:
@@ -81,6 +83,9 @@ class VAE(L.LightningModule):
             kl_warmup_epochs: epochs over which beta grows linearly from kl_start to 1.
             param_init: when > 0, every parameter starts uniform in [-param_init, param_init] (the paper's text
                 models use 0.1); 0 keeps PyTorch's default initialisation.
+            on_nonfinite: what a NaN/infinite training loss or gradient does: "stop" ends training at that step
+                with an error naming the step, the loss parts and the last checkpoint (weights are never updated
+                from such a step); "skip" drops that optimizer step, counted as `train/skipped_steps`.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -96,6 +101,8 @@ class VAE(L.LightningModule):
         self.eval_metrics = nn.ModuleDict(
             {f"{stage}_{name}": MeanMetric() for stage in ("val", "test") for name in ("elbo", "recon", "kl")}
         )
+        self.skipped_steps = 0  # optimizer steps dropped for non-finite values (on_nonfinite="skip")
+        self._step_parts: dict[str, float] = {}  # loss parts of the current step, for error messages
 
     def _build_networks(self) -> tuple[nn.Module, SkipDecoder]:
         hp = self.hparams
@@ -190,15 +197,10 @@ class VAE(L.LightningModule):
         if stage == "train":
             beta = self.kl_weight()
             loss = (out["recon"] + beta * out["kl"]).mean()
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"training loss is {loss.item()} at global step {self.global_step} (recon "
-                    f"{out['recon'].mean().item():.4g}, kl {out['kl'].mean().item():.4g}). Lower the learning rate, "
-                    "keep gradient clipping on (trainer.gradient_clip_val) or check the input data; "
-                    "checkpoints written so far are kept."
-                )
             logs = {"loss": loss, "elbo": out["elbo"].mean(), "recon": out["recon"].mean(),
                     "kl": out["kl"].mean(), "beta": beta}
+            self._step_parts = {name: value.detach() if torch.is_tensor(value) else value
+                                for name, value in logs.items()}
             for name, value in logs.items():
                 self.log(f"train/{name}", value, prog_bar=name == "elbo", batch_size=len(out["kl"]))
             return {"loss": loss}
@@ -217,6 +219,40 @@ class VAE(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int):
         return self._step(batch, "test")
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Never update the weights from a non-finite loss or gradient: stop with an error or drop the step.
+
+        One device-to-host sync per step checks the loss and every gradient norm together; under DDP the
+        processes agree on the outcome, so they all stop or all skip.
+        """
+        values = [self._step_parts["loss"].float().reshape(1)]
+        if getattr(self.trainer.precision_plugin, "scaler", None) is None:  # fp16 loss scaling handles inf grads
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            if grads:
+                values.append(torch.stack(torch._foreach_norm(grads)).float())
+        bad = not bool(torch.isfinite(torch.cat(values)).all())
+        if self.trainer.world_size > 1:  # every process must stop or skip together
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad and self.hparams.on_nonfinite == "stop":
+            what = "a gradient" if torch.isfinite(values[0]).all() else "the training loss"
+            raise NonFiniteLossError(self._nonfinite_message(what))
+        if bad:
+            for parameter in self.parameters():
+                parameter.grad = None  # optimizers skip parameters without a gradient: no update, no state change
+            self.skipped_steps += 1
+        self.log("train/skipped_steps", float(self.skipped_steps))
+
+    def _nonfinite_message(self, what: str) -> str:
+        parts = ", ".join(f"{name} {value:.4g}" for name, value in self._step_parts.items())
+        checkpoints = [path for callback in self.trainer.checkpoint_callbacks
+                       for path in (callback.last_model_path, callback.best_model_path) if path]
+        last = (f"the last good checkpoint is {checkpoints[0]} (resume with --ckpt_path {checkpoints[0]})"
+                if checkpoints else "no checkpoint had been written yet")
+        return (f"{what} is not finite at global step {self.global_step} (epoch {self.current_epoch}, batch "
+                f"{self.trainer.fit_loop.epoch_loop.batch_idx}; {parts}); weights were not updated from it and "
+                f"{last}. Lower the learning rate, keep gradient clipping on (trainer.gradient_clip_val), check the "
+                "input data, or set --model.init_args.on_nonfinite skip to drop such steps.")
+
     def configure_optimizers(self):
         if self.hparams.optimizer == "sgd":
             return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
@@ -226,8 +262,19 @@ class VAE(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["skipvae_model"] = {"class": type(self).__name__,
                                        "architecture": {k: self.hparams[k] for k in ARCHITECTURE_KEYS}}
+        if self._trainer is not None:
+            checkpoint["skipvae_model"]["datamodule"] = type(self.trainer.datamodule).__name__
+            checkpoint["skipvae_training"] = {"rng_states": gather_rng_states(), "skipped_steps": self.skipped_steps}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._check_checkpoint(checkpoint)
+        training = checkpoint.get("skipvae_training", {})
+        self.skipped_steps = training.get("skipped_steps", 0)
+        if self._trainer is not None and self.trainer.training:
+            # Loaded just before the fit loop draws its first batch (the sanity check does not touch the generators).
+            restore_rng_states(training.get("rng_states"), self.trainer.global_rank, self.trainer.world_size)
+
+    def _check_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("skipvae_model")
         if saved is None:
             raise CheckpointMismatchError("this checkpoint was not written by a VAE/SkipVAE of this project")
@@ -238,6 +285,9 @@ class VAE(L.LightningModule):
             mine = self.hparams.get(key)
             if _plain(value) != _plain(mine):
                 problems.append(f"{key}={value!r} (configured: {mine!r})")
+        datamodule = type(self.trainer.datamodule).__name__ if self._trainer is not None else None
+        if datamodule not in (None, "NoneType") and saved.get("datamodule", datamodule) != datamodule:
+            problems.append(f"data {saved['datamodule']} (configured: {datamodule})")
         if problems:
             hint = ""
             if self.hparams.architecture == "lstm" and _plain(saved["architecture"]["data_dims"]) != _plain(

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,3 +38,28 @@ def read_events(log_dir: Path) -> EventAccumulator:
 
 def last_scalar(events: EventAccumulator, tag: str) -> float:
     return events.Scalars(tag)[-1].value
+
+
+class InjectNonFinite(Callback):
+    """Test fault injection: at the given global steps, NaN input pixels ("input") or an infinite gradient
+    ("gradient")."""
+
+    def __init__(self, steps: list[int], where: str = "input"):
+        super().__init__()
+        self.steps, self.where = set(steps), where
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.where == "input" and trainer.global_step in self.steps:
+            batch["x"].fill_(float("nan"))
+
+    def on_after_backward(self, trainer, pl_module):
+        if self.where == "gradient" and trainer.global_step in self.steps:
+            next(p for p in pl_module.parameters() if p.grad is not None).grad.view(-1)[0] = float("inf")
+
+
+def callbacks_config(path: Path, *callbacks: str) -> list[str]:
+    """A config file that replaces the callback list by a last-checkpoint saver and `callbacks` (YAML items)."""
+    items = "\n".join(f"    - {item}" for item in callbacks)
+    path.write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+                    f"      init_args: {{save_last: true}}\n{items}\n")
+    return ["--config", str(path)]

@@ -171,5 +171,5 @@ class TestBadInput:
     def test_nan_loss_stops_with_clear_error(self, tmp_path):
         from models.vae import NonFiniteLossError
 
-        with pytest.raises(NonFiniteLossError, match="training loss is nan"):
+        with pytest.raises(NonFiniteLossError, match="training loss is not finite at global step"):
             fit(tmp_path, MLP, "--model.init_args.lr", "1e30", "--trainer.limit_train_batches", "4")

@@ -1,0 +1,64 @@
+"""Random-number-generator states in checkpoints, so that a resumed run is the same run.
+
+Every random draw of training comes from the global generators: the data order (the sampler seeds itself from
+torch's generator at the start of each epoch), dynamic binarization, the reparameterisation noise and dropout.
+Lightning restores weights, optimizer, loops and callbacks but not these generators, so without them a resumed run
+would see other data orders and noise than an uninterrupted one. Each process's states are saved (a collective:
+checkpoints are written by all processes together) and each process gets its own back on resume.
+"""
+
+import random
+import warnings
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def collect_rng_states() -> dict:
+    """This process's torch (CPU and CUDA), NumPy and Python generator states, as tensors and plain Python values
+    (so that checkpoints stay loadable with `torch.load(weights_only=True)`)."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "torch.cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": (str(name), torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["torch.cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["torch.cuda"])
+    name, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    random.setstate(states["python"])
+
+
+def gather_rng_states() -> list[dict]:
+    """The generator states of every process, in rank order (a collective under torch.distributed)."""
+    mine = collect_rng_states()
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [mine]
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return everyone
+
+
+def restore_rng_states(states: list[dict] | None, rank: int, world_size: int) -> bool:
+    """Give this process its saved states back; returns False (with a warning) when that is impossible because
+    the checkpoint was written by a different number of processes or holds no states."""
+    if not states:
+        warnings.warn("the checkpoint holds no random-generator states: the resumed run continues correctly but "
+                      "its data order and noise differ from an uninterrupted run", stacklevel=2)
+        return False
+    if len(states) != world_size:
+        if rank == 0:
+            warnings.warn(f"the checkpoint was written by {len(states)} process(es) and the run resumes on "
+                          f"{world_size}: the random streams (data order, binarization, z noise) continue from "
+                          "the seed, so the resumed run is valid but not bit-identical to an uninterrupted one",
+                          stacklevel=2)
+        return False
+    set_rng_states(states[rank])
+    return True

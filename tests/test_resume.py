@@ -1,0 +1,181 @@
+"""A resumed run is the same run: stopped after an epoch (or killed mid-epoch) and resumed from its last checkpoint,
+it ends with the same weights and logs the same metrics as an uninterrupted run, on 1 or 2 processes; checkpoints
+move between 1 and 2 processes."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT
+from helpers import config_args, logging_args, read_events, run_main
+from main import cli_main
+
+MLP = "mnist_skipvae_mlp.yaml"
+# Exercised across the resume point: KL warm-up (beta from the global step), Adam state, dynamic binarization and
+# the shuffled data order (global generators), the sample logger, best/last checkpoint bookkeeping.
+IMAGE_ARGS = ["--trainer.deterministic", "true", "--model.init_args.kl_start", "0.1",
+              "--model.init_args.kl_warmup_epochs", "3"]
+TEXT_CALLBACKS = """
+trainer:
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {monitor: val/elbo, save_last: true}
+    - class_path: callbacks.diagnostics.LatentDiagnostics
+    - class_path: callbacks.schedules.HalveLearningRateAfterPlateau
+      init_args: {monitor: val/au, start_epoch: 0}
+    - class_path: callbacks.samples.SampleLogger
+      init_args: {num_examples: 2}
+"""
+# SGD with dropout, and the plateau schedule watching a value that hardly moves (the active-unit count, which must
+# fall to count as improving), so the learning rate is halved after epochs 2 and 3 and its state crosses the resume
+# point too.
+TEXT_ARGS = ["--trainer.deterministic", "true", "--model.init_args.embedding_dim", "32",
+             "--model.init_args.encoder_hidden", "32", "--model.init_args.decoder_hidden", "32"]
+
+
+def scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
+    events = read_events(log_dir)
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def weights(checkpoint) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def assert_same_run(full_dir, resumed_dir):
+    """Same final weights, optimizer state and every logged scalar (train per step, val per epoch)."""
+    full = torch.load(full_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    resumed = torch.load(resumed_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert full["global_step"] == resumed["global_step"] and full["epoch"] == resumed["epoch"]
+    assert full["optimizer_states"][0]["param_groups"] == resumed["optimizer_states"][0]["param_groups"]
+    for name, tensor in full["state_dict"].items():
+        assert torch.equal(tensor, resumed["state_dict"][name]), name
+    for state, other in zip(full["optimizer_states"][0]["state"].values(),
+                            resumed["optimizer_states"][0]["state"].values()):
+        for key, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(other[key])), key
+    full_scalars, resumed_scalars = scalars(full_dir), scalars(resumed_dir)
+    assert full_scalars.keys() == resumed_scalars.keys()
+    for tag, series in full_scalars.items():
+        assert sorted(set(resumed_scalars[tag])) == sorted(set(series)), tag
+
+
+def fit_in_parts(tmp_path, args: list[str], epochs: int = 3):
+    """The same run twice: uninterrupted for `epochs`, and stopped after 1 epoch then resumed with
+    `--ckpt_path last` (which continues the newest version folder)."""
+    cli_main(["fit", *args, *logging_args(tmp_path, "full"), "--trainer.max_epochs", str(epochs)])
+    logging = logging_args(tmp_path, "parts")[:4] + ["--trainer.enable_progress_bar", "false"]  # no fixed version
+    cli_main(["fit", *args, *logging, "--trainer.max_epochs", "1"])
+    resumed = cli_main(["fit", *args, *logging, "--trainer.max_epochs", str(epochs), "--ckpt_path", "last"])
+    assert resumed.trainer.logger.version == 0  # continued in the first run's folder
+    return tmp_path / "full" / "version_0", tmp_path / "parts" / "version_0"
+
+
+class TestExactResume:
+    def test_image_run(self, tmp_path):
+        full, resumed = fit_in_parts(tmp_path, [*config_args(MLP, "debug.yaml"), *IMAGE_ARGS])
+        assert_same_run(full, resumed)
+        beta = dict(scalars(resumed)["train/beta"])
+        assert 0.1 < beta[max(beta)] < 1.0  # the warm-up was still running across the resume point
+
+    def test_text_run(self, tmp_path, fixture_data_dir):
+        callbacks = tmp_path / "callbacks.yaml"
+        callbacks.write_text(TEXT_CALLBACKS)
+        args = [*config_args("yahoo_skipvae.yaml", "debug.yaml"), "--config", str(callbacks), *TEXT_ARGS,
+                "--data.init_args.data_dir", str(fixture_data_dir), "--data.init_args.check_file", "false"]
+        full, resumed = fit_in_parts(tmp_path, args)
+        assert_same_run(full, resumed)
+        assert dict(scalars(resumed)["train/lr"]).values() and scalars(resumed)["train/lr"][-1][1] < 1.0
+
+    def test_without_saved_generators_the_run_would_differ(self, tmp_path, monkeypatch):
+        # Guards the test above: resuming with the random streams not restored changes the run.
+        import models.rng
+
+        monkeypatch.setattr(models.rng, "set_rng_states", lambda states: None)
+        full, resumed = fit_in_parts(tmp_path, [*config_args(MLP, "debug.yaml"), *IMAGE_ARGS])
+        with pytest.raises(AssertionError):
+            assert_same_run(full, resumed)
+
+    def test_resume_last_with_nothing_to_resume(self, tmp_path):
+        result = run_main(["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path)[:4], "--ckpt_path", "last"])
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines()[-1].startswith("error: --ckpt_path last: there is no last checkpoint")
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory):
+    """2-process DDP: uninterrupted 3 epochs, and 1 epoch (its checkpoint is reused below) then resumed to 3."""
+    tmp_path = tmp_path_factory.mktemp("ddp")
+    base = ["fit", *config_args(MLP, "debug.yaml", "ddp.yaml"), "--trainer.accelerator", "cpu", *IMAGE_ARGS]
+    logging = logging_args(tmp_path, "parts")[:4] + ["--trainer.enable_progress_bar", "false"]
+    runs = [[*base, *logging_args(tmp_path, "full"), "--trainer.max_epochs", "3"],
+            [*base, *logging, "--trainer.max_epochs", "1"]]
+    for args in runs:
+        result = run_main(args)
+        assert result.returncode == 0, result.stderr[-3000:]
+    (tmp_path / "after_one_epoch.ckpt").write_bytes((tmp_path / "parts/version_0/checkpoints/last.ckpt").read_bytes())
+    result = run_main([*base, *logging, "--trainer.max_epochs", "3", "--ckpt_path", "last"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path
+
+
+class TestDistributedResume:
+    def test_two_process_run_resumes_exactly(self, ddp_runs):
+        assert_same_run(ddp_runs / "full" / "version_0", ddp_runs / "parts" / "version_0")
+
+    def test_two_process_checkpoint_resumes_and_tests_on_one_process(self, ddp_runs, tmp_path):
+        fit = cli_main(["fit", *config_args(MLP, "debug.yaml"), *IMAGE_ARGS, *logging_args(tmp_path, "fit"),
+                        "--trainer.max_epochs", "2", "--ckpt_path", str(ddp_runs / "after_one_epoch.ckpt")])
+        assert fit.trainer.current_epoch == 2 and fit.trainer.world_size == 1
+        test = cli_main(["test", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path, "test"),
+                         "--ckpt_path", str(tmp_path / "fit" / "version_0" / "checkpoints" / "last.ckpt")])
+        assert torch.isfinite(test.trainer.callback_metrics["test/nll_iw"])
+
+    def test_one_process_checkpoint_resumes_and_tests_on_two(self, tmp_path):
+        cli_main(["fit", *config_args(MLP, "debug.yaml"), *IMAGE_ARGS, *logging_args(tmp_path, "one")])
+        checkpoint = tmp_path / "one" / "version_0" / "checkpoints" / "last.ckpt"
+        ddp = [*config_args(MLP, "debug.yaml", "ddp.yaml"), "--trainer.accelerator", "cpu"]
+        result = run_main(["fit", *ddp, *IMAGE_ARGS, *logging_args(tmp_path, "two"), "--trainer.max_epochs", "2",
+                           "--ckpt_path", str(checkpoint)])
+        assert result.returncode == 0, result.stderr[-3000:]
+        resumed = torch.load(tmp_path / "two/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+        assert resumed["epoch"] == 1 and len(resumed["skipvae_training"]["rng_states"]) == 2
+        result = run_main(["test", *ddp, *logging_args(tmp_path, "test"),
+                           "--ckpt_path", str(tmp_path / "two/version_0/checkpoints/last.ckpt")])
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "test/nll_iw" in scalars(tmp_path / "test" / "version_0")
+
+
+def test_hard_kill_mid_epoch_then_resume(tmp_path):
+    """SIGKILL the training process after its first checkpoint, in a later epoch; `--ckpt_path last` resumes from
+    the last checkpoint written, and the finished run equals an uninterrupted one."""
+    args = [*config_args(MLP, "debug.yaml"), *IMAGE_ARGS, "--trainer.limit_train_batches", "30",
+            "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false",
+            "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    reference = run_main(["fit", *args, "--trainer.logger.init_args.name", "reference"])
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    run = ["fit", *args, "--trainer.logger.init_args.name", "killed"]
+    process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *run], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / "version_0" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)  # into the second epoch
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"] < 2  # not finished
+
+    resumed = run_main([*run, "--ckpt_path", "last"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = {tag: series[-1] for tag, series in scalars(tmp_path / "killed" / "version_0").items()}
+    expected = {tag: series[-1] for tag, series in scalars(tmp_path / "reference" / "version_0").items()}
+    assert final == expected
+    reference_weights = weights(tmp_path / "reference" / "version_0" / "checkpoints" / "last.ckpt")
+    killed_weights = weights(checkpoint)
+    assert all(torch.equal(reference_weights[name], killed_weights[name]) for name in reference_weights)
