@@ -20,6 +20,13 @@ class DataError(RuntimeError):
     """A data file is missing, corrupt or malformed; the message says how to fix it."""
 
 
+def check_batch_size(batch_size: int, examples: int, what: str = "examples") -> None:
+    """A training batch larger than the training set is a configuration mistake (one partial batch per epoch)."""
+    if batch_size > examples:
+        raise DataError(f"batch_size {batch_size} is larger than the training set ({examples} {what}); "
+                        f"use --data.init_args.batch_size {examples} or less.")
+
+
 def dataset_dir(data_dir: str | None, dataset: str) -> Path:
     """`<data_dir>/<dataset>`, with data_dir from the argument, then $SKIPVAE_DATA_DIR, then ./data."""
     root = data_dir or os.environ.get(DATA_DIR_ENV) or "data"

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
-from datamodules.files import DataError
+from datamodules.files import DataError, check_batch_size
 
 
 def pixel_scale(images: torch.Tensor) -> int:
@@ -103,6 +103,7 @@ class BinarizedImageDataModule(EvaluationLoaderMixin, L.LightningDataModule):
         return to_unit_interval(x), self.train_set.labels[:limit]
 
     def train_dataloader(self) -> DataLoader:
+        check_batch_size(self.hparams.batch_size, len(self.train_set), "images")
         return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True,
                           num_workers=self.hparams.num_workers, collate_fn=keep_batch)
 

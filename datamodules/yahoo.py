@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.files import DataError, RemoteFile, dataset_dir, fetch
+from datamodules.files import DataError, RemoteFile, check_batch_size, dataset_dir, fetch
 from datamodules.images import EvaluationLoaderMixin, keep_batch
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "_UNK"
@@ -266,6 +266,7 @@ class YahooDataModule(EvaluationLoaderMixin, L.LightningDataModule):
 
     # ------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:
+        check_batch_size(self.hparams.batch_size, len(self.datasets["train"].documents), "documents")
         return DataLoader(self.datasets["train"], batch_size=None, shuffle=True, num_workers=self.hparams.num_workers)
 
     def val_dataloader(self) -> DataLoader:

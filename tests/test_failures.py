@@ -1,0 +1,175 @@
+"""Faults and bad input: each stops with one clear message, before any work is lost, and leaves no partial
+checkpoint behind; non-finite steps stop training (or are skipped) without touching the weights."""
+
+import shutil
+from collections import namedtuple
+
+import pytest
+import torch
+
+from conftest import ROOT
+from datamodules.files import DataError
+from helpers import callbacks_config, config_args, logging_args, read_events, run_main
+from main import RunSetupError, cli_main
+from models.vae import CheckpointMismatchError, NonFiniteLossError
+
+MLP = "mnist_skipvae_mlp.yaml"
+
+
+def checkpoints(folder) -> list:
+    return sorted(folder.rglob("*.ckpt"))
+
+
+def error_line(result) -> str:
+    """The last stderr line of a failed `python main.py` run, checked to be a message and not a traceback."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    return result.stderr.strip().splitlines()[-1]
+
+
+def fit(tmp_path, *extra: str, presets=("debug.yaml",)):
+    return cli_main(["fit", *config_args(MLP, *presets), *logging_args(tmp_path), *extra])
+
+
+@pytest.fixture(scope="module")
+def mlp_checkpoint(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("mlp")
+    fit(tmp_path)
+    return tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+class TestNonFinite:
+    def test_nan_loss_stops_at_that_step_and_keeps_the_last_checkpoint(self, tmp_path):
+        extra = callbacks_config(tmp_path / "cb.yaml", "class_path: helpers.InjectNonFinite\n"
+                                                       "      init_args: {steps: [6]}")
+        with pytest.raises(NonFiniteLossError) as error:
+            fit(tmp_path, *extra, "--trainer.max_epochs", "3")
+        last = tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt"
+        message = str(error.value)
+        assert message.startswith("the training loss is not finite at global step 6 (epoch 1, batch 2;")
+        assert "recon nan" in message and "kl nan" in message
+        assert f"the last good checkpoint is {last}" in message
+        saved = torch.load(last, map_location="cpu", weights_only=True)
+        assert saved["global_step"] == 4  # end of epoch 0, not overwritten by the failing epoch
+        assert all(torch.isfinite(w).all() for w in saved["state_dict"].values())
+        assert {path.name for path in checkpoints(tmp_path)} == {"last.ckpt", "epoch=0-step=4.ckpt"}  # nothing new
+
+    def test_infinite_gradient_stops_before_the_update(self, tmp_path):
+        extra = callbacks_config(tmp_path / "cb.yaml", "class_path: helpers.InjectNonFinite\n"
+                                                       "      init_args: {steps: [1], where: gradient}")
+        with pytest.raises(NonFiniteLossError, match="^a gradient is not finite at global step 1 .*no checkpoint "
+                                                     "had been written yet"):
+            fit(tmp_path, *extra)
+        assert checkpoints(tmp_path) == []
+
+    def test_skip_option_drops_the_steps_counts_and_logs_them(self, tmp_path):
+        extra = callbacks_config(tmp_path / "cb.yaml", "class_path: helpers.InjectNonFinite\n"
+                                                       "      init_args: {steps: [1, 5]}")
+        cli = fit(tmp_path, *extra, "--trainer.max_epochs", "2", "--model.init_args.on_nonfinite", "skip")
+        assert cli.trainer.global_step == 8 and cli.model.skipped_steps == 2
+        saved = torch.load(tmp_path / "run/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+        assert saved["skipvae_training"]["skipped_steps"] == 2
+        assert all(torch.isfinite(w).all() for w in saved["state_dict"].values())
+        # Adam never stepped on the skipped batches: 8 optimizer calls, 6 updates of every parameter
+        assert {int(state["step"]) for state in saved["optimizer_states"][0]["state"].values()} == {6}
+        events = read_events(tmp_path / "run" / "version_0")
+        logged = {e.step: e.value for e in events.Scalars("train/skipped_steps")}
+        assert logged[0] == 0 and logged[1] == 1 and logged[4] == 1 and logged[5] == 2 and logged[7] == 2
+
+    def test_cli_prints_one_line(self, tmp_path):
+        result = run_main(["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path),
+                           "--model.init_args.lr", "1e30"])
+        assert error_line(result).startswith("error: the training loss is not finite at global step")
+
+
+class TestBadConfig:
+    @pytest.mark.parametrize("args, words", [
+        (["--model.init_args.architecture", "pixelcn"], ["architecture", "pixelcn"]),
+        (["--trainer.max_epochs", "ten"], ["max_epochs", "ten"]),
+        (["--data.init_args.binarization", "dinamic"], ["binarization", "dinamic"]),
+        (["--model.init_args.latent_dimm", "3"], ["latent_dimm"]),
+    ])
+    def test_mistyped_key_or_value(self, tmp_path, args, words):
+        result = run_main(["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path), *args])
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert all(word in result.stderr for word in words), result.stderr[-2000:]
+        assert checkpoints(tmp_path) == []
+
+    def test_checkpoint_of_another_architecture(self, tmp_path, mlp_checkpoint):
+        result = run_main(["test", *config_args("mnist_skipvae.yaml", "debug.yaml"), *logging_args(tmp_path),
+                           "--ckpt_path", str(mlp_checkpoint)])
+        line = error_line(result)
+        assert line.startswith("error: checkpoint does not match the configured model:")
+        assert "architecture='mlp' (configured: 'pixelcnn')" in line and "config.yaml" in line
+
+    def test_checkpoint_of_another_dataset(self, tmp_path, mlp_checkpoint, fixture_data_dir):
+        with pytest.raises(CheckpointMismatchError, match=r"data MNISTDataModule \(configured: OmniglotDataModule\)"):
+            cli_main(["test", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path),
+                      "--data", "datamodules.OmniglotDataModule", "--data.init_args.data_dir", str(fixture_data_dir),
+                      "--data.init_args.check_file", "false", "--ckpt_path", str(mlp_checkpoint)])
+
+    def test_batch_larger_than_the_training_set(self, tmp_path):
+        with pytest.raises(DataError, match=r"batch_size 60000 is larger than the training set \(50000 images\)"):
+            fit(tmp_path, "--data.init_args.batch_size", "60000")
+        assert checkpoints(tmp_path) == []
+
+    def test_text_batch_larger_than_the_training_set(self, tmp_path, fixture_data_dir):
+        with pytest.raises(DataError, match=r"batch_size 1000 is larger than the training set \(\d+ documents\)"):
+            cli_main(["fit", *config_args("yahoo_skipvae.yaml", "debug.yaml"), *logging_args(tmp_path),
+                      "--data.init_args.data_dir", str(fixture_data_dir), "--data.init_args.check_file", "false",
+                      "--data.init_args.batch_size", "1000"])
+        assert checkpoints(tmp_path) == []
+
+    def test_more_cpu_devices_than_cores(self, tmp_path):
+        result = run_main(["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path),
+                           "--trainer.accelerator", "cpu", "--trainer.devices", "4096"])
+        assert error_line(result).startswith("error: --trainer.devices 4096 on CPU starts 4096 processes")
+        assert not (tmp_path / "run").exists()
+
+    @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+    def test_gpu_on_a_machine_without_one(self):
+        with pytest.raises(RunSetupError, match="no CUDA GPU is visible"):
+            cli_main(["fit", *config_args(MLP, "debug.yaml"), "--trainer.accelerator", "gpu"])
+
+
+class TestBadFiles:
+    def test_mnist_file_of_the_wrong_shape(self, tmp_path, mnist_dir):
+        import gzip
+
+        import numpy as np
+
+        target = tmp_path / "mnist"
+        shutil.copytree(mnist_dir, target)
+        header = np.array([0x0803, 100, 32, 32], dtype=">i4").tobytes()  # 100 images of 32 x 32
+        (target / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + bytes(100 * 32 * 32)))
+        with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz.*(checksum|MD5|md5)"):
+            fit(tmp_path, "--data.init_args.data_dir", str(tmp_path), "--data.init_args.download", "false")
+        assert checkpoints(tmp_path) == []
+
+
+class TestOutputFolders:
+    def test_log_folder_that_cannot_be_created(self, tmp_path):
+        blocker = tmp_path / "a_file"
+        blocker.write_text("not a folder")
+        with pytest.raises(RunSetupError, match=f"cannot write logs or checkpoints to {blocker}/logs"):
+            cli_main(["fit", *config_args(MLP, "debug.yaml"), *logging_args(blocker / "logs")])
+
+    def test_checkpoint_folder_that_cannot_be_written(self, tmp_path):
+        blocker = tmp_path / "a_file"
+        blocker.write_text("not a folder")
+        config = tmp_path / "cb.yaml"
+        config.write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+                          f"      init_args: {{save_last: true, dirpath: {blocker / 'ckpt'}}}\n")
+        with pytest.raises(RunSetupError, match=f"cannot write logs or checkpoints to {blocker}/ckpt"):
+            cli_main(["fit", *config_args(MLP, "debug.yaml"), "--config", str(config), *logging_args(tmp_path)])
+        assert checkpoints(tmp_path) == []
+
+    def test_disk_too_full_for_checkpoints(self, tmp_path, monkeypatch):
+        import main
+
+        usage = namedtuple("usage", "total used free")
+        monkeypatch.setattr(main.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+        with pytest.raises(RunSetupError, match="only 0 MiB free on the disk of .* each checkpoint needs about"):
+            fit(tmp_path)
+        assert checkpoints(tmp_path) == []
+
