@@ -3,6 +3,10 @@
     python -m experiments.run mnist_cpu              # train + test every run, then write the tables and plots
     python -m experiments.run mnist_cpu --dry-run    # print the main.py commands only
     python -m experiments.run --list                 # the studies
+    python -m experiments.run mnist_cpu --precision 32-true --out results/fp32   # another precision
+
+The CPU studies use bf16-mixed, which is fast only on CPUs with native bfloat16 arithmetic (AVX512-BF16 or AMX);
+elsewhere it is emulated and several times slower than fp32, so pass `--precision 32-true` there.
 
 Each run is `python main.py fit <args>` then `python main.py test <args> --ckpt_path <best checkpoint>` in a
 fresh process. Outputs, under `<out>/<study>/`:
@@ -148,12 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the commands of each run, run nothing")
     parser.add_argument("--quiet", action="store_true", help="send each run's output to a log file")
     parser.add_argument("--list", action="store_true", help="list the studies")
+    parser.add_argument("--precision", help="trainer precision for every run, e.g. 32-true or bf16-mixed "
+                                            "(default: each study's own)")
     args = parser.parse_args(argv)
     if args.list or args.study is None:
         for name, study in STUDIES.items():
             print(f"{name:18s} {len(study.runs):2d} runs  {study.description}")
         return 0
     study = STUDIES[args.study]
+    if args.precision:
+        study = study.with_overrides("--trainer.precision", args.precision)
     if args.dry_run:
         for run in study.runs:
             run_dir = args.out / args.study / "runs" / run.name

@@ -4,7 +4,7 @@ Every run is an ordinary `python main.py fit ...` followed by `python main.py te
 arguments; `python -m experiments.run STUDY --dry-run` prints the exact commands.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,10 @@ class Study:
     runs: tuple[Run, ...]
     metrics: tuple[str, ...] = ("test/elbo", "test/nll_iw", "test/kl", "test/mi", "test/mi_batch", "test/au")
     curves: tuple[str, ...] = ("val/elbo", "val/kl", "val/mi", "val/au")
+
+    def with_overrides(self, *args: str) -> "Study":
+        """The same study with `args` appended to every run's command line (they win over the presets)."""
+        return replace(self, runs=tuple(replace(run, overrides=(*run.overrides, *args)) for run in self.runs))
 
 
 IMAGE_METRICS = ("test/elbo", "test/elbo_subset", "test/nll_iw", "test/kl", "test/mi", "test/mi_batch", "test/au", "test/probe_acc")

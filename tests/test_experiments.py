@@ -75,6 +75,14 @@ class TestStudyRunner:
         (tmp_path / "r" / "fit" / "checkpoints" / "last.ckpt").write_bytes(b"")
         assert fit_command(run, tmp_path / "r")[-2:] == ["--ckpt_path", str(tmp_path / "r" / "fit" / "checkpoints" / "last.ckpt")]
 
+    def test_precision_option_overrides_every_run(self, tmp_path):
+        result = subprocess.run([*runner(tmp_path), "--dry-run", "--precision", "32-true"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)
+        commands = [line for line in result.stdout.splitlines() if line.startswith("python main.py")]
+        assert len(commands) == 4  # fit and test of both runs
+        # after the presets, so it wins over configs/bf16.yaml in the CPU studies
+        assert all(line.split("--config")[-1].split("--trainer.precision 32-true")[1] for line in commands)
+
     def test_every_study_names_existing_configs(self):
         for name, study in STUDIES.items():
             for run in study.runs:
