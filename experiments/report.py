@@ -65,11 +65,12 @@ def markdown_table(study: Study, records: list[dict]) -> str:
 
 def write_markdown(name: str, study: Study, records: list[dict], path: Path) -> None:
     hours = sum(r["seconds"] for r in records) / 3600
+    precision = "" if study.precision == "32-true" else f" --precision {study.precision}"
     per_run = "; ".join(f"{r['run']} ({r['seconds'] / 60:.1f} min): " + ", ".join(
         f"{m.split('/', 1)[1]} {r['metrics'][m]:.3f}" for m in study.metrics if m in r["metrics"]) for r in records)
     text = (
         f"# Study `{name}`\n\n{study.description}\n\n"
-        f"Command: `python -m experiments.run {name}`. Machine: {platform.processor() or platform.machine()}, "
+        f"Command: `python -m experiments.run {name}{precision}`. Precision: {study.precision}. Machine: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPU cores; {hours:.2f} h of run time in all (fit + test).\n\n"
         "All values are test-set numbers, mean ± sample std over seeds: elbo (negative ELBO, all test examples) "
         "and nll_iw (importance-weighted NLL; with elbo_subset where shown, on the examples it was computed on) "

@@ -3,21 +3,23 @@
     python -m experiments.run mnist_cpu              # train + test every run, then write the tables and plots
     python -m experiments.run mnist_cpu --dry-run    # print the main.py commands only
     python -m experiments.run --list                 # the studies
-    python -m experiments.run mnist_cpu --precision 32-true --out results/fp32   # another precision
+    python -m experiments.run mnist_cpu --precision bf16-mixed --out results/bf16   # another precision
 
-The CPU studies use bf16-mixed, which is fast only on CPUs with native bfloat16 arithmetic (AVX512-BF16 or AMX);
-elsewhere it is emulated and several times slower than fp32, so pass `--precision 32-true` there.
+Studies run in fp32 unless `--precision` says otherwise. bf16-mixed is faster only on CPUs with native bfloat16
+arithmetic (AVX512-BF16 or AMX) and on recent GPUs; elsewhere it is emulated and several times slower than fp32.
 
 Each run is `python main.py fit <args>` then `python main.py test <args> --ckpt_path <best checkpoint>` in a
 fresh process. Outputs, under `<out>/<study>/`:
     runs/<run>/fit/             TensorBoard events, config.yaml, checkpoints/ (last.ckpt, best-*.ckpt)
     runs/<run>/test/            TensorBoard events of the test, latent_diagnostics.json
+    runs/<run>/args.json        the run's main.py arguments, checked when the study is run again
     runs/<run>/metrics.json     the run's test metrics: written last, it marks the run as finished
     results.csv, results.md     one row per run / mean ± std over seeds per group
     curves.png                  validation KL, MI, AU (and ELBO) over training, one line per run
     kl_per_dimension.png        the final models' per-dimension KL, sorted, mean over seeds per group
 An interrupted study resumes where it stopped: finished runs are reused, and a run whose training was cut off
-continues from its `last.ckpt`.
+continues from its `last.ckpt`. A run folder made with other arguments (another precision, say) is never reused:
+the runner stops and names it.
 """
 
 import argparse
@@ -86,6 +88,19 @@ def read_test_metrics(run_dir: Path) -> dict[str, float]:
     return {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"] if tag.startswith("test/")}
 
 
+def check_run_arguments(run: Run, run_dir: Path) -> None:
+    """Record the run's arguments in a new run folder; refuse to reuse a folder made with other arguments."""
+    path = run_dir / "args.json"
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        if recorded != run.main_args():
+            raise RunFailed(f"{run_dir} holds a run made with other arguments ({' '.join(recorded)}; now "
+                            f"{' '.join(run.main_args())}). Pass another --out folder, or delete that run folder")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(run.main_args()))
+
+
 def run_one(run: Run, run_dir: Path, quiet: bool) -> dict:
     """Fit (or finish fitting) and test one run; returns and stores its metrics."""
     started = time.time()
@@ -121,6 +136,7 @@ def run_study(name: str, study: Study, out: Path, quiet: bool = False) -> list[d
         run_dir = study_dir / "runs" / run.name
         done = run_dir / "metrics.json"
         prefix = f"[{number}/{total}] {name}/{run.name}"
+        check_run_arguments(run, run_dir)
         if done.exists():
             print(f"{prefix}: finished earlier, reusing {done}", flush=True)
             records.append(json.loads(done.read_text()))
@@ -153,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="send each run's output to a log file")
     parser.add_argument("--list", action="store_true", help="list the studies")
     parser.add_argument("--precision", help="trainer precision for every run, e.g. 32-true or bf16-mixed "
-                                            "(default: each study's own)")
+                                            "(default: 32-true)")
     args = parser.parse_args(argv)
     if args.list or args.study is None:
         for name, study in STUDIES.items():
@@ -161,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     study = STUDIES[args.study]
     if args.precision:
-        study = study.with_overrides("--trainer.precision", args.precision)
+        study = study.with_precision(args.precision)
     if args.dry_run:
         for run in study.runs:
             run_dir = args.out / args.study / "runs" / run.name
@@ -171,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_study(args.study, study, args.out.resolve(), args.quiet)
     except RunFailed as error:
-        print(f"error: {error}. Fix the cause and run the same command again: finished runs are kept.",
+        print(f"error: {error}. Finished runs are kept: fix the cause and run the same command again.",
               file=sys.stderr)
         return 1
     return 0

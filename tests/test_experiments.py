@@ -59,11 +59,16 @@ class TestStudyRunner:
         again = subprocess.run(runner(tmp_path), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert again.returncode == 0 and again.stdout.count("finished earlier, reusing") == 2
 
+        other = subprocess.run([*runner(tmp_path), "--precision", "bf16-mixed"], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=120)
+        assert other.returncode == 1 and "runs/vae_seed1 holds a run made with other arguments" in other.stderr
+        assert "Pass another --out folder" in other.stderr and first.stat().st_mtime == finished_at
+
     def test_failed_run_stops_with_message(self, tmp_path):
         env = {**os.environ, "SKIPVAE_DATA_DIR": str(tmp_path / "nowhere"), "PYTHONWARNINGS": "ignore"}
         result = subprocess.run(runner(tmp_path), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert result.returncode == 1
-        assert "exited with code 1; its output is in" in result.stderr and "finished runs are kept" in result.stderr
+        assert "exited with code 1; its output is in" in result.stderr and "Finished runs are kept" in result.stderr
         log = tmp_path / "debug" / "runs" / "vae_seed1" / "fit.log"
         assert "missing data file" in log.read_text()
 
@@ -76,12 +81,12 @@ class TestStudyRunner:
         assert fit_command(run, tmp_path / "r")[-2:] == ["--ckpt_path", str(tmp_path / "r" / "fit" / "checkpoints" / "last.ckpt")]
 
     def test_precision_option_overrides_every_run(self, tmp_path):
-        result = subprocess.run([*runner(tmp_path), "--dry-run", "--precision", "32-true"], cwd=ROOT,
+        result = subprocess.run([*runner(tmp_path), "--dry-run", "--precision", "bf16-mixed"], cwd=ROOT,
                                 capture_output=True, text=True, timeout=60)
         commands = [line for line in result.stdout.splitlines() if line.startswith("python main.py")]
         assert len(commands) == 4  # fit and test of both runs
-        # after the presets, so it wins over configs/bf16.yaml in the CPU studies
-        assert all(line.split("--config")[-1].split("--trainer.precision 32-true")[1] for line in commands)
+        # after the presets, so it wins over any precision they set
+        assert all(line.split("--config")[-1].split("--trainer.precision bf16-mixed")[1] for line in commands)
 
     def test_every_study_names_existing_configs(self):
         for name, study in STUDIES.items():
