@@ -76,16 +76,22 @@ class GatedMaskedConv2d(nn.Module):
         self.h_out = nn.Conv2d(channels, channels, 1)
         self.h_residual = None if mask_a else nn.Conv2d(in_channels, channels, 1)
 
-    def forward(self, v: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def vertical(self, v: torch.Tensor) -> torch.Tensor:
+        """Pre-activation of the vertical stack; row i depends on rows < i of `v` only."""
         k = self.half
         # Negative padding crops: one extra row on top and one fewer at the bottom shifts the view down by one.
-        v_pre = self.v_conv(F.pad(v, (k, k, k + 1, -1)))
+        return self.v_conv(F.pad(v, (k, k, k + 1, -1)))
+
+    def horizontal(self, h: torch.Tensor, v_pre: torch.Tensor) -> torch.Tensor:
+        """The horizontal stack's output from its input rows and the vertical pre-activation of the same rows;
+        each row is computed from that row alone, so it can run on one row at a time (see `sample`)."""
+        k = self.half
         h_pad = (k + 1, -1, 0, 0) if self.mask_a else (k, 0, 0, 0)
         h_pre = self.h_conv(F.pad(h, h_pad)) + self.v_to_h(v_pre)
         h_new = self.h_out(gate(h_pre))
         if self.h_residual is not None:
             h_new = h_new + self.h_residual(h)
-        return gate(v_pre), h_new
+        return h_new
 
 
 class GatedPixelCNNDecoder(BernoulliImageDecoder):
@@ -118,32 +124,48 @@ class GatedPixelCNNDecoder(BernoulliImageDecoder):
         extra = latent_feature_maps if self.takes_latent(self.num_layers) else 0
         self.output = nn.Conv2d(channels + extra, image_channels, 1)
 
-    def _with_latent(self, layer: int, features: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def _with_latent(self, layer: int, features: torch.Tensor, z: torch.Tensor, first_row: int = 0) -> torch.Tensor:
+        """`features` (rows `first_row`.. of the image) with the layer's latent maps of the same rows appended."""
         if not self.takes_latent(layer):
             return features
         _, height, width = self.image_shape
         maps = self.latent_maps[str(layer)](z).view(z.shape[0], self.maps, height, width)
-        # Rows beyond those being decoded (see `sample`) are cropped away.
-        maps = maps[:, :, : features.shape[2]].to(features.dtype)
+        maps = maps[:, :, first_row : first_row + features.shape[2]].to(features.dtype)
         # Convolutions are fastest on channels-last tensors; layer outputs already are, the concatenation is not.
         return torch.cat([features, maps], dim=1).contiguous(memory_format=torch.channels_last)
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        v = h = self._with_latent(0, x, z)
+    def _vertical_stack(self, x: torch.Tensor, z: torch.Tensor) -> list[torch.Tensor]:
+        """Every layer's vertical pre-activation over the rows of `x`."""
+        v, v_pres = self._with_latent(0, x, z), []
         for i, layer in enumerate(self.layers):
-            if i > 0 and self.takes_latent(i):
-                v, h = self._with_latent(i, v, z), self._with_latent(i, h, z)
-            v, h = layer(v, h)
-        return self.output(self._with_latent(self.num_layers, h, z))
+            if i > 0:
+                v = self._with_latent(i, gate(v_pres[-1]), z)
+            v_pres.append(layer.vertical(v))
+        return v_pres
+
+    def _horizontal_stack(self, x: torch.Tensor, z: torch.Tensor, v_pres: list[torch.Tensor],
+                          first_row: int = 0) -> torch.Tensor:
+        """Logits for the rows of `x` (image rows `first_row`..) given the vertical stack of the same rows."""
+        h = self._with_latent(0, x, z, first_row)
+        for i, (layer, v_pre) in enumerate(zip(self.layers, v_pres)):
+            if i > 0:
+                h = self._with_latent(i, h, z, first_row)
+            h = layer.horizontal(h, v_pre)
+        return self.output(self._with_latent(self.num_layers, h, z, first_row))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self._horizontal_stack(x, z, self._vertical_stack(x, z))
 
     @torch.no_grad()
     def sample(self, z: torch.Tensor, greedy: bool = False) -> torch.Tensor:
-        """Pixel by pixel in raster order; each pass runs only over the rows decoded so far."""
+        """Pixel by pixel in raster order. Row r's vertical stack depends on rows < r only, so it runs once per
+        row (over the rows decoded so far); each pixel then reruns the one-row horizontal stack only."""
         channels, height, width = self.image_shape
-        x = torch.zeros(z.shape[0], channels, height, width, device=z.device)
+        x = torch.zeros(z.shape[0], channels, height, width, device=z.device, dtype=self.output.weight.dtype)
         for row in range(height):
+            v_pres = [v_pre[:, :, row : row + 1] for v_pre in self._vertical_stack(x[:, :, : row + 1], z)]
             for col in range(width):
-                logits = self(x[:, :, : row + 1], z)[:, :, row, col].float()
+                logits = self._horizontal_stack(x[:, :, row : row + 1], z, v_pres, row)[:, :, 0, col].float()
                 probs = torch.sigmoid(logits)
                 x[:, :, row, col] = (probs > 0.5).float() if greedy else torch.bernoulli(probs)
         return x
