@@ -113,8 +113,10 @@ class TestRunOutputs:
 
 class TestPresets:
     def test_bf16_mixed_fit(self, tmp_path):
+        # small batches: bf16 is emulated, hence slow, on CPUs without native bfloat16 arithmetic
         cli = cli_main(["fit", *config_args("mnist_skipvae.yaml", "debug.yaml", "bf16.yaml"), *logging_args(tmp_path),
-                        "--trainer.callbacks", "[]"])
+                        "--trainer.callbacks", "[]", "--data.init_args.batch_size", "10",
+                        "--data.init_args.eval_batch_size", "10"])
         assert cli.trainer.precision == "bf16-mixed"
         assert math.isfinite(float(cli.trainer.callback_metrics["val/elbo"]))
 

@@ -89,10 +89,12 @@ class TestBadConfig:
         (["--data.init_args.binarization", "dinamic"], ["binarization", "dinamic"]),
         (["--model.init_args.latent_dimm", "3"], ["latent_dimm"]),
     ])
-    def test_mistyped_key_or_value(self, tmp_path, args, words):
-        result = run_main(["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path), *args])
-        assert result.returncode == 2 and "Traceback" not in result.stderr
-        assert all(word in result.stderr for word in words), result.stderr[-2000:]
+    def test_mistyped_key_or_value(self, tmp_path, capsys, args, words):
+        with pytest.raises(SystemExit) as stopped:
+            cli_main(["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path), *args])
+        stderr = capsys.readouterr().err
+        assert stopped.value.code == 2 and "Traceback" not in stderr
+        assert all(word in stderr for word in words), stderr[-2000:]
         assert checkpoints(tmp_path) == []
 
     def test_checkpoint_of_another_architecture(self, tmp_path, mlp_checkpoint):
