@@ -120,13 +120,6 @@ class TestPresets:
         assert cli.trainer.precision == "bf16-mixed"
         assert math.isfinite(float(cli.trainer.callback_metrics["val/elbo"]))
 
-    def test_two_process_ddp_fit(self, tmp_path):
-        result = run_main(["fit", *config_args(MLP, "debug.yaml", "ddp.yaml"), *logging_args(tmp_path),
-                           "--trainer.accelerator", "cpu"])
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert (tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt").exists()
-        assert "world_size: 2" in result.stderr or "MEMBER: 2/2" in result.stderr
-
 
 class TestBadInput:
     def test_unknown_config_key(self, tmp_path):

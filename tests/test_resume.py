@@ -142,6 +142,7 @@ class TestDistributedResume:
         result = run_main(["fit", *ddp, *IMAGE_ARGS, *logging_args(tmp_path, "two"), "--trainer.max_epochs", "2",
                            "--ckpt_path", str(checkpoint)])
         assert result.returncode == 0, result.stderr[-3000:]
+        assert "MEMBER: 2/2" in result.stderr  # the ddp preset started two processes
         resumed = torch.load(tmp_path / "two/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
         assert resumed["epoch"] == 1 and len(resumed["skipvae_training"]["rng_states"]) == 2
         result = run_main(["test", *ddp, *logging_args(tmp_path, "test"),
