@@ -70,8 +70,8 @@ def write_markdown(name: str, study: Study, records: list[dict], path: Path) -> 
         f"{m.split('/', 1)[1]} {r['metrics'][m]:.3f}" for m in study.metrics if m in r["metrics"]) for r in records)
     text = (
         f"# Study `{name}`\n\n{study.description}\n\n"
-        f"Command: `python -m experiments.run {name}{precision}`. Precision: {study.precision}. Machine: {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPU cores; {hours:.2f} h of run time in all (fit + test).\n\n"
+        f"Command: `python -m experiments.run {name}{precision}`. Precision: {study.precision}. "
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; {hours:.2f} h of run time in all (fit + test).\n\n"
         "All values are test-set numbers, mean ± sample std over seeds: elbo (negative ELBO, all test examples) "
         "and nll_iw (importance-weighted NLL; with elbo_subset where shown, on the examples it was computed on) "
         "in nats per example, lower is better; kl and mi in nats; au the count of active units; probe_acc the test accuracy of a "

@@ -102,7 +102,7 @@ class VAE(L.LightningModule):
             {f"{stage}_{name}": MeanMetric() for stage in ("val", "test") for name in ("elbo", "recon", "kl")}
         )
         self.skipped_steps = 0  # optimizer steps dropped for non-finite values (on_nonfinite="skip")
-        self._step_parts: dict[str, float] = {}  # loss parts of the current step, for error messages
+        self._step_parts: dict[str, torch.Tensor | float] = {}  # loss parts of the current step, for error messages
 
     def _build_networks(self) -> tuple[nn.Module, SkipDecoder]:
         hp = self.hparams
@@ -263,7 +263,7 @@ class VAE(L.LightningModule):
         checkpoint["skipvae_model"] = {"class": type(self).__name__,
                                        "architecture": {k: self.hparams[k] for k in ARCHITECTURE_KEYS}}
         if self._trainer is not None:
-            checkpoint["skipvae_model"]["datamodule"] = type(self.trainer.datamodule).__name__
+            checkpoint["skipvae_model"]["datamodule"] = self._datamodule_name()
             checkpoint["skipvae_training"] = {"rng_states": gather_rng_states(), "skipped_steps": self.skipped_steps}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -273,6 +273,11 @@ class VAE(L.LightningModule):
         if self._trainer is not None and self.trainer.training:
             # Loaded just before the fit loop draws its first batch (the sanity check does not touch the generators).
             restore_rng_states(training.get("rng_states"), self.trainer.global_rank, self.trainer.world_size)
+
+    def _datamodule_name(self) -> str | None:
+        """The class name of the datamodule this model trains or tests on; None when there is none."""
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        return type(datamodule).__name__ if datamodule is not None else None
 
     def _check_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("skipvae_model")
@@ -285,8 +290,8 @@ class VAE(L.LightningModule):
             mine = self.hparams.get(key)
             if _plain(value) != _plain(mine):
                 problems.append(f"{key}={value!r} (configured: {mine!r})")
-        datamodule = type(self.trainer.datamodule).__name__ if self._trainer is not None else None
-        if datamodule not in (None, "NoneType") and saved.get("datamodule", datamodule) != datamodule:
+        datamodule = self._datamodule_name()
+        if datamodule is not None and saved.get("datamodule", datamodule) != datamodule:
             problems.append(f"data {saved['datamodule']} (configured: {datamodule})")
         if problems:
             hint = ""
