@@ -1,5 +1,6 @@
 """Command-line entry point: `python main.py {fit,validate,test} --config configs/<experiment>.yaml`."""
 
+import ctypes
 import os
 import re
 import shutil
@@ -111,7 +112,28 @@ def check_output_folders(trainer, needed_bytes: int) -> None:
                                 f"needs about {needed_bytes / 2**20:.0f} MiB. Free some space or log elsewhere.")
 
 
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc reuse freed tensor memory instead of handing it back to the operating system.
+
+    By default glibc serves large blocks with mmap and returns them on free, so every step of the PixelCNN
+    faults in and zeroes ~100 MB of fresh pages again (about 20,000 minor page faults per training step, and
+    more in evaluation, where activations are freed layer by layer). Raising the mmap and trim thresholds keeps
+    that memory in the process; the numbers are unchanged, the steps are faster (see the README's Performance
+    section). Returns whether the setting took effect; on other C libraries it does nothing.
+    """
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except AttributeError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mmap_ok = any(mallopt(m_mmap_threshold, size) for size in (2**30, 2**25))
+    return bool(mmap_ok and mallopt(m_trim_threshold, 2**31 - 1))
+
+
 def cli_main(args: list[str] | None = None) -> SkipVAECLI:
+    keep_freed_memory()
     return SkipVAECLI(
         VAE,
         subclass_mode_model=True,

@@ -1,9 +1,12 @@
 """Shared pieces of the benchmark scripts: the machine's matmul peak and the official MNIST models."""
 
+import argparse
+import resource
 import time
 
 import torch
 
+from main import keep_freed_memory
 from models import VAE, SkipVAE
 
 OFFICIAL_MNIST = dict(architecture="pixelcnn", data_dims=(1, 28, 28), latent_dim=20, encoder_hidden=64,
@@ -32,3 +35,20 @@ def matmul_flops_per_second(dtype: torch.dtype, size: int = 2048, repeats: int =
 
 def binary_images(n: int, seed: int = 0) -> torch.Tensor:
     return torch.bernoulli(torch.full((n, 1, 28, 28), 0.13), generator=torch.Generator().manual_seed(seed))
+
+
+def add_allocator_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="measure without main.keep_freed_memory(), i.e. with glibc's default of returning "
+                             "freed memory to the operating system")
+
+
+def apply_allocator_option(args: argparse.Namespace) -> str:
+    """Set up memory allocation as `main.py` does (unless --default-allocator); says which setting is in use."""
+    if args.default_allocator:
+        return "glibc default allocator settings"
+    return "freed memory kept for reuse" if keep_freed_memory() else "allocator setting not available here"
+
+
+def minor_page_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
