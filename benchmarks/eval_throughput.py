@@ -21,7 +21,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import build, matmul_flops_per_second  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    add_allocator_option, apply_allocator_option, build, matmul_flops_per_second, minor_page_faults,
+)
 from benchmarks.train_throughput import train_step  # noqa: E402
 from callbacks.diagnostics import LatentDiagnostics  # noqa: E402
 from models.distributions import per_example_normal  # noqa: E402
@@ -35,7 +37,9 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=500)
     parser.add_argument("--chunk-size", type=int, default=100)
     parser.add_argument("--bf16", action="store_true", help="run the decoder under bf16 autocast")
+    add_allocator_option(parser)
     args = parser.parse_args()
+    allocator = apply_allocator_option(args)
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     data = MNISTDataModule(download=False)
     data.setup("test")
@@ -50,14 +54,16 @@ def main() -> None:
         flops_per_eval = counter.get_total_flops() / 10
         noise = per_example_normal(torch.arange(args.limit), (args.num_samples, 20), seed=0)
         model.log_importance_weights(x[:1], mean[:1], logvar[:1], noise[:1, :50], args.chunk_size)  # warm-up
-        start = time.perf_counter()
+        faults, start = minor_page_faults(), time.perf_counter()
         model.log_importance_weights(x, mean, logvar, noise, args.chunk_size)
         seconds = time.perf_counter() - start
+        faults = minor_page_faults() - faults
     evals = args.limit * args.num_samples
     peak = matmul_flops_per_second(dtype)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, decoder in {'bf16' if args.bf16 else 'fp32'}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, decoder in {'bf16' if args.bf16 else 'fp32'}, "
+          f"{allocator}")
     print(f"IW-NLL, K={args.num_samples}, chunk {args.chunk_size}: {evals / seconds:.0f} decoder evaluations/s, "
-          f"{seconds / args.limit:.2f} s per image")
+          f"{seconds / args.limit:.2f} s per image, {faults / args.limit:.0f} page faults per image")
     print(f"  {flops_per_eval / 1e6:.0f} MFLOP per decoder evaluation -> {evals * flops_per_eval / seconds / 1e9:.1f} GFLOP/s"
           f" = {evals * flops_per_eval / seconds / peak:.0%} of the matmul peak ({peak / 1e9:.0f} GFLOP/s)")
     print(f"  projected for the 10k test set: {10_000 * seconds / args.limit / 3600:.1f} h")
