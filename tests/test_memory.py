@@ -10,23 +10,23 @@ from helpers import ROOT
 
 # One fresh process: page faults per training step with glibc's defaults, then after keep_freed_memory().
 MEASURE = textwrap.dedent("""
-    import resource
     import torch
-    from benchmarks.common import binary_images, build
+    from benchmarks.common import binary_images, build, minor_page_faults
     from main import keep_freed_memory
     from models import SkipVAE
 
     torch.manual_seed(0)
     model, x = build(SkipVAE), binary_images(20)
+    def step():
+        out = model(x)
+        (out["recon"] + out["kl"]).mean().backward()
     def faults_per_step():
         for _ in range(4):  # the heap settles over the first few steps
-            out = model(x)
-            (out["recon"] + out["kl"]).mean().backward()
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            step()
+        before = minor_page_faults()
         for _ in range(3):
-            out = model(x)
-            (out["recon"] + out["kl"]).mean().backward()
-        return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
+            step()
+        return (minor_page_faults() - before) / 3
     default = faults_per_step()
     assert keep_freed_memory()
     print(default, faults_per_step())
