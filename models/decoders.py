@@ -23,8 +23,15 @@ class SkipDecoder(nn.Module):
         self.latent_skip = latent_skip
 
     def takes_latent(self, layer: int) -> bool:
-        """Layer 0 always conditions on z; later layers and the output layer only in the skip model."""
+        """Layer 0 always conditions on z; later layers and the output layer only in the skip model.
+
+        The only place that decides where z enters: every decoder sizes and feeds its layers by asking this.
+        """
         return layer == 0 or self.latent_skip
+
+    def latent_width(self, layer: int, width: int) -> int:
+        """Extra input width of `layer` for z (`width`, or 0 where z does not enter)."""
+        return width if self.takes_latent(layer) else 0
 
     @abstractmethod
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -122,11 +129,10 @@ class GatedPixelCNNDecoder(BernoulliImageDecoder):
         self.layers = nn.ModuleList()
         in_channels = image_channels
         for i, k in enumerate(kernel_sizes):
-            extra = latent_feature_maps if self.takes_latent(i) else 0
-            self.layers.append(GatedMaskedConv2d(in_channels + extra, channels, k, mask_a=i == 0))
+            self.layers.append(GatedMaskedConv2d(in_channels + self.latent_width(i, latent_feature_maps), channels, k,
+                                                 mask_a=i == 0))
             in_channels = channels
-        extra = latent_feature_maps if self.takes_latent(self.num_layers) else 0
-        self.output = nn.Conv2d(channels + extra, image_channels, 1)
+        self.output = nn.Conv2d(channels + self.latent_width(self.num_layers, latent_feature_maps), image_channels, 1)
 
     def _with_latent(self, layer: int, features: torch.Tensor, z: torch.Tensor, first_row: int = 0) -> torch.Tensor:
         """`features` (rows `first_row`.. of the image) with the layer's latent maps of the same rows appended."""
@@ -214,8 +220,8 @@ class MLPDecoder(BernoulliImageDecoder):
 class LSTMDecoder(SkipDecoder):
     """LSTM language model p(w_1..w_n <eos> | z) over padded token batches `<bos> w_1 .. w_n <eos> <pad>..`.
 
-    Both models append z to every input embedding and set the first layer's initial hidden state to Linear(z);
-    the skip model also feeds z into the input of every upper LSTM layer and into the output layer.
+    z enters layer 0 in both models (appended to every input embedding; the layer's initial hidden state is
+    Linear(z)); the skip model also feeds it into the input of every upper LSTM layer and into the output layer.
     """
 
     def __init__(
@@ -237,30 +243,28 @@ class LSTMDecoder(SkipDecoder):
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
         self.dropout = nn.Dropout(dropout)
         self.initial_hidden = nn.Linear(latent_dim, hidden)
-        self.lstms = nn.ModuleList()
-        for i in range(num_layers):
-            size = embedding_dim + latent_dim if i == 0 else hidden + (latent_dim if self.takes_latent(i) else 0)
-            self.lstms.append(nn.LSTM(size, hidden, batch_first=True))
-        extra = latent_dim if self.takes_latent(num_layers) else 0
-        self.output = nn.Linear(hidden + extra, vocab_size)
+        self.lstms = nn.ModuleList(
+            nn.LSTM((hidden if i else embedding_dim) + self.latent_width(i, latent_dim), hidden, batch_first=True)
+            for i in range(num_layers)
+        )
+        self.output = nn.Linear(hidden + self.latent_width(num_layers, latent_dim), vocab_size)
 
     def _run(self, inputs: torch.Tensor, z: torch.Tensor, states: list | None = None):
         """Logits for `inputs` (batch, time) given z; returns the LSTM states too so decoding can continue."""
         z_steps = z.unsqueeze(1).expand(-1, inputs.shape[1], -1)
-        h = torch.cat([self.dropout(self.embedding(inputs)), z_steps.to(self.embedding.weight.dtype)], dim=-1)
+
+        def with_latent(layer: int, h: torch.Tensor) -> torch.Tensor:
+            return torch.cat([h, z_steps.to(h.dtype)], dim=-1) if self.takes_latent(layer) else h
+
+        h = self.dropout(self.embedding(inputs))
         if states is None:
             h0 = self.initial_hidden(z).unsqueeze(0)
             states = [(h0, torch.zeros_like(h0))] + [None] * (self.num_layers - 1)
         new_states = []
         for i, lstm in enumerate(self.lstms):
-            if i > 0 and self.takes_latent(i):
-                h = torch.cat([h, z_steps.to(h.dtype)], dim=-1)
-            h, state = lstm(h, states[i])
+            h, state = lstm(with_latent(i, h), states[i])
             new_states.append(state)
-        h = self.dropout(h)
-        if self.takes_latent(self.num_layers):
-            h = torch.cat([h, z_steps.to(h.dtype)], dim=-1)
-        return self.output(h), new_states
+        return self.output(with_latent(self.num_layers, self.dropout(h))), new_states
 
     def forward(self, tokens: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self._run(tokens[:, :-1], z)[0]

@@ -4,6 +4,7 @@ All functions return per-example values (one number per row) so callers decide h
 """
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -60,3 +61,28 @@ def per_example_normal(index: torch.Tensor, shape: tuple[int, ...], seed: int) -
         generator.manual_seed(seed * 1_000_003 + int(i))
         rows.append(torch.randn(shape, generator=generator))
     return torch.stack(rows)
+
+
+@torch.no_grad()
+def log_importance_weights(
+    log_likelihood: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    logvar: torch.Tensor,
+    noise: torch.Tensor,
+    chunk_size: int,
+) -> torch.Tensor:
+    """log p(x, z_k) - log q(z_k|x) for z_k = mean + std * noise[:, k], shape (batch, K), float32.
+
+    `log_likelihood(x, z)` is the decoder's log p(x|z) per row. The batch*K evaluations run in slices of at most
+    `chunk_size`, so memory does not grow with K.
+    """
+    batch, num_samples, _ = noise.shape
+    z = (mean.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * noise).flatten(0, 1)
+    log_prior = log_standard_normal(z)
+    log_q = log_normal(z, mean.repeat_interleave(num_samples, 0), logvar.repeat_interleave(num_samples, 0))
+    log_lik = torch.empty(batch * num_samples, device=z.device)
+    for start in range(0, batch * num_samples, chunk_size):
+        rows = torch.arange(start, min(start + chunk_size, batch * num_samples), device=z.device)
+        log_lik[rows] = log_likelihood(x[rows // num_samples], z[rows]).float()
+    return (log_lik + log_prior - log_q).view(batch, num_samples)
