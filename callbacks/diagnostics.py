@@ -1,8 +1,8 @@
 """Callbacks that turn the posteriors computed by the validation/test steps into latent diagnostics.
 
-They reuse the `mean`/`logvar` returned by `validation_step`/`test_step` (no second pass over the data) and
-accumulate them in torchmetrics, which gather their states across processes before computing, so the
-numbers under DDP equal those of a single process (evaluation loaders never repeat an example).
+They reuse the outputs of `validation_step`/`test_step` (`callbacks.contract.EvaluationOutputs`: no second pass
+over the data) and accumulate them in torchmetrics, which gather their states across processes before computing,
+so the numbers under DDP equal those of a single process (evaluation loaders never repeat an example).
 """
 
 import json
@@ -15,22 +15,67 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torchmetrics import MeanMetric
 
-from callbacks.metrics import (
-    ActiveUnits,
-    ImportanceWeightedNLL as IWNLLMetric,
-    KLDivergence,
-    MutualInformation,
-    TokenPerplexity,
-)
-from models.distributions import per_example_normal
+from callbacks.metrics import ActiveUnits, ImportanceWeightedNLL, KLDivergence, MutualInformation, TokenPerplexity
+from models.distributions import log_importance_weights, per_example_normal
 
 # The values logged here are computed from states gathered across processes, so they are already the same on
 # every process; Lightning's advice to average them with `sync_dist=True` does not apply.
 warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
 
 
-def _stage(trainer: L.Trainer) -> str:
-    return "test" if trainer.testing else "val"
+def due_this_epoch(trainer: L.Trainer, every_n_epochs: int) -> bool:
+    """Whether an every-n-epochs job runs at this validation epoch (never for n = 0, never in the sanity check)."""
+    return every_n_epochs > 0 and (trainer.current_epoch + 1) % every_n_epochs == 0 and not trainer.sanity_checking
+
+
+class EvaluationCallback(Callback):
+    """Accumulates `self.metrics` over the batches of every test run and of every `every_n_epochs`-th validation
+    epoch, then logs them. Subclasses write `update` (one batch) and `finish` (log the results)."""
+
+    def __init__(self, every_n_epochs: int, metrics: dict[str, nn.Module]):
+        super().__init__()
+        self.every_n_epochs = every_n_epochs
+        self.metrics = nn.ModuleDict(metrics)
+        self._active = False
+
+    def update(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: dict, batch: dict) -> None:
+        raise NotImplementedError
+
+    def finish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        raise NotImplementedError
+
+    def _start(self, pl_module: L.LightningModule, active: bool) -> None:
+        self._active = active
+        self.metrics.to(pl_module.device)
+        for metric in self.metrics.values():
+            metric.reset()
+
+    def _batch_end(self, trainer, pl_module, outputs, batch) -> None:
+        if self._active and outputs is not None:
+            self.update(trainer, pl_module, outputs, batch)
+
+    def _epoch_end(self, trainer, pl_module, stage: str) -> None:
+        if self._active:
+            self.finish(trainer, pl_module, stage)
+        self._active = False
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self._start(pl_module, due_this_epoch(trainer, self.every_n_epochs))
+
+    def on_test_epoch_start(self, trainer, pl_module):
+        self._start(pl_module, True)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._batch_end(trainer, pl_module, outputs, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._batch_end(trainer, pl_module, outputs, batch)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self._epoch_end(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        self._epoch_end(trainer, pl_module, "test")
 
 
 def _log_bar_chart(trainer: L.Trainer, tag: str, values: torch.Tensor, ylabel: str) -> None:
@@ -52,7 +97,7 @@ def _log_bar_chart(trainer: L.Trainer, tag: str, values: torch.Tensor, ylabel: s
     plt.close(fig)
 
 
-class LatentDiagnostics(Callback):
+class LatentDiagnostics(EvaluationCallback):
     """Logs `{val,test}/mi`, `mi_batch` and `au`, and a per-dimension KL chart, every `every_n_epochs`
     validation epochs and on every test run. (`{val,test}/kl` itself is logged by the model.)
     A test run also writes these values and the per-dimension KL and posterior-mean variances to
@@ -67,35 +112,21 @@ class LatentDiagnostics(Callback):
             seed: seed of the per-example z draws of the MI estimators.
             chunk_size: rows per block in the N x N aggregate-posterior computation.
         """
-        super().__init__()
-        self.every_n_epochs = every_n_epochs
-        self.metrics = nn.ModuleDict({
+        super().__init__(every_n_epochs, {
             "kl": KLDivergence(),
             "au": ActiveUnits(threshold=au_threshold),
             "mi": MutualInformation("full", seed=seed, chunk_size=chunk_size),
             "mi_batch": MutualInformation("batch", seed=seed, chunk_size=chunk_size),
         })
-        self._active = False
 
-    def _start(self, trainer: L.Trainer, pl_module: L.LightningModule, active: bool) -> None:
-        self._active = active
-        self.metrics.to(pl_module.device)
-        for metric in self.metrics.values():
-            metric.reset()
-
-    def _update(self, outputs, batch) -> None:
-        if not self._active or outputs is None:
-            return
+    def update(self, trainer, pl_module, outputs, batch) -> None:
         mean, logvar, index = outputs["mean"].detach(), outputs["logvar"].detach(), batch.get("index")
         self.metrics["kl"].update(mean, logvar)
         self.metrics["au"].update(mean, logvar)
         self.metrics["mi"].update(mean, logvar, index)
         self.metrics["mi_batch"].update(mean, logvar, index)
 
-    def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._active:
-            return
-        stage = _stage(trainer)
+    def finish(self, trainer, pl_module, stage) -> None:
         values = {"kl": self.metrics["kl"].compute().item()}
         for name in ("mi", "mi_batch", "au"):
             value = self.metrics[name].compute()
@@ -111,29 +142,9 @@ class LatentDiagnostics(Callback):
             path = Path(log_dir) / "latent_diagnostics.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({**values, **per_dimension}, indent=1))
-        self._active = False
-
-    def on_validation_epoch_start(self, trainer, pl_module):
-        epoch_due = self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0
-        self._start(trainer, pl_module, epoch_due and not trainer.sanity_checking)
-
-    def on_test_epoch_start(self, trainer, pl_module):
-        self._start(trainer, pl_module, True)
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._update(outputs, batch)
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._update(outputs, batch)
-
-    def on_validation_epoch_end(self, trainer, pl_module):
-        self._finish(trainer, pl_module)
-
-    def on_test_epoch_end(self, trainer, pl_module):
-        self._finish(trainer, pl_module)
 
 
-class ImportanceWeightedNLL(Callback):
+class ImportanceWeightedEvaluation(EvaluationCallback):
     """Logs `test/nll_iw` = -log (1/K) sum_k p(x, z_k) / q(z_k|x) (K = num_samples), and for text also
     `test/ppl_iw` and `test/ppl_elbo` (per-token perplexities, the end-of-sentence token counted). With
     `max_examples`, these cover that subset only, and `test/elbo_subset` gives the ELBO of the same examples.
@@ -142,37 +153,23 @@ class ImportanceWeightedNLL(Callback):
     not depend on batch size or the number of processes. Decoder evaluations run in chunks of `chunk_size`.
     """
 
-    def __init__(self, num_samples: int = 500, chunk_size: int = 100, every_n_val_epochs: int = 0, seed: int = 0,
+    def __init__(self, num_samples: int = 500, chunk_size: int = 100, every_n_epochs: int = 0, seed: int = 0,
                  max_examples: int | None = None):
         """
         Args:
             num_samples: K, importance samples per example.
             chunk_size: decoder evaluations per forward pass (bounds memory for any K).
-            every_n_val_epochs: also run on validation every this many epochs (0: test only; it is expensive).
+            every_n_epochs: also run on validation every this many epochs (0: test only; it is expensive).
             seed: seed of the per-example z_k draws.
             max_examples: evaluate only the examples whose dataset index is below this (a fixed subset, the
                 same for any batching or process count); None: every example.
         """
-        super().__init__()
+        super().__init__(every_n_epochs, {"nll_iw": ImportanceWeightedNLL(), "ppl_iw": TokenPerplexity(),
+                                          "ppl_elbo": TokenPerplexity(), "elbo_subset": MeanMetric()})
         self.num_samples, self.chunk_size, self.seed = num_samples, chunk_size, seed
         self.max_examples = max_examples
-        self.every_n_val_epochs = every_n_val_epochs
-        self.metrics = nn.ModuleDict({"nll_iw": IWNLLMetric(), "ppl_iw": TokenPerplexity(), "ppl_elbo": TokenPerplexity(),
-                                      "elbo_subset": MeanMetric()})
-        self._active = False
-        self._has_tokens = False
 
-    def _start(self, pl_module, active: bool) -> None:
-        self._active = active
-        # Decided per model, not per batch: every process must take part in the same metric syncs.
-        self._has_tokens = pl_module.decoder.count_tokens(torch.zeros(1, 2, dtype=torch.long)) is not None
-        self.metrics.to(pl_module.device)
-        for metric in self.metrics.values():
-            metric.reset()
-
-    def _update(self, trainer, pl_module, outputs, batch) -> None:
-        if not self._active or outputs is None:
-            return
+    def update(self, trainer, pl_module, outputs, batch) -> None:
         x, mean, logvar, elbo = batch["x"], outputs["mean"].detach(), outputs["logvar"].detach(), outputs["elbo"]
         index = batch["index"].cpu()
         if self.max_examples is not None:
@@ -183,41 +180,19 @@ class ImportanceWeightedNLL(Callback):
             x, mean, logvar, elbo = x[rows], mean[rows], logvar[rows], elbo[rows]
         noise = per_example_normal(index, (self.num_samples, mean.shape[1]), self.seed).to(mean)
         with trainer.precision_plugin.forward_context():
-            log_weights = pl_module.log_importance_weights(x, mean, logvar, noise, self.chunk_size)
+            log_weights = log_importance_weights(pl_module.decoder.log_prob, x, mean, logvar, noise, self.chunk_size)
         self.metrics["nll_iw"].update(log_weights)
         self.metrics["elbo_subset"].update(elbo.detach().double())
         tokens = pl_module.decoder.count_tokens(x)
         if tokens is not None:
-            self.metrics["ppl_iw"].update(IWNLLMetric.per_example(log_weights), tokens)
+            self.metrics["ppl_iw"].update(ImportanceWeightedNLL.per_example(log_weights), tokens)
             self.metrics["ppl_elbo"].update(elbo.detach(), tokens)
 
-    def _finish(self, trainer, pl_module) -> None:
-        if not self._active:
-            return
-        stage = _stage(trainer)
+    def finish(self, trainer, pl_module, stage) -> None:
         pl_module.log(f"{stage}/nll_iw", self.metrics["nll_iw"].compute().float())
         if self.max_examples is not None:  # the one-sample ELBO of the same examples, to compare with nll_iw
             pl_module.log(f"{stage}/elbo_subset", self.metrics["elbo_subset"].compute().float())
-        if self._has_tokens:
+        # Decided per model, not per batch: every process must take part in the same metric syncs.
+        if pl_module.decoder.count_tokens(torch.zeros(1, 2, dtype=torch.long)) is not None:
             pl_module.log(f"{stage}/ppl_iw", self.metrics["ppl_iw"].compute().float())
             pl_module.log(f"{stage}/ppl_elbo", self.metrics["ppl_elbo"].compute().float())
-        self._active = False
-
-    def on_validation_epoch_start(self, trainer, pl_module):
-        due = self.every_n_val_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_val_epochs == 0
-        self._start(pl_module, due and not trainer.sanity_checking)
-
-    def on_test_epoch_start(self, trainer, pl_module):
-        self._start(pl_module, True)
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._update(trainer, pl_module, outputs, batch)
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._update(trainer, pl_module, outputs, batch)
-
-    def on_validation_epoch_end(self, trainer, pl_module):
-        self._finish(trainer, pl_module)
-
-    def on_test_epoch_end(self, trainer, pl_module):
-        self._finish(trainer, pl_module)

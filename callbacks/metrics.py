@@ -30,6 +30,12 @@ def sample_posterior(mean: torch.Tensor, logvar: torch.Tensor, index: torch.Tens
     return mean + torch.exp(0.5 * logvar) * noise
 
 
+def add_sum_states(metric: Metric, *names: str) -> None:
+    """Scalar float64 states of `metric` that are summed across processes."""
+    for name in names:
+        metric.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+
 def log_aggregate_posterior(z: torch.Tensor, means: torch.Tensor, logvars: torch.Tensor, chunk_size: int = 1024):
     """log q(z_i) = logsumexp_j log N(z_i; mu_j, sigma_j^2) - log N for every row z_i, in float64.
 
@@ -59,9 +65,7 @@ class KLDivergence(Metric):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.add_state("kl_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("kl_dim_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        add_sum_states(self, "kl_sum", "kl_dim_sum", "count")
         self.per_dimension: torch.Tensor | None = None
 
     def update(self, mean: torch.Tensor, logvar: torch.Tensor) -> None:
@@ -89,9 +93,7 @@ class ActiveUnits(Metric):
     def __init__(self, threshold: float = 0.02, **kwargs):
         super().__init__(**kwargs)
         self.threshold = threshold
-        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("total_sq", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        add_sum_states(self, "total", "total_sq", "count")
         self.variances: torch.Tensor | None = None
 
     def update(self, mean: torch.Tensor, logvar: torch.Tensor | None = None) -> None:
@@ -132,8 +134,7 @@ class MutualInformation(Metric):
             for name in ("means", "logvars", "z", "index"):
                 self.add_state(name, [], dist_reduce_fx="cat")
         else:
-            self.add_state("mi_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-            self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+            add_sum_states(self, "mi_sum", "count")
 
     def update(self, mean: torch.Tensor, logvar: torch.Tensor, index: torch.Tensor | None = None) -> None:
         mean, logvar = mean.detach().float(), logvar.detach().float()
@@ -174,8 +175,7 @@ class ImportanceWeightedNLL(Metric):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.add_state("nll_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        add_sum_states(self, "nll_sum", "count")
 
     @staticmethod
     def per_example(log_weights: torch.Tensor) -> torch.Tensor:
@@ -202,8 +202,7 @@ class TokenPerplexity(Metric):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.add_state("nll_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("tokens", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        add_sum_states(self, "nll_sum", "tokens")
 
     def update(self, nll: torch.Tensor, num_tokens: torch.Tensor) -> None:
         self.nll_sum += nll.double().sum()

@@ -7,9 +7,11 @@ test set's, which the test step already computes.
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.aggregation import CatMetric
+
+from callbacks.contract import LabeledData
+from callbacks.diagnostics import EvaluationCallback
 
 
 def fit_logistic_regression(
@@ -51,12 +53,12 @@ def probe_accuracy(
     return (predictions == test_labels).double().mean().item()
 
 
-class LatentProbe(Callback):
+class LatentProbe(EvaluationCallback):
     """Logs `test/probe_acc`: test accuracy of a logistic regression on posterior means E_q[z|x].
 
     Training features: the posterior means of the datamodule's `probe_train_data()` (for MNIST, the training
     images binarized once with a fixed seed), encoded at the end of the test run. Test features: the means of
-    the test step, gathered across processes. Skipped with a warning when the data have no labels.
+    the test step, gathered across processes. Skipped, with a note in the log, for data without class labels.
     """
 
     def __init__(self, max_train_examples: int | None = None, l2: float = 1e-4, max_iter: int = 200,
@@ -68,29 +70,27 @@ class LatentProbe(Callback):
             max_iter: L-BFGS iterations.
             batch_size: examples per encoder call when encoding the training set.
         """
-        super().__init__()
+        super().__init__(0, {"means": CatMetric(), "labels": CatMetric()})  # test runs only
         self.max_train_examples, self.l2, self.max_iter, self.batch_size = max_train_examples, l2, max_iter, batch_size
-        self.test_means, self.test_labels = CatMetric(), CatMetric()
         self._has_labels = True
 
     def on_test_epoch_start(self, trainer, pl_module):
-        self.test_means.to(pl_module.device).reset()
-        self.test_labels.to(pl_module.device).reset()
-        self._has_labels = hasattr(trainer.datamodule, "probe_train_data")
+        super().on_test_epoch_start(trainer, pl_module)
+        self._has_labels = isinstance(trainer.datamodule, LabeledData)
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if outputs is None or "label" not in batch:
+    def update(self, trainer, pl_module, outputs, batch) -> None:
+        if "label" not in batch:
             self._has_labels = False
             return
-        self.test_means.update(outputs["mean"].detach().float())
-        self.test_labels.update(batch["label"].float())
+        self.metrics["means"].update(outputs["mean"].detach().float())
+        self.metrics["labels"].update(batch["label"].float())
 
     @torch.no_grad()
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def finish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not self._has_labels:
-            rank_zero_warn("LatentProbe: the test data have no class labels; test/probe_acc is not computed.")
+            rank_zero_info("LatentProbe: the test data have no class labels; test/probe_acc is not computed.")
             return
-        test_means, test_labels = self.test_means.compute(), self.test_labels.compute().long()
+        test_means, test_labels = self.metrics["means"].compute(), self.metrics["labels"].compute().long()
         x, labels = trainer.datamodule.probe_train_data(self.max_train_examples)
         was_training = pl_module.training
         pl_module.eval()

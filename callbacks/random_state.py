@@ -10,9 +10,12 @@ checkpoints are written by all processes together) and each process gets its own
 import random
 import warnings
 
+import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 
 
 def collect_rng_states() -> dict:
@@ -61,3 +64,16 @@ def restore_rng_states(states: list[dict] | None, rank: int, world_size: int) ->
                           stacklevel=2)
         return
     set_rng_states(states[rank])
+
+
+class RandomStateCheckpoint(Callback):
+    """Saves every process's generator states in each checkpoint and gives each process its own back when a fit
+    resumes, before the first batch is drawn (the sanity check does not touch the generators). Tests and validation
+    runs from a checkpoint leave the generators alone."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = gather_rng_states()  # a collective: every process saves checkpoints together
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            restore_rng_states(checkpoint.get("rng_states"), trainer.global_rank, trainer.world_size)

@@ -6,6 +6,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.seed import isolate_rng
 from torchvision.utils import make_grid
 
+from callbacks.contract import TextData
+from callbacks.diagnostics import due_this_epoch
+
 
 class SampleLogger(Callback):
     """Each `every_n_epochs` validation epochs, logs `num_examples` validation inputs next to their
@@ -23,14 +26,13 @@ class SampleLogger(Callback):
         self._inputs: torch.Tensor | None = None
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if batch_idx == 0 and not trainer.sanity_checking:
+        if batch_idx == 0 and due_this_epoch(trainer, self.every_n_epochs):
             self._inputs = batch["x"][: self.num_examples]
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         inputs, self._inputs = self._inputs, None
         experiment = getattr(trainer.logger, "experiment", None)
-        due = self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0
-        if inputs is None or not due or not trainer.is_global_zero or experiment is None:
+        if inputs is None or not trainer.is_global_zero or experiment is None:
             return
         was_training = pl_module.training
         pl_module.eval()
@@ -38,13 +40,13 @@ class SampleLogger(Callback):
             torch.manual_seed(self.seed)
             # One autoregressive decoding for both: z = posterior means of the inputs, then draws from p(z).
             z = torch.cat([pl_module.encode(inputs)[0],
-                           torch.randn(self.num_examples, pl_module.hparams.latent_dim, device=pl_module.device)])
+                           torch.randn(self.num_examples, pl_module.latent_dim, device=pl_module.device)])
             decoded = pl_module.decoder.sample(z)
         reconstructions, samples = decoded[: len(inputs)], decoded[len(inputs) :]
         pl_module.train(was_training)
         step = trainer.current_epoch
-        to_text = getattr(trainer.datamodule, "decode", None)
-        if inputs.dtype == torch.long and to_text is not None:
+        if inputs.dtype == torch.long and isinstance(trainer.datamodule, TextData):
+            to_text = trainer.datamodule.decode
             pairs = [f"{a}  \n→ {b}" for a, b in zip(to_text(inputs), to_text(reconstructions))]
             experiment.add_text("val/reconstructions", "\n\n".join(pairs), step)
             experiment.add_text("val/samples", "\n\n".join(to_text(samples)), step)

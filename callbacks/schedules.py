@@ -11,13 +11,15 @@ class HalveLearningRateAfterPlateau(Callback):
     """Once `monitor` fails to improve on its best value at the end of a validation epoch after `start_epoch`
     epochs, the learning rate is multiplied by `factor` at the end of that and of every later epoch; training
     stops when it falls below `min_lr`. This is the schedule of the paper's text code (SGD lr 1, halved each
-    epoch once validation stops improving after epoch 15, stopped below 0.03).
+    epoch once validation stops improving after epoch 15, stopped below 0.03). Off when `start_epoch` is None
+    (the image models keep Adam's learning rate).
 
     Assumes one validation per training epoch. The state (best value, whether decay has started) is saved in
     checkpoints, so a resumed run continues it.
     """
 
-    def __init__(self, monitor: str = "val/elbo", start_epoch: int = 15, factor: float = 0.5, min_lr: float = 0.03):
+    def __init__(self, monitor: str = "val/elbo", start_epoch: int | None = None, factor: float = 0.5,
+                 min_lr: float = 0.03):
         super().__init__()
         self.monitor, self.start_epoch, self.factor, self.min_lr = monitor, start_epoch, factor, min_lr
         self.best = math.inf
@@ -25,7 +27,7 @@ class HalveLearningRateAfterPlateau(Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Runs after the validation epoch's metrics are computed (they are not yet in `on_validation_epoch_end`).
-        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+        if self.start_epoch is None or trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
         value = float(trainer.callback_metrics[self.monitor])
         epochs_done = trainer.current_epoch + 1

@@ -1,0 +1,52 @@
+"""What the callbacks need from a model and a datamodule, written once.
+
+Every LightningModule of the project satisfies `LatentVariableModel` (a test checks each class); its
+`validation_step`/`test_step` return `EvaluationOutputs`. Datamodules offer `LabeledData` (the linear probe) or
+`TextData` (text samples) where they can; callbacks skip what a datamodule does not offer.
+"""
+
+from typing import Protocol, TypedDict, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class LatentDecoder(Protocol):
+    """p(x|z): log-likelihoods for IW-NLL, ancestral samples for the sample logger, token counts for perplexity."""
+
+    def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor: ...
+
+    def sample(self, z: torch.Tensor, greedy: bool = False) -> torch.Tensor: ...
+
+    def count_tokens(self, x: torch.Tensor) -> torch.Tensor | None: ...
+
+
+@runtime_checkable
+class LatentVariableModel(Protocol):
+    """A model with a Gaussian posterior q(z|x) = N(mean, exp(logvar)) and a decoder p(x|z)."""
+
+    decoder: LatentDecoder
+
+    @property
+    def latent_dim(self) -> int: ...
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class EvaluationOutputs(TypedDict):
+    """Per-example outputs of `validation_step`/`test_step`, shape (batch, latent) or (batch,)."""
+
+    mean: torch.Tensor
+    logvar: torch.Tensor
+    elbo: torch.Tensor
+    recon: torch.Tensor
+
+
+@runtime_checkable
+class LabeledData(Protocol):
+    def probe_train_data(self, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@runtime_checkable
+class TextData(Protocol):
+    def decode(self, tokens: torch.Tensor) -> list[str]: ...
