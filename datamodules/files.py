@@ -65,11 +65,12 @@ def fetch(folder: Path, remote: RemoteFile, download: bool = True, check: bool =
     """Return the path of `remote` in `folder`, downloading it first when it is missing, and (with `check`)
     verified against its published checksum."""
     path = folder / remote.name
+    failure = ""
     if not path.exists() and download:
-        _try_download(folder, remote)
+        failure = _download(folder, remote)
     if not path.exists():
         raise DataError(
-            f"missing data file {path}. Download it from {remote.urls[0]} and put it in {folder}/, or point "
+            f"missing data file {path}{failure}. Download it from {remote.urls[0]} and put it in {folder}/, or point "
             f"--data.init_args.data_dir (or ${DATA_DIR_ENV}) at a folder that holds {folder.name}/{remote.name}."
         )
     if check:
@@ -77,7 +78,15 @@ def fetch(folder: Path, remote: RemoteFile, download: bool = True, check: bool =
     return path
 
 
+_verified: set[tuple[str, int, int]] = set()  # (path, size, mtime) of files whose checksum passed in this process
+
+
 def verify_checksum(path: Path, remote: RemoteFile) -> None:
+    """Compare the file with its published checksums, once per process for an unchanged file."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _verified:
+        return
     for algorithm in ("md5", "sha256", "git_sha1"):
         expected = getattr(remote, algorithm)
         if expected is not None:
@@ -87,20 +96,26 @@ def verify_checksum(path: Path, remote: RemoteFile) -> None:
                     f"{path} is corrupt or incomplete: its {algorithm} is {actual}, expected {expected}. "
                     f"Delete it and download it again from {remote.urls[0]}."
                 )
+    _verified.add(key)
 
 
-def _try_download(folder: Path, remote: RemoteFile) -> None:
+def _download(folder: Path, remote: RemoteFile) -> str:
+    """Try each URL of `remote` until one gives the file (checked afterwards by `fetch`, not here); returns
+    why the downloads failed, for the error message, or "" on success."""
+    from urllib.error import URLError
+
     from torchvision.datasets.utils import download_url
 
     folder.mkdir(parents=True, exist_ok=True)
+    failures = []
     for url in remote.urls:
         try:
-            download_url(url, str(folder), remote.name, md5=remote.md5)
-            return
-        except Exception:  # no network, a dead mirror or a bad download: try the next URL
-            partial = folder / remote.name
-            if partial.exists() and remote.md5 is not None:
-                partial.unlink()
+            download_url(url, str(folder), remote.name)
+            return ""
+        except (URLError, OSError, RuntimeError) as error:  # no network, a dead mirror, an interrupted download
+            failures.append(f"{url}: {error}")
+            (folder / remote.name).unlink(missing_ok=True)
+    return " (download failed: " + "; ".join(failures) + ")"
 
 
 def read_gzip(path: Path) -> bytes:
@@ -110,12 +125,3 @@ def read_gzip(path: Path) -> bytes:
             return handle.read()
     except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"{path} is not a valid gzip file ({error}). Delete it and download it again.") from error
-
-
-def read_maybe_gzip(folder: Path, name: str) -> tuple[Path, bytes] | None:
-    """Content of `name` or `name.gz` in folder (the first that exists), or None when neither does."""
-    for candidate in (folder / name, folder / f"{name}.gz"):
-        if candidate.exists():
-            data = read_gzip(candidate) if candidate.suffix == ".gz" else candidate.read_bytes()
-            return candidate, data
-    return None

@@ -6,13 +6,11 @@ after transfer. Validation and test images are binarized once, with a fixed seed
 or 0/1), so they are identical across epochs, runs and processes.
 """
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-
-from datamodules.files import DataError, check_batch_size
+from datamodules.base import SkipVAEDataModule
+from datamodules.files import DataError
 
 
 def pixel_scale(images: torch.Tensor) -> int:
@@ -56,62 +54,44 @@ class InMemoryDataset(Dataset):
         return {key: value[0] for key, value in self.__getitems__([i]).items()}
 
 
-def keep_batch(batch):
-    """collate_fn for datasets that already return whole batches."""
-    return batch
+class BinarizedImageDataModule(SkipVAEDataModule):
+    """Base for MNIST and Omniglot: `load_splits` returns `InMemoryDataset`s of stored images (grey training
+    images when `dynamic_training`, binarized validation and test images)."""
 
-
-class EvaluationLoaderMixin:
-    """Evaluation loaders that never repeat an example: under DDP each process gets a disjoint shard.
-
-    Lightning's default distributed sampler pads shards with repeated examples so all processes see the same
-    number of batches; that would count some examples twice in KL, MI, AU and NLL.
-    """
-
-    def _eval_loader(self, dataset: Dataset, batch_size: int, collate_fn=keep_batch) -> DataLoader:
-        trainer = getattr(self, "trainer", None)
-        sampler = None
-        if trainer is not None and trainer.world_size > 1:
-            sampler = UnrepeatedDistributedSampler(
-                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
-            )
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
-                          num_workers=self.hparams.num_workers, collate_fn=collate_fn)
-
-
-class BinarizedImageDataModule(EvaluationLoaderMixin, L.LightningDataModule):
-    """Base for MNIST and Omniglot; subclasses fill `self.train_set`, `self.val_set` and `self.test_set`."""
-
+    example_name = "images"
     dynamic_training: bool = True
     image_shape: tuple[int, int, int] = (1, 28, 28)
+
+    def __init__(self, binarize_seed: int = 1234, **kwargs):
+        """
+        Args:
+            binarize_seed: seed of the one-off binarization of validation (seed) and test (seed + 1) images.
+        """
+        super().__init__(**kwargs)
 
     @property
     def data_dims(self) -> list[int]:
         """Shape of one example, linked to the model's `data_dims`."""
         return list(self.image_shape)
 
+    def binarized_eval_sets(self, val_images, val_labels, test_images, test_labels) -> dict[str, InMemoryDataset]:
+        """Validation and test sets binarized once, with seeds `binarize_seed` and `binarize_seed + 1`."""
+        seed = self.hparams.binarize_seed
+        return {"val": InMemoryDataset(binarize_fixed(val_images, seed), val_labels),
+                "test": InMemoryDataset(binarize_fixed(test_images, seed + 1), test_labels)}
+
     def probe_train_data(self, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The first `limit` training images as floats in {0, 1} and their labels, for a latent probe.
 
         Grey training images are binarized once with seed `binarize_seed + 2`, so the probe is deterministic.
         """
-        if self.train_set.labels is None:
+        train = self.datasets["train"]
+        if train.labels is None:
             raise DataError(f"{type(self).__name__} with these settings has no class labels for a probe")
-        x = self.train_set.x[:limit]
+        x = train.x[:limit]
         if self.dynamic_training:
             x = binarize_fixed(x, self.hparams.binarize_seed + 2)
-        return to_unit_interval(x), self.train_set.labels[:limit]
-
-    def train_dataloader(self) -> DataLoader:
-        check_batch_size(self.hparams.batch_size, len(self.train_set), "images")
-        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True,
-                          num_workers=self.hparams.num_workers, collate_fn=keep_batch)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.val_set, self.hparams.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.test_set, self.hparams.eval_batch_size)
+        return to_unit_interval(x), train.labels[:limit]
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         x = to_unit_interval(batch["x"])

@@ -10,16 +10,17 @@ Files (in `<data dir>/mnist/`):
 """
 
 import hashlib
-import struct
+import tempfile
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 from torchvision.datasets import MNIST
+from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from datamodules.files import DataError, RemoteFile, dataset_dir, fetch, read_gzip, read_maybe_gzip
-from datamodules.images import BinarizedImageDataModule, InMemoryDataset, binarize_fixed
+from datamodules.files import DataError, RemoteFile, fetch, read_gzip
+from datamodules.images import BinarizedImageDataModule, InMemoryDataset
 
 IDX_FILES = {name: RemoteFile(name, tuple(mirror + name for mirror in MNIST.mirrors), md5=md5)
              for name, md5 in MNIST.resources}
@@ -33,35 +34,32 @@ LAROCHELLE_SHA256 = {
 LAROCHELLE_SIZES = {"train": 50_000, "valid": 10_000, "test": 10_000}
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX (.gz) file as a uint8 array; checks the magic number and that the size matches the header."""
-    data = read_gzip(path)
-    if len(data) < 8 or data[:2] != b"\x00\x00" or data[2] != 0x08:
-        raise DataError(f"{path} is not an IDX file of unsigned bytes. Delete it and download it again.")
-    ndim = data[3]
-    dims = struct.unpack(f">{ndim}i", data[4 : 4 + 4 * ndim])
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(dims)):
-        raise DataError(f"{path} holds {body.size} values but its header announces {dims}; the file is damaged.")
-    return body.reshape(dims)
+def read_idx(path: Path, reader) -> torch.Tensor:
+    """An IDX `.gz` file read by torchvision's `reader` (read_image_file or read_label_file), which takes the path
+    of an uncompressed file: the content is decompressed into a temporary file first."""
+    with tempfile.NamedTemporaryFile(prefix=path.stem) as handle:
+        handle.write(read_gzip(path))
+        handle.flush()
+        try:
+            return reader(handle.name)
+        except (AssertionError, KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise DataError(f"{path} is not a valid IDX file ({error}). Delete it and download it again.") from error
+
+
+def amat_path(folder: Path, split: str, download: bool) -> Path:
+    """The split's `.amat` or `.amat.gz` in folder; when neither is there, the `.amat` downloaded from its URL."""
+    name = f"binarized_mnist_{split}.amat"
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.exists():
+            return candidate
+    return fetch(folder, RemoteFile(name, (LAROCHELLE_URL.format(split),)), download=download)
 
 
 def read_amat(folder: Path, split: str, download: bool) -> np.ndarray:
-    """Larochelle's binarized MNIST split as uint8 0/1, shape (n, 784)."""
-    name = f"binarized_mnist_{split}.amat"
-    found = read_maybe_gzip(folder, name)
-    if found is None and download:
-        try:
-            fetch(folder, RemoteFile(name, (LAROCHELLE_URL.format(split),), sha256=LAROCHELLE_SHA256[split]))
-        except DataError:
-            pass
-        found = read_maybe_gzip(folder, name)
-    if found is None:
-        raise DataError(
-            f"missing data file {folder / name} (or {name}.gz). Download it from {LAROCHELLE_URL.format(split)} "
-            f"and put it in {folder}/."
-        )
-    path, data = found
+    """Larochelle's binarized MNIST split as uint8 0/1, shape (n, 784), checked by the SHA-256 of its content
+    (the same for the .amat and the .amat.gz)."""
+    path = amat_path(folder, split, download)
+    data = read_gzip(path) if path.suffix == ".gz" else path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != LAROCHELLE_SHA256[split]:
         raise DataError(
@@ -76,59 +74,41 @@ def read_amat(folder: Path, split: str, download: bool) -> np.ndarray:
 class MNISTDataModule(BinarizedImageDataModule):
     """Binarized MNIST: 50k train / 10k validation / 10k test, batches of dicts {x, index, label}."""
 
-    def __init__(
-        self,
-        data_dir: str | None = None,
-        binarization: Literal["dynamic", "static"] = "dynamic",
-        batch_size: int = 50,
-        eval_batch_size: int = 500,
-        split_seed: int = 0,
-        binarize_seed: int = 1234,
-        download: bool = True,
-        num_workers: int = 0,
-    ):
+    dataset_name = "mnist"
+
+    def __init__(self, binarization: Literal["dynamic", "static"] = "dynamic", **kwargs):
         """
         Args:
-            data_dir: folder holding `mnist/`; default $SKIPVAE_DATA_DIR, then ./data.
             binarization: "dynamic" (fresh Bernoulli draws of the grey images for every training batch,
                 fixed-seed draws for validation/test) or "static" (Larochelle's fixed 0/1 split).
-            batch_size: training batch size.
-            eval_batch_size: validation/test batch size (does not change any metric).
-            split_seed: seed of the permutation that picks the 10k validation images (dynamic only).
-            binarize_seed: seed of the one-off binarization of validation (seed) and test (seed + 1) images.
-            download: try the official URLs when a file is missing.
-            num_workers: DataLoader workers (0 is fastest: batches are sliced from in-memory tensors).
         """
-        super().__init__()
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
         self.dynamic_training = binarization == "dynamic"
-        self.folder = dataset_dir(data_dir, "mnist")
 
     def prepare_data(self) -> None:
-        if self.hparams.binarization == "dynamic":
+        hp = self.hparams
+        if hp.binarization == "dynamic":
             for remote in IDX_FILES.values():
-                fetch(self.folder, remote, download=self.hparams.download)
+                fetch(self.folder, remote, download=hp.download, check=hp.check_file)
         else:
             for split in LAROCHELLE_SHA256:
-                read_amat(self.folder, split, self.hparams.download)
+                amat_path(self.folder, split, hp.download)
 
-    def setup(self, stage: str | None = None) -> None:
-        if getattr(self, "test_set", None) is not None:
-            return
+    def load_splits(self) -> dict[str, InMemoryDataset]:
         hp = self.hparams
         if hp.binarization == "static":
-            to_tensor = lambda a: torch.from_numpy(a * np.uint8(255)).view(-1, *self.image_shape)  # noqa: E731
-            self.train_set = InMemoryDataset(to_tensor(read_amat(self.folder, "train", hp.download)))
-            self.val_set = InMemoryDataset(to_tensor(read_amat(self.folder, "valid", hp.download)))
-            self.test_set = InMemoryDataset(to_tensor(read_amat(self.folder, "test", hp.download)))
-            return
-        paths = {name: fetch(self.folder, remote, download=hp.download) for name, remote in IDX_FILES.items()}
-        images = torch.from_numpy(read_idx(paths["train-images-idx3-ubyte.gz"]).copy()).unsqueeze(1)
-        labels = torch.from_numpy(read_idx(paths["train-labels-idx1-ubyte.gz"]).astype(np.int64))
-        test_images = torch.from_numpy(read_idx(paths["t10k-images-idx3-ubyte.gz"]).copy()).unsqueeze(1)
-        test_labels = torch.from_numpy(read_idx(paths["t10k-labels-idx1-ubyte.gz"]).astype(np.int64))
+            def split(name: str) -> InMemoryDataset:
+                images = read_amat(self.folder, name, hp.download) * np.uint8(255)
+                return InMemoryDataset(torch.from_numpy(images).view(-1, *self.image_shape))
+
+            return {"train": split("train"), "val": split("valid"), "test": split("test")}
+        paths = {name: fetch(self.folder, remote, download=hp.download, check=hp.check_file)
+                 for name, remote in IDX_FILES.items()}
+        images = read_idx(paths["train-images-idx3-ubyte.gz"], read_image_file).unsqueeze(1)
+        labels = read_idx(paths["train-labels-idx1-ubyte.gz"], read_label_file)
+        test_images = read_idx(paths["t10k-images-idx3-ubyte.gz"], read_image_file).unsqueeze(1)
+        test_labels = read_idx(paths["t10k-labels-idx1-ubyte.gz"], read_label_file)
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(hp.split_seed))
         train_idx, val_idx = order[:50_000], order[50_000:]
-        self.train_set = InMemoryDataset(images[train_idx].contiguous(), labels[train_idx])
-        self.val_set = InMemoryDataset(binarize_fixed(images[val_idx], hp.binarize_seed), labels[val_idx])
-        self.test_set = InMemoryDataset(binarize_fixed(test_images, hp.binarize_seed + 1), test_labels)
+        return {"train": InMemoryDataset(images[train_idx].contiguous(), labels[train_idx]),
+                **self.binarized_eval_sets(images[val_idx], labels[val_idx], test_images, test_labels)}

@@ -13,8 +13,8 @@ are the training set; test = the 8,070 test images.
 import numpy as np
 import torch
 
-from datamodules.files import DataError, RemoteFile, dataset_dir, fetch
-from datamodules.images import BinarizedImageDataModule, InMemoryDataset, binarize_fixed
+from datamodules.files import DataError, RemoteFile, fetch
+from datamodules.images import BinarizedImageDataModule, InMemoryDataset
 
 CHARDATA = RemoteFile(
     "chardata.mat",
@@ -60,38 +60,12 @@ def read_chardata(path) -> dict[str, np.ndarray]:
 class OmniglotDataModule(BinarizedImageDataModule):
     """Binarized 28x28 Omniglot: 22,345 train / 2,000 validation / 8,070 test, batches {x, index, label}."""
 
-    def __init__(
-        self,
-        data_dir: str | None = None,
-        batch_size: int = 50,
-        eval_batch_size: int = 500,
-        split_seed: int = 0,
-        binarize_seed: int = 1234,
-        download: bool = True,
-        check_file: bool = True,
-        num_workers: int = 0,
-    ):
-        """
-        Args:
-            data_dir: folder holding `omniglot/chardata.mat`; default $SKIPVAE_DATA_DIR, then ./data.
-            batch_size: training batch size (training images are binarized afresh for every batch).
-            eval_batch_size: validation/test batch size (does not change any metric).
-            split_seed: seed of the permutation that picks the 2,000 validation images.
-            binarize_seed: seed of the one-off binarization of validation (seed) and test (seed + 1) images.
-            download: try the official URL when the file is missing.
-            check_file: compare the file with the published checksum (turn off for a re-saved copy).
-            num_workers: DataLoader workers (0 is fastest: batches are sliced from in-memory tensors).
-        """
-        super().__init__()
-        self.save_hyperparameters()
-        self.folder = dataset_dir(data_dir, "omniglot")
+    dataset_name = "omniglot"
 
     def prepare_data(self) -> None:
         fetch(self.folder, CHARDATA, download=self.hparams.download, check=self.hparams.check_file)
 
-    def setup(self, stage: str | None = None) -> None:
-        if getattr(self, "test_set", None) is not None:
-            return
+    def load_splits(self) -> dict[str, InMemoryDataset]:
         hp = self.hparams
         arrays = read_chardata(fetch(self.folder, CHARDATA, download=hp.download, check=hp.check_file))
         images = torch.from_numpy(arrays["train"]).unsqueeze(1)
@@ -104,6 +78,5 @@ class OmniglotDataModule(BinarizedImageDataModule):
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(hp.split_seed))
         val_idx, train_idx = order[:VALIDATION_SIZE], order[VALIDATION_SIZE:]
         pick = lambda t, i: None if t is None else t[i]  # noqa: E731
-        self.train_set = InMemoryDataset(images[train_idx].contiguous(), pick(labels, train_idx))
-        self.val_set = InMemoryDataset(binarize_fixed(images[val_idx], hp.binarize_seed), pick(labels, val_idx))
-        self.test_set = InMemoryDataset(binarize_fixed(test_images, hp.binarize_seed + 1), test_labels)
+        return {"train": InMemoryDataset(images[train_idx].contiguous(), pick(labels, train_idx)),
+                **self.binarized_eval_sets(images[val_idx], pick(labels, val_idx), test_images, test_labels)}

@@ -18,13 +18,12 @@ mask: (B, T) bool, True at real tokens, index: (B,) position of the document in 
 from collections import Counter
 from pathlib import Path
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from datamodules.files import DataError, RemoteFile, check_batch_size, dataset_dir, fetch
-from datamodules.images import EvaluationLoaderMixin, keep_batch
+from datamodules.base import SkipVAEDataModule
+from datamodules.files import DataError, RemoteFile, fetch
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "_UNK"
 SPECIALS = (PAD, BOS, EOS, UNK)
@@ -146,12 +145,15 @@ class BucketedDocuments(Dataset):
         return {"x": x, "mask": x != self.pad_id, "index": index}
 
 
-class YahooDataModule(EvaluationLoaderMixin, L.LightningDataModule):
-    """Yahoo Answers documents as padded token batches for the LSTM VAE/SkipVAE."""
+class YahooDataModule(SkipVAEDataModule):
+    """Yahoo Answers documents as padded token batches for the LSTM models."""
+
+    dataset_name = "yahoo"
+    example_name = "documents"
+    prebatched = True  # BucketedDocuments items are whole batches of similar length
 
     def __init__(
         self,
-        data_dir: str | None = None,
         train_file: str = "train.txt",
         val_file: str = "valid.txt",
         test_file: str = "test.txt",
@@ -160,14 +162,10 @@ class YahooDataModule(EvaluationLoaderMixin, L.LightningDataModule):
         max_vocab: int = 20000,
         batch_size: int = 32,
         eval_batch_size: int = 32,
-        split_seed: int = 0,
-        download: bool = True,
-        check_file: bool = True,
-        num_workers: int = 0,
+        **kwargs,
     ):
         """
         Args:
-            data_dir: folder holding `yahoo/`; default $SKIPVAE_DATA_DIR, then ./data.
             train_file, val_file, test_file: file names in `<data dir>/yahoo/` (or paths).
             val_split: when > 0, validate on this many documents of train_file (a seeded random choice, removed
                 from training) instead of reading val_file.
@@ -175,17 +173,10 @@ class YahooDataModule(EvaluationLoaderMixin, L.LightningDataModule):
             max_vocab: vocabulary size, special tokens included, when built from train_file.
             batch_size: training documents per batch.
             eval_batch_size: validation/test documents per batch (does not change any metric).
-            split_seed: seed of the val_split choice.
-            download: try the official URLs when an official file is missing.
-            check_file: compare the official files with their published checksums.
-            num_workers: DataLoader workers.
         """
-        super().__init__()
-        self.save_hyperparameters()
-        self.folder = dataset_dir(data_dir, "yahoo")
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, **kwargs)
         self._vocabulary: Vocabulary | None = None
         self._documents: dict[str, tuple[list[list[str]], int]] = {}
-        self.datasets: dict[str, BucketedDocuments] = {}
 
     # ------------------------------------------------------------ files
     def _path(self, name: str) -> Path:
@@ -235,9 +226,10 @@ class YahooDataModule(EvaluationLoaderMixin, L.LightningDataModule):
                        f"{UNK} ({100 * unknown / max(words, 1):.2f}%), {blank} blank lines skipped")
         return encoded
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+    def num_training_examples(self) -> int:
+        return len(self.datasets["train"].documents)
+
+    def load_splits(self) -> dict[str, BucketedDocuments]:
         hp = self.hparams
         train_docs, blank = self._read(hp.train_file)
         train = self._encode(hp.train_file, train_docs, blank)
@@ -251,29 +243,22 @@ class YahooDataModule(EvaluationLoaderMixin, L.LightningDataModule):
         else:
             val = self._encode(hp.val_file, *self._read(hp.val_file))
         test = self._encode(hp.test_file, *self._read(hp.test_file))
-        self.datasets = {"train": BucketedDocuments(train, hp.batch_size),
-                         "val": BucketedDocuments(val, hp.eval_batch_size),
-                         "test": BucketedDocuments(test, hp.eval_batch_size)}
-        for split, dataset in self.datasets.items():
+        datasets = {"train": BucketedDocuments(train, hp.batch_size),
+                    "val": BucketedDocuments(val, hp.eval_batch_size),
+                    "test": BucketedDocuments(test, hp.eval_batch_size)}
+        for split, dataset in datasets.items():
             if len(dataset) == 0:
                 raise DataError(f"the {split} split has no documents")
+        return datasets
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
         trainer = getattr(self, "trainer", None)
         if stage == "fit" and trainer is not None:
             log_dir = trainer.log_dir  # a collective under DDP: every process asks, rank zero writes
             if trainer.is_global_zero and log_dir is not None:
                 Path(log_dir).mkdir(parents=True, exist_ok=True)
                 self.vocabulary.save(Path(log_dir) / "vocab.txt")
-
-    # ------------------------------------------------------------ loaders
-    def train_dataloader(self) -> DataLoader:
-        check_batch_size(self.hparams.batch_size, len(self.datasets["train"].documents), "documents")
-        return DataLoader(self.datasets["train"], batch_size=None, shuffle=True, num_workers=self.hparams.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.datasets["val"], None)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.datasets["test"], None)
 
     def decode(self, tokens: torch.Tensor) -> list[str]:
         """Text of each row of a token batch."""

@@ -1,0 +1,83 @@
+"""What every datamodule shares: the common arguments, set-up done once, and the loaders.
+
+Subclasses name their data folder (`dataset_name`) and build their three splits in `load_splits`. Evaluation
+loaders never repeat an example: under DDP each process gets a disjoint shard (Lightning's default distributed
+sampler pads shards with repeated examples so all processes see the same number of batches, which would count
+some examples twice in KL, MI, AU and NLL).
+"""
+
+from typing import ClassVar
+
+import lightning as L
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.files import check_batch_size, dataset_dir
+
+
+def keep_batch(batch):
+    """collate_fn for datasets that already return whole batches."""
+    return batch
+
+
+class SkipVAEDataModule(L.LightningDataModule):
+    """Base of the project's datamodules: batches are dicts with `x` and `index` (and `label` or `mask`)."""
+
+    dataset_name: ClassVar[str]  # the subfolder of the data folder
+    example_name: ClassVar[str] = "examples"  # what one training example is called in messages
+    prebatched: ClassVar[bool] = False  # whether an item of the datasets is already a whole batch
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        batch_size: int = 50,
+        eval_batch_size: int = 500,
+        split_seed: int = 0,
+        download: bool = True,
+        check_file: bool = True,
+        num_workers: int = 0,
+    ):
+        """
+        Args:
+            data_dir: folder holding the dataset's subfolder; default $SKIPVAE_DATA_DIR, then ./data.
+            batch_size: training batch size.
+            eval_batch_size: validation/test batch size (does not change any metric).
+            split_seed: seed of the random choice of the validation examples.
+            download: try the official URLs when a file is missing.
+            check_file: compare the files with their published checksums (turn off for a re-saved copy).
+            num_workers: DataLoader workers (0 is fastest for the in-memory datasets).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.folder = dataset_dir(data_dir, self.dataset_name)
+        self.datasets: dict[str, Dataset] = {}
+
+    def load_splits(self) -> dict[str, Dataset]:
+        """The "train", "val" and "test" datasets, read from the data folder."""
+        raise NotImplementedError
+
+    def num_training_examples(self) -> int:
+        return len(self.datasets["train"])
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.datasets:
+            self.datasets = self.load_splits()
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        dataset, trainer, sampler = self.datasets[split], getattr(self, "trainer", None), None
+        if split != "train" and trainer is not None and trainer.world_size > 1:
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                                   shuffle=False)
+        size = self.hparams.batch_size if split == "train" else self.hparams.eval_batch_size
+        return DataLoader(dataset, batch_size=None if self.prebatched else size, shuffle=shuffle, sampler=sampler,
+                          num_workers=self.hparams.num_workers, collate_fn=keep_batch)
+
+    def train_dataloader(self) -> DataLoader:
+        check_batch_size(self.hparams.batch_size, self.num_training_examples(), self.example_name)
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
