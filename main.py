@@ -1,135 +1,11 @@
 """Command-line entry point: `python main.py {fit,validate,test} --config configs/<experiment>.yaml`."""
 
-import ctypes
-import os
-import re
-import shutil
 import sys
-import tempfile
-from pathlib import Path
 
-import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.cli import LightningCLI
-
-from datamodules.files import DataError
-from models.vae import VAE, CheckpointMismatchError, NonFiniteLossError
-
-
-class RunSetupError(RuntimeError):
-    """The run cannot start as configured (devices, output folders, nothing to resume from)."""
-
-
-class SkipVAECLI(LightningCLI):
-    """LightningCLI with the data's shape given once, by the datamodule, to the model, and with the checks that
-    make a misconfigured run fail before training rather than hours into it."""
-
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.data_dims", "model.init_args.data_dims", apply_on="instantiate")
-
-    def _parse_ckpt_path(self) -> None:
-        """Keep the configured model. (LightningCLI would replace it by the hyper-parameters stored in `--ckpt_path`,
-        silently overriding the config and the command line, e.g. `--model.init_args.on_nonfinite skip` when resuming;
-        here the config wins and the checkpoint must match its architecture, checked when it is loaded.)"""
-
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        check_devices(config.trainer.accelerator, config.trainer.devices)
-        if self.subcommand == "fit" and config.get("ckpt_path") == "last":
-            continue_latest_version(config.trainer)
-
-    def before_fit(self) -> None:
-        check_output_folders(self.trainer, checkpoint_bytes(self.model))
-
-    def before_validate(self) -> None:
-        check_output_folders(self.trainer, 0)
-
-    before_test = before_validate
-
-
-def check_devices(accelerator, devices) -> None:
-    """More devices than the machine has is an error on CPU too (each CPU "device" is a process on a core)."""
-    accelerator = accelerator if isinstance(accelerator, str) else type(accelerator).__name__.lower()
-    if accelerator == "auto":
-        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
-    count = devices if isinstance(devices, int) else int(devices) if str(devices).isdigit() else None
-    if accelerator in ("gpu", "cuda"):
-        available = torch.cuda.device_count()
-        if available == 0:
-            raise RunSetupError(f"--trainer.accelerator {accelerator}: no CUDA GPU is visible to this process. "
-                                "Use --trainer.accelerator cpu (or auto), or check CUDA_VISIBLE_DEVICES.")
-        if count and count > available:
-            raise RunSetupError(f"--trainer.devices {count}: this machine has {available} visible GPU(s). "
-                                f"Use --trainer.devices {available} (or -1 for all of them).")
-    elif accelerator == "cpu" and count and count > (cores := len(os.sched_getaffinity(0))):
-        raise RunSetupError(f"--trainer.devices {count} on CPU starts {count} processes, but this process may use "
-                            f"{cores} cores. Use at most --trainer.devices {cores}.")
-
-
-def continue_latest_version(trainer_config) -> None:
-    """`fit --ckpt_path last` continues the newest `version_N` of the run that holds a last checkpoint, logging into
-    the same folder; Lightning alone would look in a new, empty version folder and silently start from scratch."""
-    logger = trainer_config.get("logger")
-    if not (hasattr(logger, "class_path") and logger.class_path.endswith("TensorBoardLogger")):
-        return
-    args = logger.init_args
-    if args.get("version") is not None:
-        return
-    root = Path(args.save_dir) / (args.get("name") or "lightning_logs")
-    versions = sorted(
-        int(match.group(1)) for folder in root.glob("version_*")
-        if (match := re.fullmatch(r"version_(\d+)", folder.name)) and any((folder / "checkpoints").glob("last*.ckpt"))
-    )
-    if not versions:
-        raise RunSetupError(f"--ckpt_path last: there is no last checkpoint under {root}/version_*/checkpoints/ "
-                            "to resume from. Start without --ckpt_path, or give the checkpoint file's path.")
-    args.version = versions[-1]
-
-
-def checkpoint_bytes(model) -> int:
-    """Rough size of one training checkpoint: weights plus two Adam moments, float32."""
-    return 3 * 4 * sum(p.numel() for p in model.parameters())
-
-
-def check_output_folders(trainer, needed_bytes: int) -> None:
-    """Log and checkpoint folders must be writable, with room for a few checkpoints, before any work starts."""
-    folders = [Path(trainer.default_root_dir)]
-    if trainer.logger is not None:
-        folders = [Path(getattr(trainer.logger, "root_dir", None) or trainer.logger.save_dir)]
-    folders += [Path(callback.dirpath) for callback in trainer.checkpoint_callbacks if callback.dirpath]
-    for folder in folders:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-                pass
-        except OSError as error:
-            raise RunSetupError(f"cannot write logs or checkpoints to {folder} ({error.strerror or error}). "
-                                "Choose another folder with --trainer.logger.init_args.save_dir (or the "
-                                "checkpoint callback's dirpath) or fix its permissions.") from error
-        free = shutil.disk_usage(folder).free
-        if free < 3 * needed_bytes:
-            raise RunSetupError(f"only {free / 2**20:.0f} MiB free on the disk of {folder}, and each checkpoint "
-                                f"needs about {needed_bytes / 2**20:.0f} MiB. Free some space or log elsewhere.")
-
-
-def keep_freed_memory() -> bool:
-    """Let glibc's malloc reuse freed tensor memory instead of handing it back to the operating system.
-
-    By default glibc serves large blocks with mmap and returns them on free, so every step of the PixelCNN
-    faults in and zeroes ~100 MB of fresh pages again (about 20,000 minor page faults per training step, and
-    more in evaluation, where activations are freed layer by layer). Raising the mmap and trim thresholds keeps
-    that memory in the process; the numbers are unchanged, the steps are faster (see the README's Performance
-    section). Returns whether the setting took effect; on other C libraries it does nothing.
-    """
-    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except AttributeError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mmap_ok = any(mallopt(m_mmap_threshold, size) for size in (2**30, 2**25))
-    return bool(mmap_ok and mallopt(m_trim_threshold, 2**31 - 1))
+from callbacks.random_state import RandomStateCheckpoint
+from cli import USER_ERRORS, SkipVAECLI
+from models import VAE
+from run_setup import keep_freed_memory
 
 
 def cli_main(args: list[str] | None = None) -> SkipVAECLI:
@@ -138,6 +14,7 @@ def cli_main(args: list[str] | None = None) -> SkipVAECLI:
         VAE,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        trainer_defaults={"callbacks": [RandomStateCheckpoint()]},  # exact resume, in every run
         save_config_kwargs={"overwrite": True},
         args=args,
     )
@@ -146,6 +23,6 @@ def cli_main(args: list[str] | None = None) -> SkipVAECLI:
 if __name__ == "__main__":
     try:
         cli_main()
-    except (DataError, CheckpointMismatchError, NonFiniteLossError, RunSetupError, MisconfigurationException) as error:
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from main import keep_freed_memory
+from run_setup import keep_freed_memory
 from models import VAE, SkipVAE
 
 OFFICIAL_MNIST = dict(architecture="pixelcnn", data_dims=(1, 28, 28), latent_dim=20, encoder_hidden=64,
@@ -39,7 +39,7 @@ def binary_images(n: int, seed: int = 0) -> torch.Tensor:
 
 def add_allocator_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--default-allocator", action="store_true",
-                        help="measure without main.keep_freed_memory(), i.e. with glibc's default of returning "
+                        help="measure without run_setup.keep_freed_memory(), i.e. with glibc's default of returning "
                              "freed memory to the operating system")
 
 

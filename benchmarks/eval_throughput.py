@@ -26,7 +26,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from benchmarks.train_throughput import train_step  # noqa: E402
 from callbacks.diagnostics import LatentDiagnostics  # noqa: E402
-from models.distributions import per_example_normal  # noqa: E402
+from models.distributions import log_importance_weights, per_example_normal  # noqa: E402
 from datamodules import MNISTDataModule  # noqa: E402
 from models import SkipVAE  # noqa: E402
 
@@ -43,7 +43,7 @@ def main() -> None:
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     data = MNISTDataModule(download=False)
     data.setup("test")
-    x = data.on_after_batch_transfer(data.test_set.__getitems__(list(range(args.limit))), 0)["x"]
+    x = data.on_after_batch_transfer(data.datasets["test"].__getitems__(list(range(args.limit))), 0)["x"]
     model = build(SkipVAE).eval()
 
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
@@ -53,9 +53,9 @@ def main() -> None:
             model.decoder.log_prob(x[:1].expand(10, -1, -1, -1), torch.zeros(10, 20))
         flops_per_eval = counter.get_total_flops() / 10
         noise = per_example_normal(torch.arange(args.limit), (args.num_samples, 20), seed=0)
-        model.log_importance_weights(x[:1], mean[:1], logvar[:1], noise[:1, :50], args.chunk_size)  # warm-up
+        log_importance_weights(model.decoder.log_prob, x[:1], mean[:1], logvar[:1], noise[:1, :50], args.chunk_size)  # warm-up
         faults, start = minor_page_faults(), time.perf_counter()
-        model.log_importance_weights(x, mean, logvar, noise, args.chunk_size)
+        log_importance_weights(model.decoder.log_prob, x, mean, logvar, noise, args.chunk_size)
         seconds = time.perf_counter() - start
         faults = minor_page_faults() - faults
     evals = args.limit * args.num_samples
@@ -72,10 +72,9 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     val_mean, val_logvar = torch.randn(10_000, 20, generator=g), torch.randn(10_000, 20, generator=g) * 0.3 - 1
     start = time.perf_counter()
-    diagnostics._active = True
     for b in range(0, 10_000, 500):
         batch = {"index": torch.arange(b, b + 500)}
-        diagnostics._update({"mean": val_mean[b : b + 500], "logvar": val_logvar[b : b + 500]}, batch)
+        diagnostics.update(None, None, {"mean": val_mean[b : b + 500], "logvar": val_logvar[b : b + 500]}, batch)
     for metric in diagnostics.metrics.values():
         metric.compute()
     diag_seconds = time.perf_counter() - start

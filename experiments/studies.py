@@ -86,8 +86,8 @@ STUDIES: dict[str, Study] = {
              ("--trainer.max_epochs", "10", "--trainer.limit_train_batches", "1.0", "--trainer.limit_val_batches", "1.0")),
         IMAGE_METRICS),
     "yahoo_small_cpu": Study(
-        "Text stand-in: LSTM VAE vs SkipVAE trained on Yahoo valid.txt and tested on test.txt (configs/yahoo_small_*).",
-        pair("yahoo_small_{}", (1,)), TEXT_METRICS),
+        "Text stand-in: LSTM VAE vs SkipVAE trained on Yahoo valid.txt and tested on test.txt (configs/yahoo_small.yaml).",
+        pair("yahoo_{}", (1,), ("configs/yahoo_small.yaml",)), TEXT_METRICS),
     "mnist_paper": Study(
         "MNIST with the paper code's settings (100 epochs), VAE vs SkipVAE, 2 seeds. GPU.",
         pair("mnist_{}", (1, 2)), IMAGE_METRICS),
