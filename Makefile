@@ -6,7 +6,7 @@ CONFIG ?= configs/mnist_skipvae.yaml
 REQUIREMENTS_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQUIREMENTS_HASH)
 
-.PHONY: train test
+.PHONY: train test test-fast
 
 $(STAMP):
 	python3 -m venv $(VENV)
@@ -16,5 +16,8 @@ $(STAMP):
 train: $(STAMP)  ## set up, then train Skip-VAE on MNIST (override CONFIG=...)
 	$(PYTHON) main.py fit --config $(CONFIG)
 
-test: $(STAMP)  ## set up, then run the default (fast) test suite
+test: $(STAMP)  ## set up, then run the full test suite (what CI runs)
 	$(PYTHON) -m pytest
+
+test-fast: $(STAMP)  ## unit-level tests only, for the development loop (no training runs, no subprocesses)
+	$(PYTHON) -m pytest -m "not integration"

@@ -13,8 +13,16 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("SKIPVAE_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 DATA_DIR = Path(os.environ["SKIPVAE_DATA_DIR"])
 CONFIGS = ROOT / "configs"
-PRESETS = {"debug.yaml", "bf16.yaml", "ddp.yaml", "cpu_study.yaml"}
+PRESETS = {"debug.yaml", "bf16.yaml", "ddp.yaml", "cpu_study.yaml", "yahoo_small.yaml"}
 EXPERIMENT_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in PRESETS)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_pytest_arguments():
+    """Tests call cli_main(args) in this process: pytest's own command line is not the CLI's."""
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    yield
+    sys.argv = argv
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +49,6 @@ def fixture_data_dir(tmp_path_factory) -> Path:
 
 def fixture_args(config: str, data_dir: Path) -> list[str]:
     """Arguments that point a config whose full data may be missing at the generated fixtures."""
-    if config.startswith("omniglot") or (config.startswith("yahoo") and not config.startswith("yahoo_small")):
+    if config.startswith(("omniglot", "yahoo")):
         return ["--data.init_args.data_dir", str(data_dir), "--data.init_args.check_file", "false"]
     return []

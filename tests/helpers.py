@@ -58,8 +58,7 @@ class InjectNonFinite(Callback):
 
 
 def callbacks_config(path: Path, *callbacks: str) -> list[str]:
-    """A config file that replaces the callback list by a last-checkpoint saver and `callbacks` (YAML items)."""
+    """A config file that sets `trainer.callbacks` (the run's own callbacks come on top) to `callbacks` (YAML items)."""
     items = "\n".join(f"    - {item}" for item in callbacks)
-    path.write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-                    f"      init_args: {{save_last: true}}\n{items}\n")
+    path.write_text(f"trainer:\n  callbacks:\n{items}\n")
     return ["--config", str(path)]

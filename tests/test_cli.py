@@ -12,13 +12,13 @@ from conftest import EXPERIMENT_CONFIGS, fixture_args
 from datamodules.files import DataError
 from helpers import config_args, last_scalar, logging_args, read_events, run_main
 from main import cli_main
-from models.vae import CheckpointMismatchError
+from models.identity import CheckpointMismatchError
 
 MLP = "mnist_skipvae_mlp.yaml"
 
 
-def fit(tmp_path, config: str, *extra: str, name: str = "run"):
-    return cli_main(["fit", *config_args(config, "debug.yaml"), *logging_args(tmp_path, name), *extra])
+def fit(tmp_path, config: str, *extra: str, name: str = "run", presets=()):
+    return cli_main(["fit", *config_args(config, *presets, "debug.yaml"), *logging_args(tmp_path, name), *extra])
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +29,13 @@ def mlp_run(tmp_path_factory):
 
 
 class TestConfigs:
-    @pytest.mark.parametrize("config", [c for c in EXPERIMENT_CONFIGS if c != MLP])
-    def test_fit_runs_with_debug_preset(self, tmp_path, config, fixture_data_dir):
-        # Omniglot and the full Yahoo configs run on generated files in the real formats; yahoo_small_* on the
-        # real valid.txt/test.txt; MNIST on the real files.
-        cli = fit(tmp_path, config, *fixture_args(config, fixture_data_dir))
+    @pytest.mark.integration
+    @pytest.mark.parametrize("config, presets", [(c, ()) for c in EXPERIMENT_CONFIGS if c != MLP]
+                             + [("yahoo_skipvae.yaml", ("yahoo_small.yaml",))], ids=lambda value: str(value))
+    def test_fit_runs_with_debug_preset(self, tmp_path, config, presets, fixture_data_dir):
+        # Omniglot and the full Yahoo configs run on generated files in the real formats; the yahoo_small preset
+        # on the real valid.txt/test.txt; MNIST on the real files.
+        cli = fit(tmp_path, config, *([] if presets else fixture_args(config, fixture_data_dir)), presets=presets)
         log_dir = tmp_path / "run" / "version_0"
         assert (log_dir / "checkpoints" / "last.ckpt").exists()
         assert (log_dir / "config.yaml").exists()
@@ -47,11 +49,41 @@ class TestConfigs:
         with pytest.raises(SystemExit):
             cli_main(["fit", *config_args(config), "--print_config"])
         printed = capsys.readouterr().out
+        resolved = yaml.safe_load(printed)  # every experiment: its model class, its log folder, the shared defaults
+        assert resolved["model"]["class_path"] == ("models.SkipVAE" if "skipvae" in config else "models.VAE")
+        assert resolved["trainer"]["logger"]["init_args"]["name"] == config.removesuffix(".yaml")
+        assert resolved["trainer"]["gradient_clip_val"] == 5.0 and resolved["checkpoint"]["save_last"] is True
         saved = tmp_path / "printed.yaml"
         saved.write_text(printed)
         with pytest.raises(SystemExit):
             cli_main(["fit", "--config", str(saved), "--print_config"])
         assert yaml.safe_load(capsys.readouterr().out) == yaml.safe_load(printed)
+
+    # Settings that come from the composed parts of each experiment (or preset), as --print_config resolves them.
+    COMPOSED = {
+        ("mnist_vae.yaml",): {"model.init_args.latent_dim": 20, "trainer.max_epochs": 100},
+        ("mnist_skipvae_large.yaml",): {"model.init_args.latent_dim": 32, "model.init_args.decoder_layers": 12,
+                                        "model.init_args.kl_start": 0.1, "data.class_path": "datamodules.MNISTDataModule"},
+        ("omniglot_vae.yaml",): {"model.init_args.latent_feature_maps": 4, "data.class_path": "datamodules.OmniglotDataModule"},
+        ("mnist_skipvae_mlp.yaml",): {"model.init_args.architecture": "mlp", "model.init_args.decoder_hidden": 1024},
+        ("yahoo_skipvae.yaml",): {"model.init_args.embedding_dim": 512, "trainer.max_epochs": 30,
+                                  "lr_schedule.start_epoch": 15, "nll_iw.chunk_size": 50},
+        ("yahoo_vae.yaml", "yahoo_small.yaml"): {
+            "model.class_path": "models.VAE", "model.init_args.embedding_dim": 128, "model.init_args.lr": 1.0,
+            "trainer.max_epochs": 8, "lr_schedule.start_epoch": 4, "data.init_args.val_split": 1000,
+            "trainer.logger.init_args.name": "yahoo_small"},
+    }
+
+    @pytest.mark.parametrize("configs", list(COMPOSED))
+    def test_composed_settings(self, capsys, configs):
+        with pytest.raises(SystemExit):
+            cli_main(["fit", *config_args(*configs), "--print_config"])
+        printed = yaml.safe_load(capsys.readouterr().out)
+        for key, value in self.COMPOSED[configs].items():
+            node = printed
+            for part in key.split("."):
+                node = node[part]
+            assert node == value, key
 
     def test_command_line_override(self, tmp_path, capsys):
         with pytest.raises(SystemExit):
@@ -62,6 +94,7 @@ class TestConfigs:
         assert printed["trainer"]["max_epochs"] == 5
 
 
+@pytest.mark.integration
 class TestRunOutputs:
     def test_mlp_fit_logs_and_checkpoints(self, mlp_run):
         log_dir, cli = mlp_run
@@ -111,17 +144,19 @@ class TestRunOutputs:
         assert math.log(float(metrics["test/ppl_elbo"])) == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.integration
 class TestPresets:
     def test_bf16_mixed_fit(self, tmp_path):
         # small batches: bf16 is emulated, hence slow, on CPUs without native bfloat16 arithmetic
         cli = cli_main(["fit", *config_args("mnist_skipvae.yaml", "debug.yaml", "bf16.yaml"), *logging_args(tmp_path),
-                        "--trainer.callbacks", "[]", "--data.init_args.batch_size", "10",
+                        "--samples.every_n_epochs", "0", "--data.init_args.batch_size", "10",
                         "--data.init_args.eval_batch_size", "10"])
         assert cli.trainer.precision == "bf16-mixed"
         assert math.isfinite(float(cli.trainer.callback_metrics["val/elbo"]))
 
 
 class TestBadInput:
+    @pytest.mark.integration
     def test_unknown_config_key(self, tmp_path):
         bad = tmp_path / "bad.yaml"
         bad.write_text("model:\n  init_args:\n    latent_dimm: 3\n")
@@ -130,6 +165,7 @@ class TestBadInput:
         assert "latent_dimm" in result.stderr
         assert "Traceback" not in result.stderr
 
+    @pytest.mark.integration
     def test_missing_mnist_folder(self, tmp_path):
         result = run_main(["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path),
                            "--data.init_args.data_dir", str(tmp_path / "nowhere"), "--data.init_args.download", "false"])
@@ -148,6 +184,7 @@ class TestBadInput:
         with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz is corrupt or incomplete.*download it again"):
             fit(tmp_path, MLP, "--data.init_args.data_dir", str(tmp_path / "data"), "--data.init_args.download", "false")
 
+    @pytest.mark.integration
     def test_checkpoint_from_another_model(self, mlp_run):
         from models import VAE
 
@@ -163,8 +200,9 @@ class TestBadInput:
         with pytest.raises(CheckpointMismatchError, match="not written by a VAE/SkipVAE"):
             SkipVAE.load_from_checkpoint(path)
 
+    @pytest.mark.integration
     def test_nan_loss_stops_with_clear_error(self, tmp_path):
-        from models.vae import NonFiniteLossError
+        from callbacks.guards import NonFiniteLossError
 
         with pytest.raises(NonFiniteLossError, match="training loss is not finite at global step"):
             fit(tmp_path, MLP, "--model.init_args.lr", "1e30", "--trainer.limit_train_batches", "4")

@@ -5,6 +5,8 @@ import pytest
 from helpers import config_args, logging_args, read_events, run_main
 from main import cli_main
 
+pytestmark = pytest.mark.integration  # every test here trains, tests or starts processes
+
 MLP = "mnist_skipvae_mlp.yaml"
 NAMES = ("test/kl", "test/au", "test/mi", "test/mi_batch", "test/nll_iw", "test/elbo")
 FULL_TEST_SET = ["--trainer.limit_test_batches", "1.0", "--data.init_args.eval_batch_size", "500"]

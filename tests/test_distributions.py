@@ -1,6 +1,5 @@
 """ELBO parts against independent computations."""
 
-import math
 
 import torch
 from torch.distributions import Bernoulli, Categorical, Independent, Normal, kl_divergence
@@ -56,4 +55,3 @@ class TestLikelihoods:
             for b in range(2)
         ])
         torch.testing.assert_close(categorical_log_prob(logits, targets, mask), expected)
-        assert math.isfinite(float(expected.sum()))

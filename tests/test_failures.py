@@ -9,9 +9,11 @@ import torch
 
 from conftest import ROOT
 from datamodules.files import DataError
+from callbacks.guards import NonFiniteGuard, NonFiniteLossError
 from helpers import callbacks_config, config_args, logging_args, read_events, run_main
-from main import RunSetupError, cli_main
-from models.vae import CheckpointMismatchError, NonFiniteLossError
+from main import cli_main
+from models.identity import CheckpointMismatchError
+from run_setup import RunSetupError
 
 MLP = "mnist_skipvae_mlp.yaml"
 
@@ -38,6 +40,7 @@ def mlp_checkpoint(tmp_path_factory):
     return tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt"
 
 
+@pytest.mark.integration
 class TestNonFinite:
     def test_nan_loss_stops_at_that_step_and_keeps_the_last_checkpoint(self, tmp_path):
         extra = callbacks_config(tmp_path / "cb.yaml", "class_path: helpers.InjectNonFinite\n"
@@ -52,7 +55,7 @@ class TestNonFinite:
         saved = torch.load(last, map_location="cpu", weights_only=True)
         assert saved["global_step"] == 4  # end of epoch 0, not overwritten by the failing epoch
         assert all(torch.isfinite(w).all() for w in saved["state_dict"].values())
-        assert {path.name for path in checkpoints(tmp_path)} == {"last.ckpt", "epoch=0-step=4.ckpt"}  # nothing new
+        assert {path.name for path in checkpoints(tmp_path)} == {"last.ckpt", "best-000.ckpt"}  # nothing new
 
     def test_infinite_gradient_stops_before_the_update(self, tmp_path):
         extra = callbacks_config(tmp_path / "cb.yaml", "class_path: helpers.InjectNonFinite\n"
@@ -65,10 +68,11 @@ class TestNonFinite:
     def test_skip_option_drops_the_steps_counts_and_logs_them(self, tmp_path):
         extra = callbacks_config(tmp_path / "cb.yaml", "class_path: helpers.InjectNonFinite\n"
                                                        "      init_args: {steps: [1, 5]}")
-        cli = fit(tmp_path, *extra, "--trainer.max_epochs", "2", "--model.init_args.on_nonfinite", "skip")
-        assert cli.trainer.global_step == 8 and cli.model.skipped_steps == 2
+        cli = fit(tmp_path, *extra, "--trainer.max_epochs", "2", "--nonfinite.action", "skip")
+        guard = next(callback for callback in cli.trainer.callbacks if isinstance(callback, NonFiniteGuard))
+        assert cli.trainer.global_step == 8 and guard.skipped_steps == 2
         saved = torch.load(tmp_path / "run/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
-        assert saved["skipvae_training"]["skipped_steps"] == 2
+        assert saved["callbacks"]["NonFiniteGuard"]["skipped_steps"] == 2
         assert all(torch.isfinite(w).all() for w in saved["state_dict"].values())
         # Adam never stepped on the skipped batches: 8 optimizer calls, 6 updates of every parameter
         assert {int(state["step"]) for state in saved["optimizer_states"][0]["state"].values()} == {6}
@@ -97,6 +101,7 @@ class TestBadConfig:
         assert all(word in stderr for word in words), stderr[-2000:]
         assert checkpoints(tmp_path) == []
 
+    @pytest.mark.integration
     def test_checkpoint_of_another_architecture(self, tmp_path, mlp_checkpoint):
         result = run_main(["test", *config_args("mnist_skipvae.yaml", "debug.yaml"), *logging_args(tmp_path),
                            "--ckpt_path", str(mlp_checkpoint)])
@@ -104,6 +109,7 @@ class TestBadConfig:
         assert line.startswith("error: checkpoint does not match the configured model:")
         assert "architecture='mlp' (configured: 'pixelcnn')" in line and "config.yaml" in line
 
+    @pytest.mark.integration
     def test_checkpoint_of_another_dataset(self, tmp_path, mlp_checkpoint, fixture_data_dir):
         with pytest.raises(CheckpointMismatchError, match=r"data MNISTDataModule \(configured: OmniglotDataModule\)"):
             cli_main(["test", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path),
@@ -122,6 +128,7 @@ class TestBadConfig:
                       "--data.init_args.batch_size", "1000"])
         assert checkpoints(tmp_path) == []
 
+    @pytest.mark.integration
     def test_more_cpu_devices_than_cores(self, tmp_path):
         result = run_main(["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path),
                            "--trainer.accelerator", "cpu", "--trainer.devices", "4096"])
@@ -159,18 +166,16 @@ class TestOutputFolders:
     def test_checkpoint_folder_that_cannot_be_written(self, tmp_path):
         blocker = tmp_path / "a_file"
         blocker.write_text("not a folder")
-        config = tmp_path / "cb.yaml"
-        config.write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-                          f"      init_args: {{save_last: true, dirpath: {blocker / 'ckpt'}}}\n")
         with pytest.raises(RunSetupError, match=f"cannot write logs or checkpoints to {blocker}/ckpt"):
-            cli_main(["fit", *config_args(MLP, "debug.yaml"), "--config", str(config), *logging_args(tmp_path)])
+            cli_main(["fit", *config_args(MLP, "debug.yaml"), "--checkpoint.dirpath", str(blocker / "ckpt"),
+                      *logging_args(tmp_path)])
         assert checkpoints(tmp_path) == []
 
     def test_disk_too_full_for_checkpoints(self, tmp_path, monkeypatch):
-        import main
+        import run_setup
 
         usage = namedtuple("usage", "total used free")
-        monkeypatch.setattr(main.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+        monkeypatch.setattr(run_setup.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
         with pytest.raises(RunSetupError, match="only 0 MiB free on the disk of .* each checkpoint needs about"):
             fit(tmp_path)
         assert checkpoints(tmp_path) == []

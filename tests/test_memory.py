@@ -1,4 +1,4 @@
-"""`main.keep_freed_memory`: the PixelCNN's activations reuse freed memory instead of faulting in fresh pages."""
+"""`run_setup.keep_freed_memory`: the PixelCNN's activations reuse freed memory instead of faulting in fresh pages."""
 
 import subprocess
 import sys
@@ -8,11 +8,13 @@ import pytest
 
 from helpers import ROOT
 
+pytestmark = pytest.mark.integration  # every test here trains, tests or starts processes
+
 # One fresh process: page faults per training step with glibc's defaults, then after keep_freed_memory().
 MEASURE = textwrap.dedent("""
     import torch
     from benchmarks.common import binary_images, build, minor_page_faults
-    from main import keep_freed_memory
+    from run_setup import keep_freed_memory
     from models import SkipVAE
 
     torch.manual_seed(0)

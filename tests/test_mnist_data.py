@@ -21,20 +21,20 @@ def mnist(mnist_dir):
 
 class TestDynamicMNIST:
     def test_split_sizes_and_disjointness(self, mnist):
-        assert (len(mnist.train_set), len(mnist.val_set), len(mnist.test_set)) == (50_000, 10_000, 10_000)
+        assert (len(mnist.datasets["train"]), len(mnist.datasets["val"]), len(mnist.datasets["test"])) == (50_000, 10_000, 10_000)
         assert mnist.data_dims == [1, 28, 28]
-        label_counts = torch.bincount(torch.cat([mnist.train_set.labels, mnist.val_set.labels]))
+        label_counts = torch.bincount(torch.cat([mnist.datasets["train"].labels, mnist.datasets["val"].labels]))
         assert label_counts.tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 
     def test_split_is_fixed_by_seed(self, mnist_dir, mnist):
         again = MNISTDataModule(data_dir=str(mnist_dir.parent), download=False)
         again.setup("fit")
-        assert torch.equal(again.val_set.x, mnist.val_set.x)
-        assert torch.equal(again.test_set.x, mnist.test_set.x)
+        assert torch.equal(again.datasets["val"].x, mnist.datasets["val"].x)
+        assert torch.equal(again.datasets["test"].x, mnist.datasets["test"].x)
 
     def test_eval_sets_are_binary_and_fixed(self, mnist):
-        assert set(torch.unique(mnist.val_set.x).tolist()) == {0, 255}
-        batch = mnist.on_after_batch_transfer(mnist.val_set.__getitems__([0, 1, 2]), 0)
+        assert set(torch.unique(mnist.datasets["val"].x).tolist()) == {0, 255}
+        batch = mnist.on_after_batch_transfer(mnist.datasets["val"].__getitems__([0, 1, 2]), 0)
         assert set(torch.unique(batch["x"]).tolist()) <= {0.0, 1.0}
         assert batch["x"].shape == (3, 1, 28, 28) and batch["index"].tolist() == [0, 1, 2]
 
@@ -44,7 +44,7 @@ class TestDynamicMNIST:
 
         mnist.trainer = Training()
         try:
-            raw = mnist.train_set.__getitems__(list(range(200)))
+            raw = mnist.datasets["train"].__getitems__(list(range(200)))
             first = mnist.on_after_batch_transfer(dict(raw), 0)["x"]
             second = mnist.on_after_batch_transfer(dict(raw), 0)["x"]
         finally:
@@ -65,9 +65,9 @@ class TestStaticMNIST:
     def test_reads_larochelle_split(self, mnist_dir):
         dm = MNISTDataModule(data_dir=str(mnist_dir.parent), binarization="static", download=False)
         dm.setup("fit")
-        assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (50_000, 10_000, 10_000)
-        assert dm.train_set.labels is None
-        means = [s.x.float().div(255).mean().item() for s in (dm.train_set, dm.val_set, dm.test_set)]
+        assert (len(dm.datasets["train"]), len(dm.datasets["val"]), len(dm.datasets["test"])) == (50_000, 10_000, 10_000)
+        assert dm.datasets["train"].labels is None
+        means = [s.x.float().div(255).mean().item() for s in (dm.datasets["train"], dm.datasets["val"], dm.datasets["test"])]
         assert means == pytest.approx([0.1306, 0.1311, 0.1325], abs=5e-4)
 
     def test_amat_rows_match_a_plain_parser(self, mnist_dir):
@@ -82,3 +82,49 @@ class TestStaticMNIST:
         (folder / "binarized_mnist_test.amat").write_text("0 1\n")
         with pytest.raises(DataError, match="does not hold Larochelle's binarized MNIST 'test' split"):
             read_amat(folder, "test", download=False)
+
+
+class TestFiles:
+    def test_setup_reads_the_files_once(self, mnist_dir, monkeypatch):
+        import datamodules.mnist
+
+        dm = MNISTDataModule(data_dir=str(mnist_dir.parent), download=False)
+        dm.setup("fit")
+        first = dm.datasets
+        monkeypatch.setattr(datamodules.mnist, "read_idx", lambda *args: pytest.fail("read again"))
+        dm.setup("test")
+        assert dm.datasets is first
+
+    def test_a_gzip_that_is_not_idx(self, tmp_path):
+        from torchvision.datasets.mnist import read_image_file
+
+        from datamodules.mnist import read_idx
+
+        path = tmp_path / "t10k-images-idx3-ubyte.gz"
+        path.write_bytes(gzip.compress(b"not an IDX file at all"))
+        with pytest.raises(DataError, match="is not a valid IDX file"):
+            read_idx(path, read_image_file)
+
+    def test_each_file_is_checksummed_once_per_process_unless_it_changes(self, tmp_path, monkeypatch):
+        import datamodules.files as files
+
+        path = tmp_path / "a.bin"
+        path.write_bytes(b"abc")
+        remote = files.RemoteFile("a.bin", ("http://127.0.0.1:9/a.bin",), md5="900150983cd24fb0d6963f7d28e17f72")
+        hashed = []
+        digest = files.file_digest
+        monkeypatch.setattr(files, "file_digest", lambda p, a: hashed.append(p) or digest(p, a))
+        files.fetch(tmp_path, remote, download=False)
+        files.fetch(tmp_path, remote, download=False)
+        assert len(hashed) == 1
+        path.write_bytes(b"abcd")  # another size: changed even where file times are coarse
+        with pytest.raises(DataError, match="corrupt or incomplete"):
+            files.fetch(tmp_path, remote, download=False)
+
+    def test_a_failed_download_is_reported(self, tmp_path):
+        from datamodules.files import RemoteFile, fetch
+
+        remote = RemoteFile("a.bin", ("http://127.0.0.1:9/a.bin",))  # nothing listens on port 9 of this machine
+        with pytest.raises(DataError, match=r"missing data file .*a\.bin \(download failed: http://127\.0\.0\.1:9/a\.bin: "):
+            fetch(tmp_path, remote, download=True)
+        assert not (tmp_path / "a.bin").exists()

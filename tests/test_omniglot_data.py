@@ -35,20 +35,20 @@ class TestReading:
 
     def test_shapes_labels_and_splits(self, data_dir):
         dm = make_datamodule(data_dir)
-        assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (100, 2000, 60)
+        assert (len(dm.datasets["train"]), len(dm.datasets["val"]), len(dm.datasets["test"])) == (100, 2000, 60)
         assert dm.data_dims == [1, 28, 28]
-        assert dm.train_set.x.shape == (100, 1, 28, 28) and dm.train_set.x.dtype == torch.float32
-        assert dm.train_set.labels.shape == (100,) and int(dm.train_set.labels.max()) < 50
+        assert dm.datasets["train"].x.shape == (100, 1, 28, 28) and dm.datasets["train"].x.dtype == torch.float32
+        assert dm.datasets["train"].labels.shape == (100,) and int(dm.datasets["train"].labels.max()) < 50
         # the validation images are training images chosen by the seeded permutation, disjoint from training
         order = torch.randperm(2100, generator=torch.Generator().manual_seed(0))
         raw = torch.from_numpy(read_chardata(data_dir / "omniglot" / "chardata.mat")["train"]).unsqueeze(1)
-        torch.testing.assert_close(dm.train_set.x, raw[order[2000:]])
+        torch.testing.assert_close(dm.datasets["train"].x, raw[order[2000:]])
 
     def test_binarization_fixed_for_evaluation_dynamic_for_training(self, data_dir):
         dm1, dm2 = make_datamodule(data_dir), make_datamodule(data_dir)
-        assert set(dm1.test_set.x.unique().tolist()) <= {0.0, 1.0}
-        torch.testing.assert_close(dm1.test_set.x, dm2.test_set.x)  # same seed, same binarization
-        batch = dm1.train_set.__getitems__(list(range(50)))
+        assert set(dm1.datasets["test"].x.unique().tolist()) <= {0.0, 1.0}
+        torch.testing.assert_close(dm1.datasets["test"].x, dm2.datasets["test"].x)  # same seed, same binarization
+        batch = dm1.datasets["train"].__getitems__(list(range(50)))
 
         class Training:
             training = True

@@ -14,21 +14,15 @@ from conftest import ROOT
 from helpers import config_args, logging_args, read_events, run_main
 from main import cli_main
 
+pytestmark = pytest.mark.integration  # every test here trains, tests or starts processes
+
 MLP = "mnist_skipvae_mlp.yaml"
 # Exercised across the resume point: KL warm-up (beta from the global step), Adam state, dynamic binarization and
 # the shuffled data order (global generators), the sample logger, best/last checkpoint bookkeeping.
 IMAGE_ARGS = ["--trainer.deterministic", "true", "--model.init_args.kl_start", "0.1",
               "--model.init_args.kl_warmup_epochs", "3"]
 TEXT_CALLBACKS = """
-trainer:
-  callbacks:
-    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {monitor: val/elbo, save_last: true}
-    - class_path: callbacks.diagnostics.LatentDiagnostics
-    - class_path: callbacks.schedules.HalveLearningRateAfterPlateau
-      init_args: {monitor: val/au, start_epoch: 0}
-    - class_path: callbacks.samples.SampleLogger
-      init_args: {num_examples: 2}
+lr_schedule: {monitor: val/au, start_epoch: 0}
 """
 # SGD with dropout, and the plateau schedule watching a value that hardly moves (the active-unit count, which must
 # fall to count as improving), so the learning rate is halved after epochs 2 and 3 and its state crosses the resume
@@ -93,9 +87,9 @@ class TestExactResume:
 
     def test_without_saved_generators_the_run_would_differ(self, tmp_path, monkeypatch):
         # Guards the test above: resuming with the random streams not restored changes the run.
-        import models.rng
+        import callbacks.random_state
 
-        monkeypatch.setattr(models.rng, "set_rng_states", lambda states: None)
+        monkeypatch.setattr(callbacks.random_state, "set_rng_states", lambda states: None)
         full, resumed = fit_in_parts(tmp_path, [*config_args(MLP, "debug.yaml"), *IMAGE_ARGS])
         with pytest.raises(AssertionError):
             assert_same_run(full, resumed)
@@ -128,8 +122,9 @@ class TestDistributedResume:
         assert_same_run(ddp_runs / "full" / "version_0", ddp_runs / "parts" / "version_0")
 
     def test_two_process_checkpoint_resumes_and_tests_on_one_process(self, ddp_runs, tmp_path):
-        fit = cli_main(["fit", *config_args(MLP, "debug.yaml"), *IMAGE_ARGS, *logging_args(tmp_path, "fit"),
-                        "--trainer.max_epochs", "2", "--ckpt_path", str(ddp_runs / "after_one_epoch.ckpt")])
+        with pytest.warns(UserWarning, match="written by 2 process\\(es\\) and the run resumes on 1"):
+            fit = cli_main(["fit", *config_args(MLP, "debug.yaml"), *IMAGE_ARGS, *logging_args(tmp_path, "fit"),
+                            "--trainer.max_epochs", "2", "--ckpt_path", str(ddp_runs / "after_one_epoch.ckpt")])
         assert fit.trainer.current_epoch == 2 and fit.trainer.world_size == 1
         test = cli_main(["test", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path, "test"),
                          "--ckpt_path", str(tmp_path / "fit" / "version_0" / "checkpoints" / "last.ckpt")])
@@ -144,7 +139,7 @@ class TestDistributedResume:
         assert result.returncode == 0, result.stderr[-3000:]
         assert "MEMBER: 2/2" in result.stderr  # the ddp preset started two processes
         resumed = torch.load(tmp_path / "two/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
-        assert resumed["epoch"] == 1 and len(resumed["skipvae_training"]["rng_states"]) == 2
+        assert resumed["epoch"] == 1 and len(resumed["rng_states"]) == 2
         result = run_main(["test", *ddp, *logging_args(tmp_path, "test"),
                            "--ckpt_path", str(tmp_path / "two/version_0/checkpoints/last.ckpt")])
         assert result.returncode == 0, result.stderr[-3000:]
