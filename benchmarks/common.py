@@ -7,7 +7,7 @@ import time
 import torch
 
 from run_setup import keep_freed_memory
-from models import VAE, SkipVAE
+from models import SAVAE, VAE, SkipSAVAE, SkipVAE
 
 OFFICIAL_MNIST = dict(architecture="pixelcnn", data_dims=(1, 28, 28), latent_dim=20, encoder_hidden=64,
                       decoder_layers=8, decoder_hidden=32, kernel_sizes=[3] * 8, latent_feature_maps=1)
@@ -19,6 +19,7 @@ def build(model_class, **overrides):
 
 
 MODELS = {"VAE": VAE, "SkipVAE": SkipVAE}
+SA_MODELS = {"SAVAE": (SAVAE, VAE), "SkipSAVAE": (SkipSAVAE, SkipVAE)}  # each with the model it is compared to
 
 
 def matmul_flops_per_second(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
@@ -52,3 +53,8 @@ def apply_allocator_option(args: argparse.Namespace) -> str:
 
 def minor_page_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def peak_memory_gib() -> float:
+    """Peak resident memory of this process so far, GiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

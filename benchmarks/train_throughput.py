@@ -1,13 +1,18 @@
-"""Training throughput of the official MNIST architecture (VAE and SkipVAE, batch 50), fp32 and bf16-mixed.
+"""Training throughput of the official MNIST architecture (VAE and SkipVAE, batch 50), fp32 and bf16-mixed, and
+the cost of an SA-VAE / Skip-SA-VAE step in VAE / Skip-VAE steps.
 
 Prints, from one run: images/second of a full training step (forward, backward, gradient clipping, Adam),
 the model's FLOPs per step (counted by torch.utils.flop_counter), and the fraction of this machine's measured
-matmul FLOP/s that the step reaches.
+matmul FLOP/s that the step reaches. Then (fp32, unless --svi-steps 0) the median time of SAVAE and SkipSAVAE
+steps with K = --svi-steps as a multiple of the VAE and SkipVAE steps timed in the same run, and the peak
+resident memory of each (also at K = 5, to show that it does not grow with K).
 
     python benchmarks/train_throughput.py [--steps 10] [--batch-size 50] [--precision fp32] [--default-allocator]
+                                          [--svi-steps 20] [--svi-repeats 3]
 """
 
 import argparse
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,8 +22,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (  # noqa: E402
-    MODELS, add_allocator_option, apply_allocator_option, binary_images, build, matmul_flops_per_second,
-    minor_page_faults,
+    MODELS, SA_MODELS, add_allocator_option, apply_allocator_option, binary_images, build, matmul_flops_per_second,
+    minor_page_faults, peak_memory_gib,
 )
 
 
@@ -30,6 +35,58 @@ def train_step(model, optimizer, x, dtype):
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
     optimizer.step()
+
+
+def svi_train_step(model, optimizer, x):
+    """One SA-VAE training step as Lightning runs it: surrogate backward, gradient clipping, Adam."""
+    surrogate, _ = model.svi_training_loss(x, beta=1.0)
+    optimizer.zero_grad(set_to_none=True)
+    surrogate.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    optimizer.step()
+
+
+def median_seconds(step, repeats: int) -> float:
+    """Median wall time of `repeats` calls of step() after one warm-up call."""
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def training_step_of(name: str, svi_steps: int, x):
+    """A function that runs one training step of the official MNIST model `name` (fp32)."""
+    model_class = {**MODELS, **{sa: classes[0] for sa, classes in SA_MODELS.items()}}[name]
+    model = build(model_class, **({"svi_steps": svi_steps} if name in SA_MODELS else {}))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    if name in SA_MODELS:
+        return lambda: svi_train_step(model, optimizer, x)
+    return lambda: train_step(model, optimizer, x, torch.float32)
+
+
+def peak_memory_of(name: str, svi_steps: int, batch_size: int) -> float:
+    """Peak resident memory (GiB) of a fresh process that runs two training steps of `name`."""
+    result = subprocess.run([sys.executable, __file__, "--peak-memory-of", name, "--svi-steps", str(svi_steps),
+                             "--batch-size", str(batch_size)], capture_output=True, text=True, check=True)
+    return float(result.stdout.split()[-1])
+
+
+def compare_svi_steps(x, steps: int, repeats: int) -> None:
+    """SA-VAE steps as multiples of the matching VAE step timed in this process; peak memory per fresh process."""
+    print(f"\nSA-VAE steps (fp32, batch {len(x)}): median of {repeats} after a warm-up; peak resident memory of a "
+          "process running two steps")
+    for name, (_, base_class) in SA_MODELS.items():
+        base = base_class.__name__
+        base_seconds = median_seconds(training_step_of(base, 0, x), max(repeats, 5))
+        base_peak = peak_memory_of(base, 0, len(x))
+        for k in sorted({5, steps}):
+            seconds = median_seconds(training_step_of(name, k, x), repeats)
+            print(f"{name:9s} K={k:<3d} {seconds:6.2f} s/step = {seconds / base_seconds:5.1f} x the {base} step "
+                  f"({base_seconds:.3f} s); peak memory {peak_memory_of(name, k, len(x)):.2f} GiB ({base}: "
+                  f"{base_peak:.2f} GiB)")
 
 
 def flops_per_step(model, x) -> int:
@@ -48,9 +105,18 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16-mixed", "both"], default="both",
                         help="bf16-mixed is emulated, and very slow, on CPUs without AVX512-BF16/AMX "
                              "(its matmul peak alone can take minutes to measure there)")
+    parser.add_argument("--svi-steps", type=int, default=20, help="K of the SA-VAE comparison (0: skip it)")
+    parser.add_argument("--svi-repeats", type=int, default=3, help="timed SA-VAE steps per model")
+    parser.add_argument("--peak-memory-of", help=argparse.SUPPRESS)  # internal: the child process of peak_memory_of
     add_allocator_option(parser)
     args = parser.parse_args()
     allocator = apply_allocator_option(args)
+    if args.peak_memory_of:
+        step = training_step_of(args.peak_memory_of, args.svi_steps, binary_images(args.batch_size))
+        step()
+        step()
+        print(peak_memory_gib())
+        return
     torch.manual_seed(0)
     precisions = {"fp32": torch.float32, "bf16-mixed": torch.bfloat16}
     precisions = {name: dtype for name, dtype in precisions.items() if args.precision in (name, "both")}
@@ -74,6 +140,8 @@ def main() -> None:
             achieved = flops / seconds
             print(f"{name:8s} {precision:10s} {args.batch_size / seconds:9.1f} {flops / 1e9:11.2f} "
                   f"{achieved / 1e9:8.1f} {achieved / peaks[precision]:14.0%} {faults:17.0f}")
+    if args.svi_steps:
+        compare_svi_steps(x, args.svi_steps, args.svi_repeats)
 
 
 if __name__ == "__main__":

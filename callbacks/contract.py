@@ -5,7 +5,7 @@ Every LightningModule of the project satisfies `LatentVariableModel` (a test che
 `TextData` (text samples) where they can; callbacks skip what a datamodule does not offer.
 """
 
-from typing import Protocol, TypedDict, runtime_checkable
+from typing import NotRequired, Protocol, TypedDict, runtime_checkable
 
 import torch
 
@@ -34,12 +34,17 @@ class LatentVariableModel(Protocol):
 
 
 class EvaluationOutputs(TypedDict):
-    """Per-example outputs of `validation_step`/`test_step`, shape (batch, latent) or (batch,)."""
+    """Per-example outputs of `validation_step`/`test_step`, shape (batch, latent) or (batch,). `mean`/`logvar`
+    are the encoder's posterior (KL, MI, AU, probe); `elbo` is the negative ELBO there. A model that refines the
+    posterior (SA-VAE) adds the refined one as `proposal_*`, which IW-NLL and perplexity use instead."""
 
     mean: torch.Tensor
     logvar: torch.Tensor
     elbo: torch.Tensor
     recon: torch.Tensor
+    proposal_mean: NotRequired[torch.Tensor]
+    proposal_logvar: NotRequired[torch.Tensor]
+    proposal_elbo: NotRequired[torch.Tensor]
 
 
 @runtime_checkable

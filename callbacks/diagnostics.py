@@ -145,7 +145,8 @@ class LatentDiagnostics(EvaluationCallback):
 
 
 class ImportanceWeightedEvaluation(EvaluationCallback):
-    """Logs `test/nll_iw` = -log (1/K) sum_k p(x, z_k) / q(z_k|x) (K = num_samples), and for text also
+    """Logs `test/nll_iw` = -log (1/K) sum_k p(x, z_k) / q(z_k|x) (K = num_samples; q the model's proposal, the
+    encoder's posterior or, for SA-VAE, the refined one), and for text also
     `test/ppl_iw` and `test/ppl_elbo` (per-token perplexities, the end-of-sentence token counted). With
     `max_examples`, these cover that subset only, and `test/elbo_subset` gives the ELBO of the same examples.
 
@@ -170,7 +171,9 @@ class ImportanceWeightedEvaluation(EvaluationCallback):
         self.max_examples = max_examples
 
     def update(self, trainer, pl_module, outputs, batch) -> None:
-        x, mean, logvar, elbo = batch["x"], outputs["mean"].detach(), outputs["logvar"].detach(), outputs["elbo"]
+        x = batch["x"]
+        mean, logvar, elbo = (outputs.get(f"proposal_{name}", outputs[name]).detach()
+                              for name in ("mean", "logvar", "elbo"))
         index = batch["index"].cpu()
         if self.max_examples is not None:
             keep = index < self.max_examples

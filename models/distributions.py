@@ -12,6 +12,11 @@ import torch.nn.functional as F
 LOG_2PI = math.log(2.0 * math.pi)
 
 
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """float16/bfloat16 values (mixed precision) as float32; float32 and float64 unchanged."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def gaussian_kl_per_dim(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mean, exp(logvar)) || N(0, I)) for each latent dimension, shape (batch, latent)."""
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from models.distributions import gaussian_kl, per_example_normal
+from models.distributions import at_least_float32, gaussian_kl, per_example_normal
 from models.identity import CheckpointIdentity
 from models.networks import build_networks
 
@@ -30,6 +30,7 @@ class VAE(CheckpointIdentity, L.LightningModule):
     """
 
     latent_skip: ClassVar[bool] = False
+    eval_metric_names: ClassVar[tuple[str, ...]] = ("elbo", "recon", "kl")  # logged as val/<name>, test/<name>
 
     def __init__(
         self,
@@ -79,7 +80,7 @@ class VAE(CheckpointIdentity, L.LightningModule):
             for parameter in self.parameters():
                 nn.init.uniform_(parameter, -param_init, param_init)
         self.eval_metrics = nn.ModuleDict(
-            {f"{stage}_{name}": MeanMetric() for stage in ("val", "test") for name in ("elbo", "recon", "kl")}
+            {f"{stage}_{name}": MeanMetric() for stage in ("val", "test") for name in self.eval_metric_names}
         )
 
     @property
@@ -88,9 +89,9 @@ class VAE(CheckpointIdentity, L.LightningModule):
 
     # ------------------------------------------------------------------ model
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log-variance of q(z|x), always float32 (also under mixed precision)."""
+        """Mean and log-variance of q(z|x), in float32 at least (also under mixed precision)."""
         mean, logvar = self.encoder(x)
-        return mean.float(), logvar.float()
+        return at_least_float32(mean), at_least_float32(logvar)
 
     def kl_weight(self) -> float:
         """beta at the current optimizer step: linear from kl_start to 1, derived from global_step (resumable)."""
@@ -103,18 +104,22 @@ class VAE(CheckpointIdentity, L.LightningModule):
         progress = self.global_step / (hp.kl_warmup_epochs * steps_per_epoch)
         return min(1.0, hp.kl_start + (1.0 - hp.kl_start) * progress)
 
-    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """One-sample ELBO terms per example: recon = -log p(x|z), kl = KL(q(z|x)||p(z)), both (batch,).
-
-        z = mean + std * noise; noise defaults to a fresh standard-normal draw.
-        """
-        mean, logvar = self.encode(x)
-        if noise is None:
-            noise = torch.randn_like(mean)
+    def elbo_terms(self, x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor
+                   ) -> dict[str, torch.Tensor]:
+        """One-sample ELBO terms per example at the posterior (mean, logvar), z = mean + std * noise:
+        recon = -log p(x|z), kl = KL(q(z|x)||p(z)) and elbo = recon + kl (the negative ELBO), each (batch,)."""
         z = mean + torch.exp(0.5 * logvar) * noise
         recon = -self.decoder.log_prob(x, z)
         kl = gaussian_kl(mean, logvar)
-        return {"recon": recon, "kl": kl, "elbo": recon + kl, "mean": mean, "logvar": logvar}
+        return {"recon": recon, "kl": kl, "elbo": recon + kl}
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The ELBO terms at the encoder's posterior, with its `mean` and `logvar`; noise defaults to a fresh
+        standard-normal draw."""
+        mean, logvar = self.encode(x)
+        if noise is None:
+            noise = torch.randn_like(mean)
+        return {**self.elbo_terms(x, mean, logvar, noise), "mean": mean, "logvar": logvar}
 
     @torch.no_grad()
     def sample(self, n: int, greedy: bool = False) -> torch.Tensor:
@@ -123,34 +128,42 @@ class VAE(CheckpointIdentity, L.LightningModule):
         return self.decoder.sample(z, greedy=greedy)
 
     # ------------------------------------------------------------------ steps
-    def _step(self, batch: dict, stage: str) -> dict[str, torch.Tensor]:
-        noise = None
-        if stage != "train" and "index" in batch:
-            # Evaluation z is seeded per example: val/test ELBOs do not depend on batching or process count.
-            noise = per_example_normal(batch["index"].cpu(), (self.latent_dim,), seed=0).to(self.device)
-        out = self(batch["x"], noise)
-        if stage == "train":
-            beta = self.kl_weight()
-            loss = (out["recon"] + beta * out["kl"]).mean()
-            logs = {"loss": loss, "elbo": out["elbo"].mean(), "recon": out["recon"].mean(),
-                    "kl": out["kl"].mean(), "beta": beta}
-            for name, value in logs.items():
-                self.log(f"train/{name}", value, prog_bar=name == "elbo", batch_size=len(out["kl"]))
-            return {"loss": loss}
-        for name in ("elbo", "recon", "kl"):
-            metric = self.eval_metrics[f"{stage}_{name}"]
-            metric.update(out[name].detach())
-            self.log(f"{stage}/{name}", metric, prog_bar=name == "elbo", on_step=False, on_epoch=True)
-        return {"mean": out["mean"], "logvar": out["logvar"], "elbo": out["elbo"], "recon": out["recon"]}
+    def log_training(self, loss: torch.Tensor, beta: float, **terms: dict[str, torch.Tensor]) -> None:
+        """`train/loss` and `train/beta`, and the batch means of the per-example `terms` as `train/<name>`."""
+        logs = {"loss": loss, **{name: value.mean() for name, value in terms.items()}, "beta": beta}
+        batch_size = len(next(iter(terms.values())))
+        for name, value in logs.items():
+            self.log(f"train/{name}", value, prog_bar=name == "elbo", batch_size=batch_size)
 
     def training_step(self, batch: dict, batch_idx: int):
-        return self._step(batch, "train")
+        out, beta = self(batch["x"]), self.kl_weight()
+        loss = (out["recon"] + beta * out["kl"]).mean()
+        self.log_training(loss, beta, elbo=out["elbo"], recon=out["recon"], kl=out["kl"])
+        return loss
+
+    def evaluation_noise(self, batch: dict) -> torch.Tensor:
+        """The z noise of evaluation, seeded by each example's index: val/test ELBOs do not depend on batching or
+        process count."""
+        return per_example_normal(batch["index"].cpu(), (self.latent_dim,), seed=0).to(self.device)
+
+    def evaluate(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Evaluation outputs (`callbacks.contract.EvaluationOutputs`) and every per-example value of
+        `eval_metric_names`."""
+        return self(batch["x"], self.evaluation_noise(batch))
+
+    def _evaluation_step(self, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+        outputs = self.evaluate(batch)
+        for name in self.eval_metric_names:
+            metric = self.eval_metrics[f"{stage}_{name}"]
+            metric.update(outputs[name].detach())
+            self.log(f"{stage}/{name}", metric, prog_bar=name == "elbo", on_step=False, on_epoch=True)
+        return outputs
 
     def validation_step(self, batch: dict, batch_idx: int):
-        return self._step(batch, "val")
+        return self._evaluation_step(batch, "val")
 
     def test_step(self, batch: dict, batch_idx: int):
-        return self._step(batch, "test")
+        return self._evaluation_step(batch, "test")
 
     def configure_optimizers(self):
         if self.hparams.optimizer == "sgd":

@@ -25,7 +25,7 @@ def logging_args(save_dir: Path, name: str = "run") -> list[str]:
 
 def run_main(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     """`python main.py ...` in a fresh process (needed for multi-process DDP and for exit codes)."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT / "tests")}  # test callbacks import
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -62,3 +62,16 @@ def callbacks_config(path: Path, *callbacks: str) -> list[str]:
     items = "\n".join(f"    - {item}" for item in callbacks)
     path.write_text(f"trainer:\n  callbacks:\n{items}\n")
     return ["--config", str(path)]
+
+
+class AssertReplicasAgree(Callback):
+    """Test check under DDP: at the end of training every process holds the same weights (the gradients were
+    synchronised); raises otherwise, which fails the run."""
+
+    def on_train_end(self, trainer, pl_module):
+        import torch
+
+        checksums = torch.stack([p.detach().double().sum() for p in pl_module.parameters()])
+        gathered = trainer.strategy.all_gather(checksums)
+        if not torch.equal(gathered[0], gathered[-1]):
+            raise AssertionError(f"the processes' weights differ: {gathered}")

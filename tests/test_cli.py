@@ -15,6 +15,9 @@ from main import cli_main
 from models.identity import CheckpointMismatchError
 
 MLP = "mnist_skipvae_mlp.yaml"
+# SA-VAE configs run their debug fits with K = 2 SVI steps on batches of 10 (K = 20 on batches of 50 is about 40 s a
+# step on 2 CPU cores); every other setting is the config's.
+SA_DEBUG = ["--model.init_args.svi_steps", "2", "--data.init_args.batch_size", "10"]
 
 
 def fit(tmp_path, config: str, *extra: str, name: str = "run", presets=()):
@@ -35,7 +38,8 @@ class TestConfigs:
     def test_fit_runs_with_debug_preset(self, tmp_path, config, presets, fixture_data_dir):
         # Omniglot and the full Yahoo configs run on generated files in the real formats; the yahoo_small preset
         # on the real valid.txt/test.txt; MNIST on the real files.
-        cli = fit(tmp_path, config, *([] if presets else fixture_args(config, fixture_data_dir)), presets=presets)
+        extra = [*([] if presets else fixture_args(config, fixture_data_dir)), *(SA_DEBUG if "savae" in config else [])]
+        cli = fit(tmp_path, config, *extra, presets=presets)
         log_dir = tmp_path / "run" / "version_0"
         assert (log_dir / "checkpoints" / "last.ckpt").exists()
         assert (log_dir / "config.yaml").exists()
@@ -43,6 +47,8 @@ class TestConfigs:
         for name in ("val/elbo", "val/kl", "val/mi", "val/au"):
             assert math.isfinite(float(metrics[name])), name
         assert float(metrics["val/elbo"]) > float(metrics["val/kl"]) >= 0
+        if "savae" in config:  # the refined posterior's values too
+            assert float(metrics["val/elbo_svi"]) > float(metrics["val/kl_svi"]) >= 0
 
     @pytest.mark.parametrize("config", EXPERIMENT_CONFIGS)
     def test_print_config_round_trips(self, tmp_path, capsys, config):
@@ -50,7 +56,8 @@ class TestConfigs:
             cli_main(["fit", *config_args(config), "--print_config"])
         printed = capsys.readouterr().out
         resolved = yaml.safe_load(printed)  # every experiment: its model class, its log folder, the shared defaults
-        assert resolved["model"]["class_path"] == ("models.SkipVAE" if "skipvae" in config else "models.VAE")
+        model = {"vae": "VAE", "skipvae": "SkipVAE", "savae": "SAVAE", "skipsavae": "SkipSAVAE"}[config.removesuffix(".yaml").split("_")[1]]
+        assert resolved["model"]["class_path"] == f"models.{model}"
         assert resolved["trainer"]["logger"]["init_args"]["name"] == config.removesuffix(".yaml")
         assert resolved["trainer"]["gradient_clip_val"] == 5.0 and resolved["checkpoint"]["save_last"] is True
         saved = tmp_path / "printed.yaml"
@@ -153,6 +160,13 @@ class TestPresets:
                         "--data.init_args.eval_batch_size", "10"])
         assert cli.trainer.precision == "bf16-mixed"
         assert math.isfinite(float(cli.trainer.callback_metrics["val/elbo"]))
+
+    def test_bf16_mixed_savae_fit(self, tmp_path):
+        cli = cli_main(["fit", *config_args("mnist_skipsavae_mlp.yaml", "debug.yaml", "bf16.yaml"),
+                        *logging_args(tmp_path), *SA_DEBUG, "--data.init_args.eval_batch_size", "10"])
+        metrics = cli.trainer.callback_metrics
+        assert cli.trainer.precision == "bf16-mixed"
+        assert math.isfinite(float(metrics["val/elbo_svi"])) and math.isfinite(float(metrics["train/loss"]))
 
 
 class TestBadInput:

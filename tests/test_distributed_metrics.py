@@ -2,7 +2,7 @@
 
 import pytest
 
-from helpers import config_args, logging_args, read_events, run_main
+from helpers import callbacks_config, config_args, logging_args, read_events, run_main
 from main import cli_main
 
 pytestmark = pytest.mark.integration  # every test here trains, tests or starts processes
@@ -52,3 +52,14 @@ def test_bf16_mixed_matches_fp32(tmp_path, checkpoint):
     assert bf16["test/mi"] == pytest.approx(fp32["test/mi"], abs=0.05)
     assert bf16["test/nll_iw"] == pytest.approx(fp32["test/nll_iw"], rel=0.01)
     assert bf16["test/elbo"] == pytest.approx(fp32["test/elbo"], rel=0.01)
+
+
+def test_two_process_savae_fit_keeps_the_replicas_identical(tmp_path):
+    extra = callbacks_config(tmp_path / "cb.yaml", "class_path: helpers.AssertReplicasAgree")
+    result = run_main(["fit", *config_args("mnist_skipsavae_mlp.yaml", "debug.yaml", "ddp.yaml"), *extra,
+                       *logging_args(tmp_path), "--trainer.accelerator", "cpu", "--model.init_args.svi_steps", "2",
+                       "--data.init_args.batch_size", "10", "--trainer.max_epochs", "2"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MEMBER: 2/2" in result.stderr  # two processes
+    events = read_events(tmp_path / "run" / "version_0")
+    assert {"train/elbo_svi", "val/elbo_svi", "val/kl_svi"} <= set(events.Tags()["scalars"])

@@ -8,12 +8,12 @@ import torch
 
 from callbacks.contract import LabeledData, LatentVariableModel, TextData
 from datamodules import MNISTDataModule, OmniglotDataModule, YahooDataModule
-from models import VAE, SkipVAE
+from models import SAVAE, VAE, SkipSAVAE, SkipVAE
 from models.decoders import LSTMDecoder, MLPDecoder
 from models.encoders import LSTMEncoder, MLPEncoder, ResidualConvEncoder
 from models.identity import NETWORK_SETTINGS, CheckpointMismatchError, checkpoint_mismatches
 
-MODEL_CLASSES = [VAE, SkipVAE]
+MODEL_CLASSES = [VAE, SkipVAE, SAVAE, SkipSAVAE]
 
 
 class TestEncoders:

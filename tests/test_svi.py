@@ -1,0 +1,113 @@
+"""SA-VAE's SVI refinement: its gradients against a full autograd unroll, svi_steps 0 is the VAE, and the steps
+lower the batch loss of a trained model."""
+
+import pytest
+import torch
+
+from models import SAVAE, VAE, SkipSAVAE
+from models.svi import seeded
+
+SMALL = {"mlp": dict(architecture="mlp", data_dims=[1, 4, 4], latent_dim=3, encoder_hidden=8, decoder_layers=1,
+                     decoder_hidden=8),
+         "lstm": dict(architecture="lstm", data_dims=[9], latent_dim=3, encoder_hidden=6, decoder_layers=2,
+                      decoder_hidden=6, embedding_dim=4, dropout=0.3)}
+
+
+def small_model(model_class, architecture: str, **overrides):
+    torch.manual_seed(0)
+    return model_class(**SMALL[architecture], **overrides).double()
+
+
+def example_batch(architecture: str) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    if architecture == "lstm":
+        tokens = torch.randint(3, 9, (5, 7), generator=generator)
+        tokens[:, 0], tokens[:, -1], tokens[3:, 5:] = 1, 2, 0  # <bos> .. <eos>, two padded rows
+        tokens[3:, 4] = 2
+        return tokens
+    return torch.bernoulli(torch.full((5, 1, 4, 4), 0.4, dtype=torch.float64), generator=generator)
+
+
+def unrolled_gradients(model: SAVAE, x: torch.Tensor, beta: float) -> tuple[list[torch.Tensor], list[float]]:
+    """d L(lambda_K) / d parameters by autograd through every SVI step (create_graph), drawing the random numbers
+    in the order the implementation does; also the norms of the unclipped SVI gradients."""
+    svi, norms = model.svi, []
+    mean, logvar = model.encode(x)
+    momentum = [torch.zeros_like(mean), torch.zeros_like(logvar)]
+    objective = model.svi_objective(x, beta)
+    for _ in range(svi.steps):
+        seed = int(torch.randint(2**62, ()))
+        with seeded(seed, mean.device):
+            loss = objective(mean, logvar)
+        grads = torch.autograd.grad(loss, (mean, logvar), create_graph=True)
+        norms += [float(g.detach().norm()) for g in grads]
+        grads = [g * torch.clamp(svi.max_grad_norm / g.norm(), max=1.0) for g in grads]
+        momentum = [svi.momentum * p - g for p, g in zip(momentum, grads)]
+        mean, logvar = mean + svi.lr * momentum[0], logvar + svi.lr * momentum[1]
+    terms = model.elbo_terms(x, mean, logvar, torch.randn_like(mean))
+    loss = (terms["recon"] + beta * terms["kl"]).mean()
+    return list(torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)), norms
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "lstm"])
+@pytest.mark.parametrize("model_class", [SAVAE, SkipSAVAE])
+@pytest.mark.parametrize("steps", [1, 3])
+def test_gradients_equal_a_full_unroll(architecture, model_class, steps):
+    model = small_model(model_class, architecture, svi_steps=steps, svi_max_grad_norm=0.05)
+    x = example_batch(architecture)
+    torch.manual_seed(7)
+    surrogate, logs = model.svi_training_loss(x, beta=0.7)
+    exact = torch.autograd.grad(surrogate, list(model.parameters()), allow_unused=True)
+    torch.manual_seed(7)
+    reference, norms = unrolled_gradients(model, x, beta=0.7)
+    assert max(norms) > 0.05  # clipping was active
+    for (name, _), ours, theirs in zip(model.named_parameters(), exact, reference):
+        theirs = torch.zeros_like(ours) if theirs is None else theirs
+        error = (ours - theirs).norm() / theirs.norm().clamp_min(1e-30)
+        assert error < 1e-6, (name, float(error))
+    encoder = [g for (name, _), g in zip(model.named_parameters(), exact) if name.startswith("encoder")]
+    assert all(g.abs().sum() > 0 for g in encoder)  # the encoder learns through the steps
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "lstm"])
+def test_zero_steps_is_the_vae(architecture):
+    savae, vae = small_model(SAVAE, architecture, svi_steps=0), small_model(VAE, architecture)
+    x = example_batch(architecture)
+    torch.manual_seed(3)
+    surrogate, logs = savae.svi_training_loss(x, beta=0.4)
+    ours = torch.autograd.grad(surrogate, list(savae.parameters()))
+    torch.manual_seed(3)
+    out = vae(x)
+    loss = (out["recon"] + 0.4 * out["kl"]).mean()
+    theirs = torch.autograd.grad(loss, list(vae.parameters()))
+    assert float(logs["loss"]) == pytest.approx(float(loss.detach()), rel=1e-12)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_svi_lowers_the_batch_loss_of_a_trained_model(mnist_dir):
+    from datamodules import MNISTDataModule
+
+    data = MNISTDataModule(data_dir=str(mnist_dir.parent), download=False)
+    data.setup("fit")
+    x = data.datasets["val"].x[:500].float().div(255)
+    torch.manual_seed(0)
+    model = SAVAE(architecture="mlp", latent_dim=8, encoder_hidden=64, decoder_layers=1, decoder_hidden=64)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(150):  # a short amortized (VAE) training: the encoder's posterior is good, not optimal
+        out = model(x[step % 10 * 50 : step % 10 * 50 + 50])
+        optimizer.zero_grad()
+        (out["recon"] + out["kl"]).mean().backward()
+        optimizer.step()
+    batch = x[:50]
+    with torch.no_grad():
+        mean, logvar = model.encode(batch)
+    objective = model.svi_objective(batch, beta=1.0)
+    refined_mean, refined_logvar, _ = model.svi.refine(objective, mean, logvar)
+
+    def expected_loss(m, lv):  # f with the same 200 noise draws for both posteriors
+        with torch.no_grad(), seeded(11, m.device):
+            return sum(float(objective(m, lv)) for _ in range(200)) / 200
+
+    before, after = expected_loss(mean, logvar), expected_loss(refined_mean, refined_logvar)
+    assert after < before - 0.5, (before, after)
