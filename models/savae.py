@@ -82,7 +82,7 @@ class SAVAE(VAE):
     def evaluate(self, batch: dict) -> dict[str, torch.Tensor]:
         """The VAE's outputs at the encoder's posterior, `elbo_svi` and `kl_svi` at the refined one (same z noise),
         and the refined posterior as the IW proposal. The SVI steps need gradients, so they run outside inference
-        mode, on random streams seeded by the batch's first example index (apart from the training streams)."""
+        mode, on random streams seeded by the batch's smallest example index (apart from the training streams)."""
         noise = self.evaluation_noise(batch)
         outputs = self(batch["x"], noise)
         with torch.inference_mode(False), seeded(int(batch["index"].min()), noise.device):
