@@ -53,9 +53,10 @@ def main() -> None:
             model.decoder.log_prob(x[:1].expand(10, -1, -1, -1), torch.zeros(10, 20))
         flops_per_eval = counter.get_total_flops() / 10
         noise = per_example_normal(torch.arange(args.limit), (args.num_samples, 20), seed=0)
-        log_importance_weights(model.decoder.log_prob, x[:1], mean[:1], logvar[:1], noise[:1, :50], args.chunk_size)  # warm-up
+        log_prob = model.decoder.log_prob
+        log_importance_weights(log_prob, x[:1], mean[:1], logvar[:1], noise[:1, :50], args.chunk_size)  # warm-up
         faults, start = minor_page_faults(), time.perf_counter()
-        log_importance_weights(model.decoder.log_prob, x, mean, logvar, noise, args.chunk_size)
+        log_importance_weights(log_prob, x, mean, logvar, noise, args.chunk_size)
         seconds = time.perf_counter() - start
         faults = minor_page_faults() - faults
     evals = args.limit * args.num_samples

@@ -64,7 +64,8 @@ def read_amat(folder: Path, split: str, download: bool) -> np.ndarray:
     if digest != LAROCHELLE_SHA256[split]:
         raise DataError(
             f"{path} does not hold Larochelle's binarized MNIST '{split}' split (sha256 of its content is {digest}, "
-            f"expected {LAROCHELLE_SHA256[split]}). Delete it and download it again from {LAROCHELLE_URL.format(split)}."
+            f"expected {LAROCHELLE_SHA256[split]}). Delete it and download it again from "
+            f"{LAROCHELLE_URL.format(split)}."
         )
     # Each row is 784 digits separated by single spaces and ended by a newline: digits sit at even offsets.
     digits = np.frombuffer(data, dtype=np.uint8)[0::2] - ord("0")

@@ -131,7 +131,7 @@ class TestRunOutputs:
 
 
     def test_text_run_logs_text_samples_and_perplexity(self, tmp_path, fixture_data_dir):
-        cli = fit(tmp_path, "yahoo_skipvae.yaml", *fixture_args("yahoo_skipvae.yaml", fixture_data_dir))
+        fit(tmp_path, "yahoo_skipvae.yaml", *fixture_args("yahoo_skipvae.yaml", fixture_data_dir))
         log_dir = tmp_path / "run" / "version_0"
         tags = read_events(log_dir).Tags()["tensors"]
         assert {"val/reconstructions/text_summary", "val/samples/text_summary"} <= set(tags)

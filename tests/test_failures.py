@@ -7,9 +7,8 @@ from collections import namedtuple
 import pytest
 import torch
 
-from conftest import ROOT
-from datamodules.files import DataError
 from callbacks.guards import NonFiniteGuard, NonFiniteLossError
+from datamodules.files import DataError
 from helpers import callbacks_config, config_args, logging_args, read_events, run_main
 from main import cli_main
 from models.identity import CheckpointMismatchError
