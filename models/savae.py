@@ -11,7 +11,6 @@ from typing import ClassVar
 
 import torch
 
-from models.distributions import gaussian_kl
 from models.svi import Objective, SVIRefinement, seeded
 from models.vae import VAE
 
@@ -43,8 +42,7 @@ class SAVAE(VAE):
     def svi_objective(self, x: torch.Tensor, beta: float) -> Objective:
         """f(mean, logvar): the batch mean of -log p(x|z) + beta KL, z drawn with fresh noise on each call."""
         def objective(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-            z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
-            return (-self.decoder.log_prob(x, z) + beta * gaussian_kl(mean, logvar)).mean()
+            return self.training_loss(self.elbo_terms(x, mean, logvar, torch.randn_like(mean)), beta)
 
         return objective
 
@@ -59,7 +57,7 @@ class SAVAE(VAE):
         refined_logvar.requires_grad_()
         noise = torch.randn_like(mean)
         refined = self.elbo_terms(x, refined_mean, refined_logvar, noise)
-        loss = (refined["recon"] + beta * refined["kl"]).mean()
+        loss = self.training_loss(refined, beta)
         params = [p for p in self.decoder.parameters() if p.requires_grad]
         grad_mean, grad_logvar, *direct = torch.autograd.grad(loss, [refined_mean, refined_logvar, *params],
                                                               allow_unused=True)

@@ -113,6 +113,11 @@ class VAE(CheckpointIdentity, L.LightningModule):
         kl = gaussian_kl(mean, logvar)
         return {"recon": recon, "kl": kl, "elbo": recon + kl}
 
+    @staticmethod
+    def training_loss(terms: dict[str, torch.Tensor], beta: float) -> torch.Tensor:
+        """The batch mean of recon + beta * kl: the negative ELBO with the KL warm-up's weight."""
+        return (terms["recon"] + beta * terms["kl"]).mean()
+
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The ELBO terms at the encoder's posterior, with its `mean` and `logvar`; noise defaults to a fresh
         standard-normal draw."""
@@ -137,7 +142,7 @@ class VAE(CheckpointIdentity, L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int):
         out, beta = self(batch["x"]), self.kl_weight()
-        loss = (out["recon"] + beta * out["kl"]).mean()
+        loss = self.training_loss(out, beta)
         self.log_training(loss, beta, elbo=out["elbo"], recon=out["recon"], kl=out["kl"])
         return loss
 
