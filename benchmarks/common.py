@@ -13,6 +13,10 @@ OFFICIAL_MNIST = dict(architecture="pixelcnn", data_dims=(1, 28, 28), latent_dim
                       decoder_layers=8, decoder_hidden=32, kernel_sizes=[3] * 8, latent_feature_maps=1)
 
 
+# The MLP encoder/decoder of configs/parts/mlp.yaml, on top of the official MNIST settings.
+MLP = dict(architecture="mlp", encoder_hidden=1024, decoder_layers=2, decoder_hidden=1024, kernel_sizes=None)
+
+
 def build(model_class, **overrides):
     torch.manual_seed(0)
     return model_class(**{**OFFICIAL_MNIST, **overrides})

@@ -8,7 +8,7 @@ steps with K = --svi-steps as a multiple of the VAE and SkipVAE steps timed in t
 resident memory of each (also at K = 5, to show that it does not grow with K).
 
     python benchmarks/train_throughput.py [--steps 10] [--batch-size 50] [--precision fp32] [--default-allocator]
-                                          [--svi-steps 20] [--svi-repeats 3]
+                                          [--svi-steps 20] [--svi-repeats 3] [--svi-architecture mlp]
 """
 
 import argparse
@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (  # noqa: E402
-    MODELS, SA_MODELS, add_allocator_option, apply_allocator_option, binary_images, build, matmul_flops_per_second,
+    MLP, MODELS, SA_MODELS, add_allocator_option, apply_allocator_option, binary_images, build, matmul_flops_per_second,
     minor_page_faults, peak_memory_gib,
 )
 
@@ -57,36 +57,39 @@ def median_seconds(step, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def training_step_of(name: str, svi_steps: int, x):
-    """A function that runs one training step of the official MNIST model `name` (fp32)."""
+def training_step_of(name: str, svi_steps: int, x, architecture: str = "pixelcnn"):
+    """A function that runs one training step of the MNIST model `name` (fp32): the official PixelCNN model, or
+    the MLP model of configs/parts/mlp.yaml."""
     model_class = {**MODELS, **{sa: classes[0] for sa, classes in SA_MODELS.items()}}[name]
-    model = build(model_class, **({"svi_steps": svi_steps} if name in SA_MODELS else {}))
+    overrides = {**(MLP if architecture == "mlp" else {}), **({"svi_steps": svi_steps} if name in SA_MODELS else {})}
+    model = build(model_class, **overrides)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     if name in SA_MODELS:
         return lambda: svi_train_step(model, optimizer, x)
     return lambda: train_step(model, optimizer, x, torch.float32)
 
 
-def peak_memory_of(name: str, svi_steps: int, batch_size: int) -> float:
+def peak_memory_of(name: str, svi_steps: int, batch_size: int, architecture: str) -> float:
     """Peak resident memory (GiB) of a fresh process that runs two training steps of `name`."""
     result = subprocess.run([sys.executable, __file__, "--peak-memory-of", name, "--svi-steps", str(svi_steps),
-                             "--batch-size", str(batch_size)], capture_output=True, text=True, check=True)
+                             "--batch-size", str(batch_size), "--svi-architecture", architecture],
+                            capture_output=True, text=True, check=True)
     return float(result.stdout.split()[-1])
 
 
-def compare_svi_steps(x, steps: int, repeats: int) -> None:
+def compare_svi_steps(x, steps: int, repeats: int, architecture: str) -> None:
     """SA-VAE steps as multiples of the matching VAE step timed in this process; peak memory per fresh process."""
-    print(f"\nSA-VAE steps (fp32, batch {len(x)}): median of {repeats} after a warm-up; peak resident memory of a "
-          "process running two steps")
+    print(f"\nSA-VAE steps ({architecture}, fp32, batch {len(x)}): median of {repeats} after a warm-up; peak "
+          "resident memory of a process running two steps")
     for name, (_, base_class) in SA_MODELS.items():
         base = base_class.__name__
-        base_seconds = median_seconds(training_step_of(base, 0, x), max(repeats, 5))
-        base_peak = peak_memory_of(base, 0, len(x))
+        base_seconds = median_seconds(training_step_of(base, 0, x, architecture), max(repeats, 5))
+        base_peak = peak_memory_of(base, 0, len(x), architecture)
         for k in sorted({5, steps}):
-            seconds = median_seconds(training_step_of(name, k, x), repeats)
-            print(f"{name:9s} K={k:<3d} {seconds:6.2f} s/step = {seconds / base_seconds:5.1f} x the {base} step "
-                  f"({base_seconds:.3f} s); peak memory {peak_memory_of(name, k, len(x)):.2f} GiB ({base}: "
-                  f"{base_peak:.2f} GiB)")
+            seconds = median_seconds(training_step_of(name, k, x, architecture), repeats)
+            peak = peak_memory_of(name, k, len(x), architecture)
+            print(f"{name:9s} K={k:<3d} {seconds:6.3f} s/step = {seconds / base_seconds:5.1f} x the {base} step "
+                  f"({base_seconds:.3f} s); peak memory {peak:.2f} GiB ({base}: {base_peak:.2f} GiB)")
 
 
 def flops_per_step(model, x) -> int:
@@ -107,12 +110,15 @@ def main() -> None:
                              "(its matmul peak alone can take minutes to measure there)")
     parser.add_argument("--svi-steps", type=int, default=20, help="K of the SA-VAE comparison (0: skip it)")
     parser.add_argument("--svi-repeats", type=int, default=3, help="timed SA-VAE steps per model")
+    parser.add_argument("--svi-architecture", choices=["pixelcnn", "mlp"], default="pixelcnn",
+                        help="model of the SA-VAE comparison: the official PixelCNN or the MLP of configs/parts/mlp.yaml")
     parser.add_argument("--peak-memory-of", help=argparse.SUPPRESS)  # internal: the child process of peak_memory_of
     add_allocator_option(parser)
     args = parser.parse_args()
     allocator = apply_allocator_option(args)
     if args.peak_memory_of:
-        step = training_step_of(args.peak_memory_of, args.svi_steps, binary_images(args.batch_size))
+        step = training_step_of(args.peak_memory_of, args.svi_steps, binary_images(args.batch_size),
+                                args.svi_architecture)
         step()
         step()
         print(peak_memory_gib())
@@ -141,7 +147,7 @@ def main() -> None:
             print(f"{name:8s} {precision:10s} {args.batch_size / seconds:9.1f} {flops / 1e9:11.2f} "
                   f"{achieved / 1e9:8.1f} {achieved / peaks[precision]:14.0%} {faults:17.0f}")
     if args.svi_steps:
-        compare_svi_steps(x, args.svi_steps, args.svi_repeats)
+        compare_svi_steps(x, args.svi_steps, args.svi_repeats, args.svi_architecture)
 
 
 if __name__ == "__main__":
