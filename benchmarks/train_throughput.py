@@ -5,10 +5,13 @@ Prints, from one run: images/second of a full training step (forward, backward, 
 the model's FLOPs per step (counted by torch.utils.flop_counter), and the fraction of this machine's measured
 matmul FLOP/s that the step reaches. Then (fp32, unless --svi-steps 0) the median time of SAVAE and SkipSAVAE
 steps with K = --svi-steps as a multiple of the VAE and SkipVAE steps timed in the same run, and the peak
-resident memory of each (also at K = 5, to show that it does not grow with K).
+resident memory of each (also at K = 5, to show that it does not grow with K), with the reverse pass's
+Hessian-vector products by --svi-hessian-products; and how far the finite-difference gradients of one fp32 step
+are from the exact ones (relative difference of the encoder's and of the decoder's gradient).
 
     python benchmarks/train_throughput.py [--steps 10] [--batch-size 50] [--precision fp32] [--default-allocator]
                                           [--svi-steps 20] [--svi-repeats 3] [--svi-architecture mlp]
+                                          [--svi-hessian-products exact]
 """
 
 import argparse
@@ -57,39 +60,62 @@ def median_seconds(step, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def training_step_of(name: str, svi_steps: int, x, architecture: str = "pixelcnn"):
-    """A function that runs one training step of the MNIST model `name` (fp32): the official PixelCNN model, or
-    the MLP model of configs/parts/mlp.yaml."""
+def model_of(name: str, svi_steps: int, architecture: str = "pixelcnn", hessian_products: str = "finite_difference"):
+    """The MNIST model `name` (fp32): the official PixelCNN model, or the MLP model of configs/parts/mlp.yaml."""
     model_class = {**MODELS, **{sa: classes[0] for sa, classes in SA_MODELS.items()}}[name]
-    overrides = {**(MLP if architecture == "mlp" else {}), **({"svi_steps": svi_steps} if name in SA_MODELS else {})}
-    model = build(model_class, **overrides)
+    overrides = {**(MLP if architecture == "mlp" else {}),
+                 **({"svi_steps": svi_steps, "svi_hessian_products": hessian_products} if name in SA_MODELS else {})}
+    return build(model_class, **overrides)
+
+
+def training_step_of(name: str, svi_steps: int, x, architecture: str = "pixelcnn",
+                     hessian_products: str = "finite_difference"):
+    """A function that runs one training step of `model_of(...)`."""
+    model = model_of(name, svi_steps, architecture, hessian_products)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     if name in SA_MODELS:
         return lambda: svi_train_step(model, optimizer, x)
     return lambda: train_step(model, optimizer, x, torch.float32)
 
 
-def peak_memory_of(name: str, svi_steps: int, batch_size: int, architecture: str) -> float:
+def peak_memory_of(name: str, svi_steps: int, batch_size: int, architecture: str, hessian_products: str) -> float:
     """Peak resident memory (GiB) of a fresh process that runs two training steps of `name`."""
     result = subprocess.run([sys.executable, __file__, "--peak-memory-of", name, "--svi-steps", str(svi_steps),
-                             "--batch-size", str(batch_size), "--svi-architecture", architecture],
+                             "--batch-size", str(batch_size), "--svi-architecture", architecture,
+                             "--svi-hessian-products", hessian_products],
                             capture_output=True, text=True, check=True)
     return float(result.stdout.split()[-1])
 
 
-def compare_svi_steps(x, steps: int, repeats: int, architecture: str) -> None:
-    """SA-VAE steps as multiples of the matching VAE step timed in this process; peak memory per fresh process."""
-    print(f"\nSA-VAE steps ({architecture}, fp32, batch {len(x)}): median of {repeats} after a warm-up; peak "
-          "resident memory of a process running two steps")
+def sa_gradients(name: str, steps: int, x, architecture: str, hessian_products: str) -> dict[str, torch.Tensor]:
+    """The encoder's and the decoder's gradient (flattened) of one SA-VAE step, on seeded random streams."""
+    model = model_of(name, steps, architecture, hessian_products)
+    torch.manual_seed(1)
+    surrogate, _ = model.svi_training_loss(x, beta=1.0)
+    surrogate.backward()
+    return {part: torch.cat([p.grad.flatten() for p in getattr(model, part).parameters() if p.grad is not None])
+            for part in ("encoder", "decoder")}
+
+
+def compare_svi_steps(x, steps: int, repeats: int, architecture: str, hessian_products: str) -> None:
+    """SA-VAE steps as multiples of the matching VAE step timed in this process; peak memory per fresh process;
+    finite-difference against exact gradients."""
+    print(f"\nSA-VAE steps ({architecture}, fp32, batch {len(x)}, {hessian_products} Hessian-vector products): "
+          f"median of {repeats} after a warm-up; peak resident memory of a process running two steps")
     for name, (_, base_class) in SA_MODELS.items():
         base = base_class.__name__
         base_seconds = median_seconds(training_step_of(base, 0, x, architecture), max(repeats, 5))
-        base_peak = peak_memory_of(base, 0, len(x), architecture)
+        base_peak = peak_memory_of(base, 0, len(x), architecture, hessian_products)
         for k in sorted({5, steps}):
-            seconds = median_seconds(training_step_of(name, k, x, architecture), repeats)
-            peak = peak_memory_of(name, k, len(x), architecture)
+            seconds = median_seconds(training_step_of(name, k, x, architecture, hessian_products), repeats)
+            peak = peak_memory_of(name, k, len(x), architecture, hessian_products)
             print(f"{name:9s} K={k:<3d} {seconds:6.3f} s/step = {seconds / base_seconds:5.1f} x the {base} step "
                   f"({base_seconds:.3f} s); peak memory {peak:.2f} GiB ({base}: {base_peak:.2f} GiB)")
+    print(f"\nfinite-difference vs exact gradients of one step (K={steps}, fp32): |fd - exact| / |exact|")
+    for name in SA_MODELS:
+        fd, exact = (sa_gradients(name, steps, x, architecture, mode) for mode in ("finite_difference", "exact"))
+        print(f"{name:9s} " + ", ".join(f"{part} {float((fd[part] - exact[part]).norm() / exact[part].norm()):.2e}"
+                                         for part in fd))
 
 
 def flops_per_step(model, x) -> int:
@@ -112,13 +138,15 @@ def main() -> None:
     parser.add_argument("--svi-repeats", type=int, default=3, help="timed SA-VAE steps per model")
     parser.add_argument("--svi-architecture", choices=["pixelcnn", "mlp"], default="pixelcnn",
                         help="model of the SA-VAE comparison: the official PixelCNN or the MLP of configs/parts/mlp.yaml")
+    parser.add_argument("--svi-hessian-products", choices=["finite_difference", "exact"], default="finite_difference",
+                        help="how the timed SA-VAE steps compute the reverse pass's Hessian-vector products")
     parser.add_argument("--peak-memory-of", help=argparse.SUPPRESS)  # internal: the child process of peak_memory_of
     add_allocator_option(parser)
     args = parser.parse_args()
     allocator = apply_allocator_option(args)
     if args.peak_memory_of:
         step = training_step_of(args.peak_memory_of, args.svi_steps, binary_images(args.batch_size),
-                                args.svi_architecture)
+                                args.svi_architecture, args.svi_hessian_products)
         step()
         step()
         print(peak_memory_gib())
@@ -147,7 +175,7 @@ def main() -> None:
             print(f"{name:8s} {precision:10s} {args.batch_size / seconds:9.1f} {flops / 1e9:11.2f} "
                   f"{achieved / 1e9:8.1f} {achieved / peaks[precision]:14.0%} {faults:17.0f}")
     if args.svi_steps:
-        compare_svi_steps(x, args.svi_steps, args.svi_repeats, args.svi_architecture)
+        compare_svi_steps(x, args.svi_steps, args.svi_repeats, args.svi_architecture, args.svi_hessian_products)
 
 
 if __name__ == "__main__":

@@ -40,9 +40,10 @@ def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
 def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """log p(x | logits) of binary data, summed over all but the first dimension, shape (batch,).
 
-    Computed from logits (not probabilities) so it stays finite for saturated pixels; always in float32.
+    Computed from logits (not probabilities) so it stays finite for saturated pixels; in float32 or wider.
     """
-    nll = F.binary_cross_entropy_with_logits(logits.float(), x.float(), reduction="none")
+    logits = at_least_float32(logits)
+    nll = F.binary_cross_entropy_with_logits(logits, x.to(logits.dtype), reduction="none")
     return -nll.flatten(1).sum(-1)
 
 
@@ -51,7 +52,7 @@ def categorical_log_prob(logits: torch.Tensor, targets: torch.Tensor, mask: torc
 
     logits: (batch, time, vocab); targets, mask: (batch, time). Padded positions (mask False) add nothing.
     """
-    log_probs = -F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+    log_probs = -F.cross_entropy(at_least_float32(logits).transpose(1, 2), targets, reduction="none")
     return (log_probs * mask).sum(-1)
 
 

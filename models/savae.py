@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import torch
 
-from models.svi import Objective, SVIRefinement, seeded
+from models.svi import HessianProducts, Objective, SVIRefinement, seeded
 from models.vae import VAE
 
 
@@ -27,7 +27,8 @@ class SAVAE(VAE):
     eval_metric_names: ClassVar[tuple[str, ...]] = (*VAE.eval_metric_names, "elbo_svi", "kl_svi")
 
     def __init__(self, svi_steps: int = 20, svi_lr: float = 1.0, svi_momentum: float = 0.5,
-                 svi_max_grad_norm: float = 5.0, **kwargs):
+                 svi_max_grad_norm: float = 5.0, svi_hessian_products: HessianProducts = "finite_difference",
+                 **kwargs):
         """
         Args:
             svi_steps: K, SVI steps per batch (0: the VAE).
@@ -35,9 +36,11 @@ class SAVAE(VAE):
             svi_momentum: heavy-ball momentum of the SVI steps.
             svi_max_grad_norm: the gradients of the mean and of the log-variance are each clipped to this norm over
                 the batch at every step (0: no clipping).
+            svi_hessian_products: how the reverse pass through the steps computes its Hessian-vector products:
+                "finite_difference" (the official code's, r = 1e-5, float32) or "exact" (double backward; slower).
         """
         super().__init__(**kwargs)
-        self.svi = SVIRefinement(svi_steps, svi_lr, svi_momentum, svi_max_grad_norm)
+        self.svi = SVIRefinement(svi_steps, svi_lr, svi_momentum, svi_max_grad_norm, svi_hessian_products)
 
     def svi_objective(self, x: torch.Tensor, beta: float) -> Objective:
         """f(mean, logvar): the batch mean of -log p(x|z) + beta KL, z drawn with fresh noise on each call."""
@@ -52,13 +55,13 @@ class SAVAE(VAE):
         SA-VAE's, dL/dtheta at and through the SVI steps and dL/dlambda_0 for the encoder. `loss` (logged) is L."""
         mean, logvar = self.encode(x)
         objective = self.svi_objective(x, beta)
-        refined_mean, refined_logvar, trace = self.svi.refine(objective, mean, logvar)
+        params = [p for p in self.decoder.parameters() if p.requires_grad]
+        refined_mean, refined_logvar, trace = self.svi.refine(objective, mean, logvar, params)
         refined_mean.requires_grad_()
         refined_logvar.requires_grad_()
         noise = torch.randn_like(mean)
         refined = self.elbo_terms(x, refined_mean, refined_logvar, noise)
         loss = self.training_loss(refined, beta)
-        params = [p for p in self.decoder.parameters() if p.requires_grad]
         grad_mean, grad_logvar, *direct = torch.autograd.grad(loss, [refined_mean, refined_logvar, *params],
                                                               allow_unused=True)
         grad_mean0, grad_logvar0, through_svi = self.svi.backward(objective, trace, grad_mean, grad_logvar, params)
