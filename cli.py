@@ -9,6 +9,8 @@ from lightning.pytorch.cli import LightningCLI
 
 from callbacks.diagnostics import ImportanceWeightedEvaluation, LatentDiagnostics
 from callbacks.guards import NonFiniteGuard, NonFiniteLossError
+from callbacks.latent_views import LatentSpaceViews
+from callbacks.posteriors import PosteriorWriter
 from callbacks.probe import LatentProbe
 from callbacks.samples import SampleLogger
 from callbacks.schedules import HalveLearningRateAfterPlateau
@@ -23,7 +25,8 @@ DEFAULTS = Path(__file__).resolve().parent / "configs" / "parts" / "defaults.yam
 # preset changes one setting without restating a callback list. `trainer.callbacks` adds others.
 RUN_CALLBACKS = {"checkpoint": ModelCheckpoint, "diagnostics": LatentDiagnostics,
                  "nll_iw": ImportanceWeightedEvaluation, "probe": LatentProbe, "samples": SampleLogger,
-                 "lr_schedule": HalveLearningRateAfterPlateau, "nonfinite": NonFiniteGuard}
+                 "lr_schedule": HalveLearningRateAfterPlateau, "nonfinite": NonFiniteGuard,
+                 "posteriors": PosteriorWriter, "latent_views": LatentSpaceViews}
 
 # Bad input that `main.py` reports as one `error: ...` line (jsonargparse reports config errors itself).
 USER_ERRORS = (DataError, CheckpointMismatchError, NonFiniteLossError, RunSetupError, MisconfigurationException)
@@ -60,3 +63,7 @@ class SkipVAECLI(LightningCLI):
         check_output_folders(self.trainer, 0)
 
     before_test = before_validate
+
+    def before_predict(self) -> None:
+        writers = [c for c in self.trainer.callbacks if isinstance(c, PosteriorWriter) and c.output]
+        check_output_folders(self.trainer, 0, [Path(writer.output).parent for writer in writers])

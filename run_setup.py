@@ -8,6 +8,7 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -61,21 +62,23 @@ def checkpoint_bytes(model) -> int:
     return 3 * 4 * sum(p.numel() for p in model.parameters())
 
 
-def check_output_folders(trainer, needed_bytes: int) -> None:
-    """Log and checkpoint folders must be writable, with room for a few checkpoints, before any work starts."""
+def check_output_folders(trainer, needed_bytes: int, extra_folders: Sequence[Path] = ()) -> None:
+    """Log and checkpoint folders (and `extra_folders`) must be writable, with room for a few checkpoints, before
+    any work starts."""
     folders = [Path(trainer.default_root_dir)]
     if trainer.logger is not None:
         folders = [Path(getattr(trainer.logger, "root_dir", None) or trainer.logger.save_dir)]
     folders += [Path(callback.dirpath) for callback in trainer.checkpoint_callbacks if callback.dirpath]
+    folders += list(extra_folders)
     for folder in folders:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
                 pass
         except OSError as error:
-            raise RunSetupError(f"cannot write logs or checkpoints to {folder} ({error.strerror or error}). "
-                                "Choose another folder with --trainer.logger.init_args.save_dir (or the "
-                                "checkpoint callback's dirpath) or fix its permissions.") from error
+            raise RunSetupError(f"cannot write to {folder} ({error.strerror or error}). Choose another folder "
+                                "(--trainer.logger.init_args.save_dir, --checkpoint.dirpath or --posteriors.output) "
+                                "or fix its permissions.") from error
         free = shutil.disk_usage(folder).free
         if free < 3 * needed_bytes:
             raise RunSetupError(f"only {free / 2**20:.0f} MiB free on the disk of {folder}, and each checkpoint "

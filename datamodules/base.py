@@ -6,7 +6,7 @@ sampler pads shards with repeated examples so all processes see the same number 
 some examples twice in KL, MI, AU and NLL).
 """
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import lightning as L
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
@@ -36,6 +36,7 @@ class SkipVAEDataModule(L.LightningDataModule):
         download: bool = True,
         check_file: bool = True,
         num_workers: int = 0,
+        predict_split: Literal["train", "val", "test"] = "test",
     ):
         """
         Args:
@@ -46,6 +47,7 @@ class SkipVAEDataModule(L.LightningDataModule):
             download: try the official URLs when a file is missing.
             check_file: compare the files with their published checksums (turn off for a re-saved copy).
             num_workers: DataLoader workers (0 is fastest for the in-memory datasets).
+            predict_split: the split whose posteriors `main.py predict` writes (in evaluation batches, in order).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -63,21 +65,26 @@ class SkipVAEDataModule(L.LightningDataModule):
         if not self.datasets:
             self.datasets = self.load_splits()
 
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+    def _loader(self, split: str, training: bool = False) -> DataLoader:
+        """Training: shuffled batches of `batch_size`. Evaluation: batches of `eval_batch_size` in order, under DDP
+        disjoint shards that never repeat an example."""
         dataset, trainer, sampler = self.datasets[split], getattr(self, "trainer", None), None
-        if split != "train" and trainer is not None and trainer.world_size > 1:
+        if not training and trainer is not None and trainer.world_size > 1:
             sampler = UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
                                                    shuffle=False)
-        size = self.hparams.batch_size if split == "train" else self.hparams.eval_batch_size
-        return DataLoader(dataset, batch_size=None if self.prebatched else size, shuffle=shuffle, sampler=sampler,
+        size = self.hparams.batch_size if training else self.hparams.eval_batch_size
+        return DataLoader(dataset, batch_size=None if self.prebatched else size, shuffle=training, sampler=sampler,
                           num_workers=self.hparams.num_workers, collate_fn=keep_batch)
 
     def train_dataloader(self) -> DataLoader:
         check_batch_size(self.hparams.batch_size, self.num_training_examples(), self.example_name)
-        return self._loader("train", shuffle=True)
+        return self._loader("train", training=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.predict_split)

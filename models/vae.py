@@ -170,6 +170,16 @@ class VAE(CheckpointIdentity, L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int):
         return self._evaluation_step(batch, "test")
 
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        """The encoder's posterior of each example and one z drawn from it with the evaluation noise, on the CPU
+        (`callbacks.posteriors.PosteriorWriter` writes them)."""
+        mean, logvar = self.encode(batch["x"])
+        z = mean + torch.exp(0.5 * logvar) * self.evaluation_noise(batch)
+        outputs = {"mean": mean, "logvar": logvar, "z": z, "index": batch["index"]}
+        if "label" in batch:
+            outputs["labels"] = batch["label"]
+        return {key: value.detach().cpu() for key, value in outputs.items()}
+
     def configure_optimizers(self):
         if self.hparams.optimizer == "sgd":
             return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)

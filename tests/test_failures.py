@@ -159,13 +159,13 @@ class TestOutputFolders:
     def test_log_folder_that_cannot_be_created(self, tmp_path):
         blocker = tmp_path / "a_file"
         blocker.write_text("not a folder")
-        with pytest.raises(RunSetupError, match=f"cannot write logs or checkpoints to {blocker}/logs"):
+        with pytest.raises(RunSetupError, match=f"cannot write to {blocker}/logs"):
             cli_main(["fit", *config_args(MLP, "debug.yaml"), *logging_args(blocker / "logs")])
 
     def test_checkpoint_folder_that_cannot_be_written(self, tmp_path):
         blocker = tmp_path / "a_file"
         blocker.write_text("not a folder")
-        with pytest.raises(RunSetupError, match=f"cannot write logs or checkpoints to {blocker}/ckpt"):
+        with pytest.raises(RunSetupError, match=f"cannot write to {blocker}/ckpt"):
             cli_main(["fit", *config_args(MLP, "debug.yaml"), "--checkpoint.dirpath", str(blocker / "ckpt"),
                       *logging_args(tmp_path)])
         assert checkpoints(tmp_path) == []
