@@ -44,7 +44,7 @@ class SampleLogger(Callback):
             decoded = pl_module.decoder.sample(z)
         reconstructions, samples = decoded[: len(inputs)], decoded[len(inputs) :]
         pl_module.train(was_training)
-        step = trainer.current_epoch
+        step = trainer.global_step  # TensorBoard's step slider follows training
         if inputs.dtype == torch.long and isinstance(trainer.datamodule, TextData):
             to_text = trainer.datamodule.decode
             pairs = [f"{a}  \n→ {b}" for a, b in zip(to_text(inputs), to_text(reconstructions))]
