@@ -26,14 +26,23 @@ MODELS = {"VAE": VAE, "SkipVAE": SkipVAE}
 SA_MODELS = {"SAVAE": (SAVAE, VAE), "SkipSAVAE": (SkipSAVAE, SkipVAE)}  # each with the model it is compared to
 
 
-def matmul_flops_per_second(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so that wall times measure it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_flops_per_second(dtype: torch.dtype, size: int = 2048, repeats: int = 10,
+                            device: torch.device = torch.device("cpu")) -> float:
     """Best-of-`repeats` FLOP/s of a square matmul: the reference ceiling the model's steps are compared with."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
     a @ b
     best = float("inf")
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         a @ b
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
 

@@ -11,7 +11,9 @@ are from the exact ones (relative difference of the encoder's and of the decoder
 
     python benchmarks/train_throughput.py [--steps 10] [--batch-size 50] [--precision fp32] [--default-allocator]
                                           [--svi-steps 20] [--svi-repeats 3] [--svi-architecture mlp]
-                                          [--svi-hessian-products exact]
+                                          [--svi-hessian-products exact] [--device cuda]
+
+On `--device cuda` the peak memory is the GPU memory allocated by torch (torch.cuda.max_memory_allocated).
 """
 
 import argparse
@@ -26,12 +28,15 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (  # noqa: E402
     MLP, MODELS, SA_MODELS, add_allocator_option, apply_allocator_option, binary_images, build, matmul_flops_per_second,
-    minor_page_faults, peak_memory_gib,
+    minor_page_faults, peak_memory_gib, synchronize,
 )
 
 
+DEVICE = torch.device("cpu")  # --device
+
+
 def train_step(model, optimizer, x, dtype):
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         out = model(x)
         loss = (out["recon"] + out["kl"]).mean()
     optimizer.zero_grad(set_to_none=True)
@@ -54,22 +59,25 @@ def median_seconds(step, repeats: int) -> float:
     step()
     times = []
     for _ in range(repeats):
+        synchronize(DEVICE)
         start = time.perf_counter()
         step()
+        synchronize(DEVICE)
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
 
-def model_of(name: str, svi_steps: int, architecture: str = "pixelcnn", hessian_products: str = "finite_difference"):
+def model_of(name: str, svi_steps: int, architecture: str = "pixelcnn", hessian_products: str | None = None):
     """The MNIST model `name` (fp32): the official PixelCNN model, or the MLP model of configs/parts/mlp.yaml."""
     model_class = {**MODELS, **{sa: classes[0] for sa, classes in SA_MODELS.items()}}[name]
     overrides = {**(MLP if architecture == "mlp" else {}),
                  **({"svi_steps": svi_steps, "svi_hessian_products": hessian_products} if name in SA_MODELS else {})}
-    return build(model_class, **overrides)
+    # hessian_products None: the model's default for the architecture
+    return build(model_class, **overrides).to(DEVICE)
 
 
 def training_step_of(name: str, svi_steps: int, x, architecture: str = "pixelcnn",
-                     hessian_products: str = "finite_difference"):
+                     hessian_products: str | None = None):
     """A function that runs one training step of `model_of(...)`."""
     model = model_of(name, svi_steps, architecture, hessian_products)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -78,11 +86,13 @@ def training_step_of(name: str, svi_steps: int, x, architecture: str = "pixelcnn
     return lambda: train_step(model, optimizer, x, torch.float32)
 
 
-def peak_memory_of(name: str, svi_steps: int, batch_size: int, architecture: str, hessian_products: str) -> float:
-    """Peak resident memory (GiB) of a fresh process that runs two training steps of `name`."""
+def peak_memory_of(name: str, svi_steps: int, batch_size: int, architecture: str,
+                   hessian_products: str | None) -> float:
+    """Peak memory (GiB; resident, or GPU memory on CUDA) of a fresh process that runs two training steps of `name`."""
     result = subprocess.run([sys.executable, __file__, "--peak-memory-of", name, "--svi-steps", str(svi_steps),
                              "--batch-size", str(batch_size), "--svi-architecture", architecture,
-                             "--svi-hessian-products", hessian_products],
+                             *(["--svi-hessian-products", hessian_products] if hessian_products else []),
+                             "--device", str(DEVICE)],
                             capture_output=True, text=True, check=True)
     return float(result.stdout.split()[-1])
 
@@ -97,11 +107,13 @@ def sa_gradients(name: str, steps: int, x, architecture: str, hessian_products: 
             for part in ("encoder", "decoder")}
 
 
-def compare_svi_steps(x, steps: int, repeats: int, architecture: str, hessian_products: str) -> None:
+def compare_svi_steps(x, steps: int, repeats: int, architecture: str, hessian_products: str | None) -> None:
     """SA-VAE steps as multiples of the matching VAE step timed in this process; peak memory per fresh process;
     finite-difference against exact gradients."""
-    print(f"\nSA-VAE steps ({architecture}, fp32, batch {len(x)}, {hessian_products} Hessian-vector products): "
-          f"median of {repeats} after a warm-up; peak resident memory of a process running two steps")
+    resolved = hessian_products or model_of("SAVAE", 1, architecture).svi.hessian_products
+    print(f"\nSA-VAE steps ({architecture}, fp32, batch {len(x)}, {resolved} Hessian-vector products): "
+          f"median of {repeats} after a warm-up; peak {'GPU' if DEVICE.type == 'cuda' else 'resident'} memory of a "
+          "process running two steps")
     for name, (_, base_class) in SA_MODELS.items():
         base = base_class.__name__
         base_seconds = median_seconds(training_step_of(base, 0, x, architecture), max(repeats, 5))
@@ -138,37 +150,44 @@ def main() -> None:
     parser.add_argument("--svi-repeats", type=int, default=3, help="timed SA-VAE steps per model")
     parser.add_argument("--svi-architecture", choices=["pixelcnn", "mlp"], default="pixelcnn",
                         help="model of the SA-VAE comparison: the official PixelCNN or the MLP of configs/parts/mlp.yaml")
-    parser.add_argument("--svi-hessian-products", choices=["finite_difference", "exact"], default="finite_difference",
-                        help="how the timed SA-VAE steps compute the reverse pass's Hessian-vector products")
+    parser.add_argument("--svi-hessian-products", choices=["finite_difference", "exact"],
+                        help="how the timed SA-VAE steps compute the reverse pass's Hessian-vector products "
+                             "(default: the model's for the architecture)")
+    parser.add_argument("--device", default="cpu", help="torch device of the benchmark, e.g. cuda (default: cpu)")
     parser.add_argument("--peak-memory-of", help=argparse.SUPPRESS)  # internal: the child process of peak_memory_of
     add_allocator_option(parser)
     args = parser.parse_args()
     allocator = apply_allocator_option(args)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     if args.peak_memory_of:
-        step = training_step_of(args.peak_memory_of, args.svi_steps, binary_images(args.batch_size),
+        step = training_step_of(args.peak_memory_of, args.svi_steps, binary_images(args.batch_size).to(DEVICE),
                                 args.svi_architecture, args.svi_hessian_products)
         step()
         step()
-        print(peak_memory_gib())
+        print(torch.cuda.max_memory_allocated(DEVICE) / 2**30 if DEVICE.type == "cuda" else peak_memory_gib())
         return
     torch.manual_seed(0)
     precisions = {"fp32": torch.float32, "bf16-mixed": torch.bfloat16}
     precisions = {name: dtype for name, dtype in precisions.items() if args.precision in (name, "both")}
-    peaks = {name: matmul_flops_per_second(dtype) for name, dtype in precisions.items()}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {allocator}")
+    peaks = {name: matmul_flops_per_second(dtype, device=DEVICE) for name, dtype in precisions.items()}
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}, {allocator}")
     print("matmul peak: " + ", ".join(f"{name} {peak / 1e9:.1f} GFLOP/s" for name, peak in peaks.items()))
-    x = binary_images(args.batch_size)
+    x = binary_images(args.batch_size).to(DEVICE)
     print(f"{'model':8s} {'precision':10s} {'images/s':>9s} {'GFLOP/step':>11s} {'GFLOP/s':>8s} {'of matmul peak':>15s} {'page faults/step':>17s}")
     for name, model_class in MODELS.items():
-        model = build(model_class)
+        model = build(model_class).to(DEVICE)
         flops = flops_per_step(model, x)
         for precision, dtype in precisions.items():
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
             for _ in range(3):
                 train_step(model, optimizer, x, dtype)
+            synchronize(DEVICE)
             faults, start = minor_page_faults(), time.perf_counter()
             for _ in range(args.steps):
                 train_step(model, optimizer, x, dtype)
+            synchronize(DEVICE)
             seconds = (time.perf_counter() - start) / args.steps
             faults = (minor_page_faults() - faults) / args.steps
             achieved = flops / seconds

@@ -4,6 +4,8 @@
     python -m experiments.run mnist_cpu --dry-run    # print the main.py commands only
     python -m experiments.run --list                 # the studies
     python -m experiments.run mnist_cpu --precision bf16-mixed --out results/bf16   # another precision
+    python -m experiments.run mnist_paper --jobs 4      # up to 4 runs at once, each on its own GPU (or CPU cores)
+    python -m experiments.run mnist_paper --slurm-array # write a SLURM array job (one run per task) and its report job
 
 Studies run in fp32 unless `--precision` says otherwise. bf16-mixed is faster only on CPUs with native bfloat16
 arithmetic (AVX512-BF16 or AMX) and on recent GPUs; elsewhere it is emulated and several times slower than fp32.
@@ -20,13 +22,24 @@ fresh process. Outputs, under `<out>/<study>/`:
 An interrupted study resumes where it stopped: finished runs are reused, and a run whose training was cut off
 continues from its `last.ckpt`. A run folder made with other arguments (another precision, say) is never reused:
 the runner stops and names it.
+
+With `--jobs N` up to N runs go at once, each in its own slot: one visible GPU per slot where CUDA GPUs are
+visible, else an equal share of this process's CPU cores (pinned, with as many threads). The table is the same
+as one by one: each run is seeded and runs alone in its slot; only the wall times differ. `--run-index I` runs
+the I-th run only (what each task of a SLURM array does) and `--report-only` writes the table once all are done.
 """
 
 import argparse
 import json
+import os
+import queue
+import shlex
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.report import write_report
@@ -36,7 +49,49 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class RunFailed(RuntimeError):
-    """A fit or test subprocess exited with an error."""
+    """A fit or test subprocess exited with an error, or the study cannot be run as asked."""
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one run of a parallel study executes: environment variables and the CPU cores it is pinned to."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    cpus: frozenset[int] | None = None
+
+    def describe(self) -> str:
+        if "CUDA_VISIBLE_DEVICES" in self.env:
+            return f"GPU {self.env['CUDA_VISIBLE_DEVICES']}"
+        return f"CPU cores {','.join(map(str, sorted(self.cpus)))}" if self.cpus else "all devices"
+
+
+def visible_gpus() -> list[str]:
+    """The CUDA devices this process may use, as CUDA_VISIBLE_DEVICES entries."""
+    import torch
+
+    count = torch.cuda.device_count()
+    if count == 0:
+        return []
+    listed = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return listed[:count] if listed else [str(i) for i in range(count)]
+
+
+def make_slots(jobs: int) -> list[Slot]:
+    """`jobs` slots: one GPU each where GPUs are visible, else equal shares of the CPU cores."""
+    if jobs == 1:
+        return [Slot()]
+    if gpus := visible_gpus():
+        if jobs > len(gpus):
+            raise RunFailed(f"--jobs {jobs}: only {len(gpus)} GPU(s) are visible; use --jobs {len(gpus)} or fewer")
+        return [Slot({"CUDA_VISIBLE_DEVICES": gpu}) for gpu in gpus[:jobs]]
+    cores = sorted(os.sched_getaffinity(0))
+    if jobs > len(cores):
+        raise RunFailed(f"--jobs {jobs}: this process may use {len(cores)} CPU core(s); use --jobs {len(cores)} "
+                        "or fewer (parallel runs on shared cores slow each other down more than they gain)")
+    share = len(cores) // jobs
+    return [Slot({"OMP_NUM_THREADS": str(share), "CUDA_VISIBLE_DEVICES": ""},
+                 frozenset(cores[i * share:(i + 1) * share]))
+            for i in range(jobs)]
 
 
 def _logger_args(run_dir: Path, phase: str) -> list[str]:
@@ -65,16 +120,18 @@ def test_command(run: Run, run_dir: Path) -> list[str]:
             "--ckpt_path", str(best_checkpoint(run_dir))]
 
 
-def _execute(command: list[str], log: Path, quiet: bool) -> None:
-    """Run `python <command>` from the project root; output to the terminal, or to `log` (without the
+def _execute(command: list[str], log: Path, quiet: bool, slot: Slot = Slot()) -> None:
+    """Run `python <command>` from the project root in `slot`; output to the terminal, or to `log` (without the
     progress bar) when quiet."""
     full = [sys.executable, *command, *(["--trainer.enable_progress_bar", "false"] if quiet else [])]
     log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **slot.env}
+    pin = (lambda: os.sched_setaffinity(0, slot.cpus)) if slot.cpus else None
     if quiet:
         with open(log, "w") as handle:
-            result = subprocess.run(full, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+            result = subprocess.run(full, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=env, preexec_fn=pin)
     else:
-        result = subprocess.run(full, cwd=ROOT)
+        result = subprocess.run(full, cwd=ROOT, env=env, preexec_fn=pin)
     if result.returncode != 0:
         where = f"; its output is in {log}" if quiet else ""
         raise RunFailed(f"`python {' '.join(command)}` exited with code {result.returncode}{where}")
@@ -101,16 +158,16 @@ def check_run_arguments(run: Run, run_dir: Path) -> None:
         path.write_text(json.dumps(run.main_args()))
 
 
-def run_one(run: Run, run_dir: Path, quiet: bool) -> dict:
+def run_one(run: Run, run_dir: Path, quiet: bool, slot: Slot = Slot()) -> dict:
     """Fit (or finish fitting) and test one run; returns and stores its metrics."""
     started = time.time()
     fit_done = run_dir / "fit.done"  # holds the fit's wall time in seconds
     if not fit_done.exists():
-        _execute(fit_command(run, run_dir), run_dir / "fit.log", quiet)
+        _execute(fit_command(run, run_dir), run_dir / "fit.log", quiet, slot)
         fit_done.write_text(f"{time.time() - started:.1f}\n")
     fit_seconds = float(fit_done.read_text())
     test_started = time.time()
-    _execute(test_command(run, run_dir), run_dir / "test.log", quiet)
+    _execute(test_command(run, run_dir), run_dir / "test.log", quiet, slot)
     diagnostics_file = run_dir / "test" / "latent_diagnostics.json"
     diagnostics = json.loads(diagnostics_file.read_text()) if diagnostics_file.exists() else {}
     record = {
@@ -128,31 +185,87 @@ def run_one(run: Run, run_dir: Path, quiet: bool) -> dict:
     return record
 
 
-def run_study(name: str, study: Study, out: Path, quiet: bool = False) -> list[dict]:
-    study_dir = out / name
-    records, total = [], len(study.runs)
-    started = time.time()
-    for number, run in enumerate(study.runs, 1):
-        run_dir = study_dir / "runs" / run.name
-        done = run_dir / "metrics.json"
-        prefix = f"[{number}/{total}] {name}/{run.name}"
-        check_run_arguments(run, run_dir)
-        if done.exists():
-            print(f"{prefix}: finished earlier, reusing {done}", flush=True)
-            records.append(json.loads(done.read_text()))
-            continue
-        resuming = (run_dir / "fit" / "checkpoints" / "last.ckpt").exists() and not (run_dir / "fit.done").exists()
-        print(f"{prefix}: {'resuming' if resuming else 'starting'} (elapsed {_clock(time.time() - started)})",
-              flush=True)
-        record = run_one(run, run_dir, quiet)
+def run_study(name: str, study: Study, out: Path, quiet: bool = False, jobs: int = 1, only: int | None = None) -> None:
+    """Run the study's unfinished runs (all, or only the run numbered `only`), up to `jobs` at once, then write
+    the report (unless `only`). Runs already finished are reused."""
+    study_dir, total, started = out / name, len(study.runs), time.time()
+    slots: queue.Queue[Slot] = queue.Queue()
+    for slot in make_slots(jobs):
+        slots.put(slot)
+    failed = threading.Event()  # after a failure, runs not yet started are not started
+
+    def execute(number: int, run: Run) -> None:
+        if failed.is_set():
+            return
+        run_dir, prefix, slot = study_dir / "runs" / run.name, f"[{number}/{total}] {name}/{run.name}", slots.get()
+        try:
+            resuming = (run_dir / "fit" / "checkpoints" / "last.ckpt").exists() and not (run_dir / "fit.done").exists()
+            where = "" if jobs == 1 else f" on {slot.describe()}"
+            print(f"{prefix}: {'resuming' if resuming else 'starting'}{where} (elapsed "
+                  f"{_clock(time.time() - started)})", flush=True)
+            record = run_one(run, run_dir, quiet, slot)
+        except RunFailed:
+            failed.set()
+            raise
+        finally:
+            slots.put(slot)
         summary = ", ".join(f"{k.split('/')[1]} {record['metrics'][k]:.3f}" for k in study.metrics
                             if k in record["metrics"])
         print(f"{prefix}: done in {_clock(record['seconds'])}: {summary}", flush=True)
-        records.append(record)
+
+    pending = []
+    for number, run in enumerate(study.runs, 1) if only is None else [(only + 1, study.runs[only])]:
+        run_dir = study_dir / "runs" / run.name
+        check_run_arguments(run, run_dir)
+        if (run_dir / "metrics.json").exists():
+            print(f"[{number}/{total}] {name}/{run.name}: finished earlier, reusing {run_dir / 'metrics.json'}",
+                  flush=True)
+        else:
+            pending.append((number, run))
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(execute, number, run) for number, run in pending]
+    errors = [future.exception() for future in futures if future.exception() is not None]
+    if errors:
+        raise errors[0]
+    if only is None:
+        report_study(name, study, out, started)
+
+
+def report_study(name: str, study: Study, out: Path, started: float | None = None) -> list[dict]:
+    """Write the study's tables and plots from its finished runs (in study order); every run must be finished."""
+    study_dir = out / name
+    missing = [run.name for run in study.runs if not (study_dir / "runs" / run.name / "metrics.json").exists()]
+    if missing:
+        raise RunFailed(f"{len(missing)} of the {len(study.runs)} runs of {name} are not finished "
+                        f"({', '.join(missing)}); run them first")
+    records = [json.loads((study_dir / "runs" / run.name / "metrics.json").read_text()) for run in study.runs]
     write_report(name, study, records, study_dir)
-    print(f"{name}: {total} runs; results in {study_dir}/results.md (elapsed {_clock(time.time() - started)})",
-          flush=True)
+    elapsed = f" (elapsed {_clock(time.time() - started)})" if started is not None else ""
+    print(f"{name}: {len(records)} runs; results in {study_dir}/results.md{elapsed}", flush=True)
     return records
+
+
+def slurm_array_scripts(name: str, study: Study, out: Path, precision: str | None) -> dict[str, str]:
+    """The files of a SLURM submission of the study: `runs.sbatch`, an array job with one task per run (task I
+    runs `--run-index I`), `report.sbatch`, which writes the table, and `submit.sh`, which submits the report to
+    start once every array task has succeeded. sbatch options on the command line override the #SBATCH lines."""
+    folder = out / name / "slurm"
+    runner = shlex.join([sys.executable, "-m", "experiments.run", name,
+                         *(["--precision", precision] if precision else []), "--out", str(out)])
+    runs = "\n".join([
+        "#!/bin/bash", f"#SBATCH --job-name={name}", f"#SBATCH --array=0-{len(study.runs) - 1}", "#SBATCH --ntasks=1",
+        "#SBATCH --cpus-per-task=8", "#SBATCH --gpus=1", f"#SBATCH --output={folder}/run_%a.out",
+        f"# one run of the study per array task: {len(study.runs)} runs",
+        f"cd {shlex.quote(str(ROOT))}", f'exec {runner} --quiet --run-index "$SLURM_ARRAY_TASK_ID"', ""])
+    report = "\n".join([
+        "#!/bin/bash", f"#SBATCH --job-name={name}-report", "#SBATCH --ntasks=1", "#SBATCH --cpus-per-task=2",
+        f"#SBATCH --output={folder}/report.out", f"cd {shlex.quote(str(ROOT))}", f"exec {runner} --report-only", ""])
+    submit = "\n".join([
+        "#!/bin/bash", "# Submits the study's runs as one array job and its report after all of them succeeded.",
+        "# Options for the runs go to the first sbatch, e.g. bash submit.sh --partition gpu --time 12:00:00",
+        "set -euo pipefail", f'runs=$(sbatch --parsable "$@" {shlex.quote(str(folder / "runs.sbatch"))})',
+        f'sbatch --dependency=afterok:"${{runs%%;*}}" {shlex.quote(str(folder / "report.sbatch"))}', ""])
+    return {"runs.sbatch": runs, "report.sbatch": report, "submit.sh": submit}
 
 
 def _clock(seconds: float) -> str:
@@ -170,6 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the studies")
     parser.add_argument("--precision", help="trainer precision for every run, e.g. 32-true or bf16-mixed "
                                             "(default: 32-true)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, each on its own GPU or share of the "
+                                                             "CPU cores (default: 1)")
+    parser.add_argument("--run-index", type=int, help="run only the run with this index (0-based, study order) "
+                                                      "and write no table: what one SLURM array task does")
+    parser.add_argument("--report-only", action="store_true", help="write the table and plots of a study whose "
+                                                                   "runs are all finished; run nothing")
+    parser.add_argument("--slurm-array", action="store_true", help="write <out>/<study>/slurm/{runs.sbatch,"
+                        "report.sbatch,submit.sh} (one array task per run, then the report) and print how to submit")
     args = parser.parse_args(argv)
     if args.list or args.study is None:
         for name, study in STUDIES.items():
@@ -178,14 +299,30 @@ def main(argv: list[str] | None = None) -> int:
     study = STUDIES[args.study]
     if args.precision:
         study = study.with_precision(args.precision)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    if args.run_index is not None and not 0 <= args.run_index < len(study.runs):
+        parser.error(f"--run-index {args.run_index}: {args.study} has runs 0 to {len(study.runs) - 1}")
+    out = args.out.resolve()
     if args.dry_run:
-        for run in study.runs:
-            run_dir = args.out / args.study / "runs" / run.name
+        for run in study.runs if args.run_index is None else [study.runs[args.run_index]]:
+            run_dir = out / args.study / "runs" / run.name
             print(f"# {run.name}\npython {' '.join(fit_command(run, run_dir))}\n"
                   f"python {' '.join(test_command(run, run_dir))}")
         return 0
+    if args.slurm_array:
+        folder = out / args.study / "slurm"
+        folder.mkdir(parents=True, exist_ok=True)
+        for file, text in slurm_array_scripts(args.study, study, out, args.precision).items():
+            (folder / file).write_text(text)
+        print(f"wrote {folder}/runs.sbatch ({len(study.runs)} array tasks), report.sbatch and submit.sh; submit "
+              f"with: bash {folder}/submit.sh [sbatch options for the runs]")
+        return 0
     try:
-        run_study(args.study, study, args.out.resolve(), args.quiet)
+        if args.report_only:
+            report_study(args.study, study, out)
+        else:
+            run_study(args.study, study, out, args.quiet, args.jobs, args.run_index)
     except RunFailed as error:
         print(f"error: {error}. Finished runs are kept: fix the cause and run the same command again.",
               file=sys.stderr)

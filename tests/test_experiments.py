@@ -24,7 +24,7 @@ def runner(out, *extra) -> list[str]:
 
 class TestStudyRunner:
     @pytest.mark.integration
-    def test_interrupted_study_resumes_and_reports(self, tmp_path):
+    def test_interrupted_study_resumes_and_reports_one_by_one_or_in_parallel(self, tmp_path):
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
         first = tmp_path / "debug" / "runs" / "vae_seed1" / "metrics.json"
         process = subprocess.Popen(runner(tmp_path), cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -64,6 +64,29 @@ class TestStudyRunner:
                                capture_output=True, text=True, timeout=120)
         assert other.returncode == 1 and "runs/vae_seed1 holds a run made with other arguments" in other.stderr
         assert "Pass another --out folder" in other.stderr and first.stat().st_mtime == finished_at
+
+        # The same study with two runs at once (a share of the CPU cores each), interrupted when the first fit is
+        # done, then resumed: the same table as one by one (each run seeded, alone in its slot).
+        parallel = tmp_path / "parallel"
+        process = subprocess.Popen(runner(parallel, "--jobs", "2"), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        runs = parallel / "debug" / "runs"
+        deadline = time.time() + 300
+        while not list(runs.glob("*/fit.done")) and process.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGKILL)
+        output = process.communicate()[0].decode()
+        assert output.count(" on CPU cores ") == 2, output[-2000:]  # both started, each in its slot
+        assert list(runs.glob("*/fit.done")) and not list(runs.glob("*/metrics.json"))
+        resumed = subprocess.run(runner(parallel, "--jobs", "2"), cwd=ROOT, env=env, capture_output=True, text=True,
+                                 timeout=300)
+        assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+        assert "finished earlier" not in resumed.stdout
+        one_by_one = [row.rsplit(",", 1)[0] for row in rows]  # without the wall time
+        in_parallel = [row.rsplit(",", 1)[0] for row in (parallel / "debug" / "results.csv").read_text().splitlines()]
+        assert in_parallel == one_by_one
+        assert markdown_table(STUDIES["debug"], [json.loads((runs / r / "metrics.json").read_text())
+                                                 for r in ("vae_seed1", "skipvae_seed1")]) in table
 
     @pytest.mark.integration
     def test_failed_run_stops_with_message(self, tmp_path):
