@@ -3,6 +3,7 @@ or homotopies (text), the HParams entry with the test metrics, no `epoch`/`hp_me
 stamped with the global step."""
 
 import pytest
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import fixture_args
@@ -21,15 +22,19 @@ def fit_and_test(tmp_path, config: str, *extra: str):
     return fit_dir, tmp_path / "test" / "version_0"
 
 
-def hparams_entry(events) -> tuple[dict, list[str]]:
-    """The run's hyper-parameters and the metric names of its HParams entry."""
-    def content(tag):
-        return plugin_data_pb2.HParamsPluginData.FromString(events.SummaryMetadata(tag).plugin_data.content)
-
-    tags = events.Tags()["tensors"]
-    assert "_hparams_/experiment" in tags and "_hparams_/session_start_info" in tags
-    start = content("_hparams_/session_start_info").session_start_info
-    experiment = content("_hparams_/experiment").experiment
+def hparams_entry(log_dir) -> tuple[dict, list[str]]:
+    """The run's hyper-parameters and the metric names of its HParams entry, read from the raw event file (the
+    entry's summaries carry plugin data only, which EventAccumulator does not keep)."""
+    contents = {}
+    for path in log_dir.glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "hparams":
+                    contents[value.tag] = plugin_data_pb2.HParamsPluginData.FromString(
+                        value.metadata.plugin_data.content)
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(contents)
+    start = contents["_hparams_/session_start_info"].session_start_info
+    experiment = contents["_hparams_/experiment"].experiment
     return dict(start.hparams), [m.name.tag for m in experiment.metric_infos]
 
 
@@ -57,7 +62,7 @@ def test_image_run(tmp_path):
     rows = files["tensors.tsv"].read_text().splitlines()
     assert len(rows) == 32 and len(rows[0].split("\t")) == 20  # 2 test batches of 16, latent 20
     assert len(files["metadata.tsv"].read_text().splitlines()) == 32 and "sprite.png" in files
-    hparams, metrics = hparams_entry(test_events)
+    hparams, metrics = hparams_entry(test_dir)
     assert hparams["latent_dim"].number_value == 20 and not [k for k in hparams if k.startswith("_")]
     assert {"test/elbo", "test/kl", "test/mi", "test/au", "test/nll_iw"} <= set(metrics)
     assert "hp_metric" not in metrics
@@ -79,5 +84,5 @@ def test_text_run(tmp_path, fixture_data_dir):
     metadata = files["metadata.tsv"].read_text().splitlines()
     assert len(metadata) == len(files["tensors.tsv"].read_text().splitlines()) and "sprite.png" not in files
     assert all(line.strip() for line in metadata)  # each point labelled with its document
-    _, metrics = hparams_entry(events)
+    _, metrics = hparams_entry(test_dir)
     assert {"test/ppl_iw", "test/ppl_elbo", "test/mi"} <= set(metrics)

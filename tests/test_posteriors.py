@@ -44,7 +44,7 @@ def test_predict_writes_the_encoders_posteriors_on_one_or_two_processes(tmp_path
         "labels": ("int64", (1000,)), "index": ("int64", (1000,))}
     data = MNISTDataModule()
     data.setup("test")
-    batch = data.datasets["test"].__getitems__(list(range(1000)))
+    batch = data.on_after_batch_transfer(data.datasets["test"].__getitems__(list(range(1000))), 0)
     model = SkipVAE.load_from_checkpoint(checkpoint).eval()
     with torch.no_grad():
         mean, logvar = model.encode(batch["x"])
