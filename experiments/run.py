@@ -60,9 +60,9 @@ class Slot:
     cpus: frozenset[int] | None = None
 
     def describe(self) -> str:
-        if "CUDA_VISIBLE_DEVICES" in self.env:
-            return f"GPU {self.env['CUDA_VISIBLE_DEVICES']}"
-        return f"CPU cores {','.join(map(str, sorted(self.cpus)))}" if self.cpus else "all devices"
+        if self.cpus:
+            return f"CPU cores {','.join(map(str, sorted(self.cpus)))}"
+        return f"GPU {self.env['CUDA_VISIBLE_DEVICES']}" if self.env.get("CUDA_VISIBLE_DEVICES") else "all devices"
 
 
 def visible_gpus() -> list[str]:

@@ -17,7 +17,9 @@ J_lambda(g_k)^T a_p = H_lambda,lambda w and J_theta(g_k)^T a_p = H_theta,lambda 
   r = 1e-5, one gradient evaluation per reverse step. grad_lambda f(lambda_k) is kept from the forward pass
   (K x batch x latent values, like lambda_k); the decoder's gradients at the lambda_k are summed in float64 during
   the forward pass, so the decoder part needs one sum, not K copies of the parameters' gradients. All gradient
-  evaluations run in float32 (autocast off): a difference at r = 1e-5 means nothing in bfloat16.
+  evaluations run in float32 (autocast off): a difference at r = 1e-5 means nothing in bfloat16. They need a
+  smooth decoder: the gradient of a ReLU network jumps where lambda_k + r w crosses a kink (SAVAE uses exact
+  products for the MLP decoder).
 - "exact": double backward through each step, recomputed from lambda_k; exact to rounding, where finite
   differences in float32 are off by a few percent, and about 1.6 times their time on the MNIST PixelCNN (CPU).
   The recomputation runs with cuDNN off (cuDNN's LSTM has no double backward).

@@ -60,8 +60,9 @@ def test_two_torchrun_nodes_fit_and_test_like_one_process(tmp_path):
         folder.mkdir()
         (folder / "main.py").symlink_to(ROOT / "main.py")
     checkpoint = folders[0] / "logs" / "run" / "fit" / "checkpoints" / "last.ckpt"
-    base = {**os.environ, "PYTHONWARNINGS": "ignore", "NODES": "2", "GPUS": "1", "MAIN_ADDR": "127.0.0.1",
-            "CONFIG": str(ROOT / "configs" / SMALL), "CKPT": str(checkpoint)}
+    path = f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"  # torchrun of this environment
+    base = {**os.environ, "PATH": path, "PYTHONWARNINGS": "ignore", "NODES": "2", "GPUS": "1",
+            "MAIN_ADDR": "127.0.0.1", "CONFIG": str(ROOT / "configs" / SMALL), "CKPT": str(checkpoint)}
     # the first 2,000 test images on both nodes together: 2 batches of 500 per process
     extras = {"fit": [*config_args("debug.yaml"), *logging("fit")],
               "test": [*config_args("debug.yaml"), *logging("test"), "--data.init_args.eval_batch_size", "500",
@@ -108,7 +109,7 @@ def test_sbatch_script_under_a_simulated_slurm_allocation(tmp_path):
              "--trainer.logger.init_args.version", "0", "--trainer.enable_progress_bar", "false",
              "--trainer.accelerator", "cpu"]
     args = shlex.split(command.replace("sbatch ", "bash ", 1).replace("configs/", f"{ROOT}/configs/"))
-    result = subprocess.run([*args, *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    result = subprocess.run([*args, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert output.count("Initializing distributed: GLOBAL_RANK: ") == 2 and "MEMBER: 2/2" in output
