@@ -64,7 +64,10 @@ def checkpoint_bytes(model) -> int:
 
 def check_output_folders(trainer, needed_bytes: int, extra_folders: Sequence[Path] = ()) -> None:
     """Log and checkpoint folders (and `extra_folders`) must be writable, with room for a few checkpoints, before
-    any work starts."""
+    any work starts. Checked by global rank 0 only, the process that writes them (on a node of its own, another
+    rank must not create folders)."""
+    if not trainer.is_global_zero:
+        return
     folders = [Path(trainer.default_root_dir)]
     if trainer.logger is not None:
         folders = [Path(getattr(trainer.logger, "root_dir", None) or trainer.logger.save_dir)]

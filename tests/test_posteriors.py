@@ -38,7 +38,8 @@ def test_predict_writes_the_encoders_posteriors_on_one_or_two_processes(tmp_path
     from datamodules import MNISTDataModule
     from models import SkipVAE
 
-    one = predict(tmp_path / "one", checkpoint, "--trainer.limit_predict_batches", "2")
+    one = predict(tmp_path / "one", checkpoint, "--trainer.limit_predict_batches", "4",
+                  "--data.init_args.eval_batch_size", "250")
     assert {k: (v.dtype.name, v.shape) for k, v in one.items()} == {
         "mean": ("float32", (1000, 20)), "logvar": ("float32", (1000, 20)), "z": ("float32", (1000, 20)),
         "labels": ("int64", (1000,)), "index": ("int64", (1000,))}
@@ -52,9 +53,10 @@ def test_predict_writes_the_encoders_posteriors_on_one_or_two_processes(tmp_path
     np.testing.assert_array_equal(one["labels"], batch["label"].numpy())
     np.testing.assert_allclose(one["mean"], mean.numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(one["logvar"], logvar.numpy(), rtol=1e-6, atol=1e-6)
-    # two processes (gloo), one batch of 500 each: every second example each, the same 1,000 in dataset order
+    # two processes (gloo), two batches of 250 each: every second example each, the same 1,000 in dataset order
+    # (a limit of 1 would read as 1.0, all batches)
     two = predict(tmp_path / "two", checkpoint, "--config", str(ROOT / "configs" / "ddp.yaml"),
-                  "--trainer.limit_predict_batches", "1")
+                  "--trainer.limit_predict_batches", "2", "--data.init_args.eval_batch_size", "250")
     for key in one:
         np.testing.assert_array_equal(two[key], one[key], err_msg=key)
     assert not list((tmp_path / "two").glob("*.part*.npz"))  # the shards are merged and removed
