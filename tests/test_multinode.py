@@ -84,7 +84,7 @@ def test_two_torchrun_nodes_fit_and_test_like_one_process(tmp_path):
                     "--data.init_args.eval_batch_size", "500", "--trainer.limit_test_batches", "4",
                     "--ckpt_path", str(checkpoint)])
     assert one.returncode == 0, one.stderr[-3000:]
-    one_process = scalars(next((tmp_path / "one").glob("*/0")))
+    one_process = scalars(next((tmp_path / "one").glob("*/version_0")))
     for name in ("test/kl", "test/au", "test/mi", "test/nll_iw", "test/elbo"):
         assert two_nodes[name] == pytest.approx(one_process[name], rel=1e-6), name
     # the minibatch MI depends on which examples share a batch: each process batches its own shard
