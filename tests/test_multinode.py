@@ -113,7 +113,7 @@ def test_sbatch_script_under_a_simulated_slurm_allocation(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert output.count("Initializing distributed: GLOBAL_RANK: ") == 2 and "MEMBER: 2/2" in output
-    (run_dir,) = (tmp_path / "logs").glob("*/0")
+    (run_dir,) = (tmp_path / "logs").glob("*/version_0")
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
 
