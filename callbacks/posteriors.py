@@ -20,9 +20,8 @@ KEYS = ("mean", "logvar", "z", "labels", "index")
 
 
 class PosteriorWriter(BasePredictionWriter):
-    """Gathers the `predict_step` outputs of every process and writes them, sorted by example index, to one `.npz`
-    (rank 0 writes; under DDP each process first leaves its shard next to the output, so the output folder must be
-    one that every process sees). No example is written twice, none is dropped."""
+    """Gathers the `predict_step` outputs of every process on rank 0, which writes them, sorted by example index, to
+    one `.npz`. No example is written twice, none is dropped."""
 
     def __init__(self, output: str | None = None):
         """
@@ -32,7 +31,6 @@ class PosteriorWriter(BasePredictionWriter):
         """
         super().__init__(write_interval="epoch")
         self.output = output
-        self.written: Path | None = None
 
     def target(self, trainer: L.Trainer) -> Path:
         if self.output is not None:
@@ -43,19 +41,12 @@ class PosteriorWriter(BasePredictionWriter):
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         target = self.target(trainer)  # trainer.log_dir is a collective under DDP: asked on every process
         shard = {key: torch.cat([p[key] for p in predictions]).numpy() for key in KEYS if key in predictions[0]}
-        if trainer.world_size == 1:
-            return self.write(target, [shard])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        part = target.with_name(f"{target.stem}.part{trainer.global_rank}.npz")
-        np.savez(part, **shard)
-        trainer.strategy.barrier()
+        shards = [shard]
+        if trainer.world_size > 1:  # every process's shard to rank 0, through the process group
+            shards = [None] * trainer.world_size if trainer.is_global_zero else None
+            torch.distributed.gather_object(shard, shards, dst=0)
         if trainer.is_global_zero:
-            parts = [target.with_name(f"{target.stem}.part{rank}.npz") for rank in range(trainer.world_size)]
-            self.write(target, [dict(np.load(p)) for p in parts])
-            for p in parts:
-                p.unlink()
-        trainer.strategy.barrier()
-        self.written = target
+            self.write(target, shards)
 
     def write(self, target: Path, shards: list[dict[str, np.ndarray]]) -> None:
         merged = {key: np.concatenate([s[key] for s in shards]) for key in shards[0]}
@@ -65,5 +56,4 @@ class PosteriorWriter(BasePredictionWriter):
             raise RuntimeError("an example was predicted twice: the predict loader must not repeat examples")
         target.parent.mkdir(parents=True, exist_ok=True)
         np.savez(target, **merged)
-        self.written = target
         print(f"wrote the posteriors of {len(order)} examples to {target}")
