@@ -11,6 +11,8 @@ epochs): the embedding projector of posterior means, latent traversals and inter
 Everything is stamped with the global step, so TensorBoard's slider follows training.
 """
 
+from dataclasses import dataclass
+
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -79,49 +81,54 @@ class LatentSpaceViews(Callback):
         if not self.active or not self.means:
             return
         self.active = False
-        means = torch.cat(self.means)
-        inputs = _concat_inputs(self.inputs)
+        means, inputs = torch.cat(self.means), _concat_inputs(self.inputs)
         labels = torch.cat(self.labels) if self.labels else None
         self.inputs, self.means, self.labels = [], [], []
-        experiment, step = trainer.logger.experiment, trainer.global_step
-        text = trainer.datamodule if inputs.dtype == torch.long and isinstance(trainer.datamodule, TextData) else None
-        if text is not None:
-            metadata = [s.replace("\t", " ")[:100] or "(empty)" for s in text.decode(inputs)]
-            if labels is not None:
-                metadata = [f"{int(y)} {s}" for y, s in zip(labels, metadata)]
-            experiment.add_embedding(means, metadata=metadata, global_step=step, tag=f"{stage}/posterior_means")
-        else:
-            experiment.add_embedding(means, metadata=None if labels is None else labels.tolist(),
-                                     label_img=inputs.float(), global_step=step, tag=f"{stage}/posterior_means")
         traversal_z, dims, values = self.traversal_points(means)
         pairs = [(2 * i, 2 * i + 1) for i in range(self.num_interpolations) if 2 * i + 1 < len(means)]
         weights = torch.linspace(0, 1, self.steps)
         line_z = [(1 - w) * means[a] + w * means[b] for a, b in pairs for w in weights]
-        z = torch.cat([traversal_z, torch.stack(line_z)]) if line_z else traversal_z
-        decoded = self.decode(trainer, pl_module, z)
-        traversals, lines = decoded[: len(traversal_z)], decoded[len(traversal_z):]
-        if text is not None:
-            rows = [f"**z{d} = {v:+.2f}**: {s}" for (d, v), s in zip(
-                [(d, float(v)) for d in dims for v in values], text.decode(traversals))]
-            experiment.add_text(f"{stage}/latent_traversals", "  \n".join(rows), step)
-            sentences, homotopies = text.decode(lines), []
-            for i, (a, b) in enumerate(pairs):
-                ends = text.decode(inputs[[a, b]])
-                steps = sentences[i * self.steps:(i + 1) * self.steps]
-                homotopies.append("  \n".join([f"*input {a}*: {ends[0]}",
-                                               *[f"t = {float(w):.2f}: {s}" for w, s in zip(weights, steps)],
-                                               f"*input {b}*: {ends[1]}"]))
-            if homotopies:
-                experiment.add_text(f"{stage}/interpolations", "\n\n".join(homotopies), step)
-            return
-        grid = make_grid(traversals.float(), nrow=self.steps, pad_value=0.5)
-        experiment.add_image(f"{stage}/latent_traversals", grid, step)
-        if pairs:
+        decoded = self.decode(trainer, pl_module, torch.cat([traversal_z, *[z[None] for z in line_z]]))
+        views = Views(stage, means, inputs, labels, dims, values, decoded[: len(traversal_z)],
+                      decoded[len(traversal_z):], pairs, weights)
+        experiment, step = trainer.logger.experiment, trainer.global_step
+        if inputs.dtype == torch.long and isinstance(trainer.datamodule, TextData):
+            self._write_text(experiment, step, views, trainer.datamodule)
+        else:
+            self._write_images(experiment, step, views)
+
+    def _write_text(self, experiment, step: int, views: "Views", text: TextData) -> None:
+        """Documents in the projector's labels, traversals as one sentence per value, homotopies."""
+        metadata = [s.replace("\t", " ")[:100] or "(empty)" for s in text.decode(views.inputs)]
+        if views.labels is not None:
+            metadata = [f"{int(y)} {s}" for y, s in zip(views.labels, metadata)]
+        experiment.add_embedding(views.means, metadata=metadata, global_step=step, tag=f"{views.stage}/posterior_means")
+        rows = [f"**z{d} = {float(v):+.2f}**: {s}" for (d, v), s in zip(
+            [(d, v) for d in views.dims for v in views.values], text.decode(views.traversals))]
+        experiment.add_text(f"{views.stage}/latent_traversals", "  \n".join(rows), step)
+        sentences, homotopies = text.decode(views.lines), []
+        for i, (a, b) in enumerate(views.pairs):
+            ends = text.decode(views.inputs[[a, b]])
+            line = sentences[i * self.steps:(i + 1) * self.steps]
+            homotopies.append("  \n".join([f"*input {a}*: {ends[0]}",
+                                           *[f"t = {float(w):.2f}: {s}" for w, s in zip(views.weights, line)],
+                                           f"*input {b}*: {ends[1]}"]))
+        if homotopies:
+            experiment.add_text(f"{views.stage}/interpolations", "\n\n".join(homotopies), step)
+
+    def _write_images(self, experiment, step: int, views: "Views") -> None:
+        """Thumbnails in the projector, the traversal grid, rows [input a, decodings, input b]."""
+        experiment.add_embedding(views.means, metadata=None if views.labels is None else views.labels.tolist(),
+                                 label_img=views.inputs.float(), global_step=step, tag=f"{views.stage}/posterior_means")
+        experiment.add_image(f"{views.stage}/latent_traversals",
+                             make_grid(views.traversals.float(), nrow=self.steps, pad_value=0.5), step)
+        if views.pairs:
             rows = []
-            for i, (a, b) in enumerate(pairs):
-                rows += [inputs[a].float(), *lines[i * self.steps:(i + 1) * self.steps].float(), inputs[b].float()]
-            experiment.add_image(f"{stage}/interpolations", make_grid(torch.stack(rows), nrow=self.steps + 2,
-                                                                      pad_value=0.5), step)
+            for i, (a, b) in enumerate(views.pairs):
+                rows += [views.inputs[a].float(), *views.lines[i * self.steps:(i + 1) * self.steps].float(),
+                         views.inputs[b].float()]
+            experiment.add_image(f"{views.stage}/interpolations",
+                                 make_grid(torch.stack(rows), nrow=self.steps + 2, pad_value=0.5), step)
 
     def traversal_points(self, means: torch.Tensor) -> tuple[torch.Tensor, list[int], torch.Tensor]:
         """z of the traversal grid (dimension-major), the traversed dimensions (most active first) and the values."""
@@ -142,6 +149,22 @@ class LatentSpaceViews(Callback):
             decoded = pl_module.decoder.sample(z.to(pl_module.device), greedy=True).cpu()
         pl_module.train(was_training)
         return decoded
+
+
+@dataclass
+class Views:
+    """What one logging of the views shows: the collected examples and the greedy decodings of the chosen z."""
+
+    stage: str
+    means: torch.Tensor
+    inputs: torch.Tensor
+    labels: torch.Tensor | None
+    dims: list[int]
+    values: torch.Tensor
+    traversals: torch.Tensor  # decodings, dimension-major (one row of `steps` per dimension)
+    lines: torch.Tensor  # decodings along the lines, `steps` per pair
+    pairs: list[tuple[int, int]]
+    weights: torch.Tensor
 
 
 def _concat_inputs(inputs: list[torch.Tensor]) -> torch.Tensor:

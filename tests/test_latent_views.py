@@ -7,7 +7,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import fixture_args
-from experiments import export_images
+from experiments import export_views
 from helpers import config_args, logging_args, read_events
 from main import cli_main
 
@@ -66,20 +66,23 @@ def test_image_run(tmp_path):
     assert hparams["latent_dim"].number_value == 20 and not [k for k in hparams if k.startswith("_")]
     assert {"test/elbo", "test/kl", "test/mi", "test/au", "test/nll_iw"} <= set(metrics)
     assert "hp_metric" not in metrics
-    written = export_images.export_images(test_dir, ["test/latent_traversals", "test/interpolations"], tmp_path / "png")
+    written = export_views.export_views(test_dir, ["test/latent_traversals", "test/interpolations"], tmp_path / "png")
     assert [p.name for p in written] == ["latent_traversals.png", "interpolations.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written)
-    with pytest.raises(KeyError, match="has no image 'test/nothing'"):
-        export_images.export_images(test_dir, ["test/nothing"], tmp_path / "png")
 
 
-def test_text_run(tmp_path, fixture_data_dir):
+def test_text_run(tmp_path, fixture_data_dir, capsys):
     _, test_dir = fit_and_test(tmp_path, "yahoo_skipvae.yaml", *fixture_args("yahoo_skipvae.yaml", fixture_data_dir))
     events = read_events(test_dir)
     tags = set(events.Tags()["tensors"])
     assert {"test/latent_traversals/text_summary", "test/interpolations/text_summary"} <= tags
     homotopy = events.Tensors("test/interpolations/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert homotopy.count("t = ") == 3 and "*input 0*" in homotopy and "*input 1*" in homotopy
+    written = export_views.export_views(test_dir, ["test/interpolations"], tmp_path / "text")
+    assert [p.name for p in written] == ["interpolations.md"] and written[0].read_text() == homotopy + "\n"
+    capsys.readouterr()
+    assert export_views.main([str(test_dir), "test/interpolations", "test/nothing", "--out", str(tmp_path / "x")]) == 1
+    assert capsys.readouterr().err.startswith("error: ") and not (tmp_path / "x").exists()  # nothing written
     files = projector_files(test_dir)
     metadata = files["metadata.tsv"].read_text().splitlines()
     assert len(metadata) == len(files["tensors.tsv"].read_text().splitlines()) and "sprite.png" not in files
