@@ -77,7 +77,7 @@ class TestConfigs:
                                   "lr_schedule.start_epoch": 15, "nll_iw.chunk_size": 50},
         ("yahoo_vae.yaml", "yahoo_small.yaml"): {
             "model.class_path": "models.VAE", "model.init_args.embedding_dim": 128, "model.init_args.lr": 1.0,
-            "trainer.max_epochs": 8, "lr_schedule.start_epoch": 4, "data.init_args.val_split": 1000,
+            "trainer.max_epochs": 8, "trainer.limit_train_batches": 140, "lr_schedule.start_epoch": 4, "data.init_args.val_split": 1000,
             "trainer.logger.init_args.name": "yahoo_small"},
     }
 
