@@ -71,8 +71,8 @@ def model_of(name: str, svi_steps: int, architecture: str = "pixelcnn", hessian_
     """The MNIST model `name` (fp32): the official PixelCNN model, or the MLP model of configs/parts/mlp.yaml."""
     model_class = {**MODELS, **{sa: classes[0] for sa, classes in SA_MODELS.items()}}[name]
     overrides = {**(MLP if architecture == "mlp" else {}),
-                 **({"svi_steps": svi_steps, "svi_hessian_products": hessian_products} if name in SA_MODELS else {})}
-    # hessian_products None: the model's default for the architecture
+                 **({"svi_steps": svi_steps} if name in SA_MODELS else {}),
+                 **({"svi_hessian_products": hessian_products} if name in SA_MODELS and hessian_products else {})}
     return build(model_class, **overrides).to(DEVICE)
 
 
@@ -123,11 +123,16 @@ def compare_svi_steps(x, steps: int, repeats: int, architecture: str, hessian_pr
             peak = peak_memory_of(name, k, len(x), architecture, hessian_products)
             print(f"{name:9s} K={k:<3d} {seconds:6.3f} s/step = {seconds / base_seconds:5.1f} x the {base} step "
                   f"({base_seconds:.3f} s); peak memory {peak:.2f} GiB ({base}: {base_peak:.2f} GiB)")
-    print(f"\nfinite-difference vs exact gradients of one step (K={steps}, fp32): |fd - exact| / |exact|")
+    print(f"\nfinite-difference and official vs exact gradients of one step (K={steps}, fp32): "
+          "|other - exact| / |exact| and cosine")
     for name in SA_MODELS:
-        fd, exact = (sa_gradients(name, steps, x, architecture, mode) for mode in ("finite_difference", "exact"))
-        print(f"{name:9s} " + ", ".join(f"{part} {float((fd[part] - exact[part]).norm() / exact[part].norm()):.2e}"
-                                         for part in fd))
+        exact = sa_gradients(name, steps, x, architecture, "exact")
+        for mode in ("finite_difference", "official"):
+            other = sa_gradients(name, steps, x, architecture, mode)
+            print(f"{name:9s} {mode:17s} " + ", ".join(
+                f"{part} {float((other[part] - exact[part]).norm() / exact[part].norm()):.2e} "
+                f"(cos {float(torch.nn.functional.cosine_similarity(other[part], exact[part], dim=0)):.3f})"
+                for part in exact))
 
 
 def flops_per_step(model, x) -> int:
@@ -150,9 +155,8 @@ def main() -> None:
     parser.add_argument("--svi-repeats", type=int, default=3, help="timed SA-VAE steps per model")
     parser.add_argument("--svi-architecture", choices=["pixelcnn", "mlp"], default="pixelcnn",
                         help="model of the SA-VAE comparison: the official PixelCNN or the MLP of configs/parts/mlp.yaml")
-    parser.add_argument("--svi-hessian-products", choices=["finite_difference", "exact"],
-                        help="how the timed SA-VAE steps compute the reverse pass's Hessian-vector products "
-                             "(default: the model's for the architecture)")
+    parser.add_argument("--svi-hessian-products", choices=["exact", "finite_difference", "official"],
+                        help="how the timed SA-VAE steps compute the reverse pass (default: the model's, exact)")
     parser.add_argument("--device", default="cpu", help="torch device of the benchmark, e.g. cuda (default: cpu)")
     parser.add_argument("--peak-memory-of", help=argparse.SUPPRESS)  # internal: the child process of peak_memory_of
     add_allocator_option(parser)

@@ -9,23 +9,36 @@ momentum:  g_k = clip(grad f(lambda_k)),  p_{k+1} = momentum p_k - g_k,  lambda_
 Reverse. Given dL/dlambda_K of a loss L at lambda_K, the adjoints run back through the steps:
     a_p <- a_p + lr a_lambda;   a_lambda <- a_lambda - J_lambda(g_k)^T a_p;   dL/dtheta -= J_theta(g_k)^T a_p;
     a_p <- momentum a_p
-which gives dL/dlambda_0 (for the encoder) and the decoder's gradient through the K steps. Both ways of computing
-the products J(g_k)^T a_p include the derivative of the clipping, w = J_clip^T a_p (J_clip is symmetric), so
-J_lambda(g_k)^T a_p = H_lambda,lambda w and J_theta(g_k)^T a_p = H_theta,lambda w:
+which gives dL/dlambda_0 (for the encoder) and the decoder's gradient through the K steps. Three ways to compute
+the products J(g_k)^T a_p (`hessian_products`):
 
-- "finite_difference" (the official code's method): H w = (grad f(lambda_k + r w) - grad f(lambda_k)) / r with
-  r = 1e-5, one gradient evaluation per reverse step. grad_lambda f(lambda_k) is kept from the forward pass
-  (K x batch x latent values, like lambda_k); the decoder's gradients at the lambda_k are summed in float64 during
-  the forward pass, so the decoder part needs one sum, not K copies of the parameters' gradients. All gradient
-  evaluations run in float32 (autocast off): a difference at r = 1e-5 means nothing in bfloat16. They need a
-  smooth decoder: the gradient of a ReLU network jumps where lambda_k + r w crosses a kink (SAVAE uses exact
-  products for the MLP decoder).
-- "exact": double backward through each step, recomputed from lambda_k; exact to rounding, where finite
-  differences in float32 are off by a few percent, and about 1.6 times their time on the MNIST PixelCNN (CPU).
-  The recomputation runs with cuDNN off (cuDNN's LSTM has no double backward).
+- "exact": double backward through each step, recomputed from lambda_k, including the derivative of the clipping
+  (w = J_clip^T a_p; J_clip is symmetric, so J_lambda(g_k)^T a_p = H_lambda,lambda w and J_theta(g_k)^T a_p =
+  H_theta,lambda w). The gradient of the forward algorithm to rounding; about 1.6 times the time of finite
+  differences on the MNIST PixelCNN (CPU). The recomputation runs with cuDNN off (cuDNN's LSTM has no double
+  backward). Recommended for new work.
+- "finite_difference": the same products with H w = (grad f(lambda_k + r w) - grad f(lambda_k)) / r, r = 1e-5, one
+  gradient evaluation per reverse step. grad_lambda f(lambda_k) is kept from the forward pass; the decoder's
+  gradients at the lambda_k are summed in float64 during the forward pass, so the decoder part needs one sum, not
+  K copies of the parameters' gradients. In float32 it is off by a few percent to tens of percent.
+- "official": the reverse pass of the SA-VAE authors' code (harvardnlp/sa-vae `optim_n2n.py`, run by the
+  Skip-VAE code), which produced the published SA-VAE and Skip-SA-VAE numbers. Finite differences along
+  v = a_p itself (no clipping Jacobian), and three more clips, each to `max_grad_norm` with the authors' scale
+  max_norm / (norm + 1e-6): the perturbed gradient with respect to (mean, logvar, every decoder parameter) is
+  clipped jointly, one norm over all of them; the decoder part H_theta v = (that clipped gradient - the unclipped
+  one stored in the forward pass) / r is clipped jointly over the parameters before it is subtracted; H_lambda v =
+  (clipped perturbed gradient - the clipped gradient stored in the forward pass) / r; and the new a_lambda is
+  clipped (mean and log-variance jointly). The forward pass is the same, with the authors' clipping scale and
+  K stored copies of the decoder's unclipped gradients. Whenever a clip is active this is not the gradient of
+  the forward algorithm: with max_grad_norm 5 on the image models all three clips fire at every reverse step and
+  the encoder's gradient is the direction of the amortized ELBO's gradient at the encoder's output, rescaled.
+  With no clip active it equals "finite_difference".
 
-Either way each step is recomputed with the random seed it used (same eps, same dropout masks), one step's graph
-at a time, so memory holds no graph of more than one step.
+All finite-difference gradient evaluations run in float32 (autocast off): a difference at r = 1e-5 means nothing
+in bfloat16. They need a smooth decoder: the gradient of a ReLU network jumps where lambda_k + r w crosses a kink.
+
+Each step is recomputed with the random seed it used (same eps, same dropout masks), one step's graph at a time,
+so memory holds no graph of more than one step.
 """
 
 from collections.abc import Callable, Iterator, Sequence
@@ -38,19 +51,22 @@ import torch
 from models.distributions import at_least_float32
 
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (mean, logvar) -> batch loss, a scalar
-HessianProducts = Literal["finite_difference", "exact"]
+HessianProducts = Literal["official", "finite_difference", "exact"]
+HESSIAN_PRODUCTS = ("official", "finite_difference", "exact")
 
 
 @dataclass
 class SVITrace:
     """What the reverse pass needs of a forward pass: lambda_k and the random seed of each step; for finite
-    differences also the unclipped grad_lambda f(lambda_k) and the sum over k of the parameters' gradients."""
+    differences also grad_lambda f(lambda_k) (clipped in "official" mode) and the parameters' gradients (their sum
+    over k, or in "official" mode one list per step)."""
 
     means: list[torch.Tensor] = field(default_factory=list)
     logvars: list[torch.Tensor] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     gradients: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     param_gradient_sum: list[torch.Tensor] = field(default_factory=list)
+    param_gradients: list[list[torch.Tensor]] = field(default_factory=list)
 
 
 @contextmanager
@@ -79,6 +95,16 @@ def clip_norm_vjp(gradient: torch.Tensor, vector: torch.Tensor, max_norm: float)
     return (max_norm / norm) * (vector - unit * (unit * vector).sum())
 
 
+def clip_jointly(tensors: Sequence[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
+    """The tensors scaled by one factor, max_norm / (total norm + 1e-6) when that is below 1: the clipping of the
+    SA-VAE authors' code (one norm over all of them; max_norm <= 0 keeps them)."""
+    if max_norm <= 0:
+        return list(tensors)
+    total = torch.stack([t.double().norm() for t in tensors]).norm()
+    scale = max_norm / (float(total) + 1e-6)
+    return [t * scale for t in tensors] if scale < 1 else list(tensors)
+
+
 def add_float64(totals: list[torch.Tensor], grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor]):
     """totals += grads, in float64 (missing gradients are zeros); `totals` starts empty."""
     if not totals:
@@ -93,17 +119,28 @@ class SVIRefinement:
     respect to the starting posterior and the decoder's parameters (see the module docstring)."""
 
     def __init__(self, steps: int = 20, lr: float = 1.0, momentum: float = 0.5, max_grad_norm: float = 5.0,
-                 hessian_products: HessianProducts = "finite_difference", finite_difference_step: float = 1e-5):
-        if hessian_products not in ("finite_difference", "exact"):
-            raise ValueError(f"hessian_products must be 'finite_difference' or 'exact', not {hessian_products!r}")
+                 hessian_products: HessianProducts = "exact", finite_difference_step: float = 1e-5):
+        if hessian_products not in HESSIAN_PRODUCTS:
+            raise ValueError(f"hessian_products must be one of {', '.join(HESSIAN_PRODUCTS)}, not {hessian_products!r}")
         self.steps, self.lr, self.momentum, self.max_grad_norm = steps, lr, momentum, max_grad_norm
         self.hessian_products, self.finite_difference_step = hessian_products, finite_difference_step
 
+    @property
+    def official(self) -> bool:
+        return self.hessian_products == "official"
+
     def precision(self, device: torch.device) -> AbstractContextManager:
         """float32 gradient evaluations for finite differences (autocast off); the run's precision otherwise."""
-        if self.hessian_products == "finite_difference":
+        if self.hessian_products != "exact":
             return torch.autocast(device.type, enabled=False)
         return nullcontext()
+
+    def clip(self, g_mean: torch.Tensor, g_logvar: torch.Tensor) -> list[torch.Tensor]:
+        """The forward pass's clipping: mean and log-variance gradients each to `max_grad_norm` (with the authors'
+        scale in "official" mode)."""
+        if self.official:
+            return [*clip_jointly([g_mean], self.max_grad_norm), *clip_jointly([g_logvar], self.max_grad_norm)]
+        return [clip_norm(g_mean, self.max_grad_norm), clip_norm(g_logvar, self.max_grad_norm)]
 
     def raw_gradients(self, objective: Objective, mean: torch.Tensor, logvar: torch.Tensor, seed: int,
                       params: Sequence[torch.Tensor] = (), create_graph: bool = False) -> tuple:
@@ -115,10 +152,10 @@ class SVIRefinement:
     def refine(self, objective: Objective, mean: torch.Tensor, logvar: torch.Tensor,
                params: Sequence[torch.Tensor] = ()) -> tuple[torch.Tensor, torch.Tensor, SVITrace]:
         """lambda_K from lambda_0 = (mean, logvar) (detached); one seed per step is drawn from torch's generator.
-        `params`: the parameters `backward` will be asked about (finite differences sum their gradients here)."""
+        `params`: the parameters `backward` will be asked about (finite differences keep their gradients here)."""
         mean, logvar = at_least_float32(mean.detach()), at_least_float32(logvar.detach())
         momentum_mean, momentum_logvar = torch.zeros_like(mean), torch.zeros_like(logvar)
-        finite_differences = self.hessian_products == "finite_difference"
+        differences = self.hessian_products != "exact"
         trace = SVITrace()
         with torch.enable_grad():
             for _ in range(self.steps):
@@ -127,13 +164,17 @@ class SVIRefinement:
                 trace.logvars.append(logvar)
                 trace.seeds.append(seed)
                 g_mean, g_logvar, *param_grads = self.raw_gradients(
-                    objective, mean.requires_grad_(), logvar.requires_grad_(), seed,
-                    params if finite_differences else ())
-                if finite_differences:
+                    objective, mean.requires_grad_(), logvar.requires_grad_(), seed, params if differences else ())
+                clipped = self.clip(g_mean, g_logvar)
+                if self.official:
+                    trace.gradients.append((clipped[0], clipped[1]))
+                    trace.param_gradients.append([torch.zeros_like(p) if g is None else g
+                                                  for p, g in zip(params, param_grads)])
+                elif differences:
                     trace.gradients.append((g_mean, g_logvar))
                     add_float64(trace.param_gradient_sum, param_grads, params)
-                momentum_mean = self.momentum * momentum_mean - clip_norm(g_mean, self.max_grad_norm)
-                momentum_logvar = self.momentum * momentum_logvar - clip_norm(g_logvar, self.max_grad_norm)
+                momentum_mean = self.momentum * momentum_mean - clipped[0]
+                momentum_logvar = self.momentum * momentum_logvar - clipped[1]
                 mean = (mean + self.lr * momentum_mean).detach()
                 logvar = (logvar + self.lr * momentum_logvar).detach()
         return mean, logvar, trace
@@ -144,17 +185,23 @@ class SVIRefinement:
         dL/dlambda_K = (grad_mean, grad_logvar). `params` must be those given to `refine`."""
         adjoint = [at_least_float32(grad_mean.detach()), at_least_float32(grad_logvar.detach())]
         adjoint_momentum = [torch.zeros_like(adjoint[0]), torch.zeros_like(adjoint[1])]
+        count = len(trace.seeds)
         steps = zip(reversed(trace.means), reversed(trace.logvars), reversed(trace.seeds),
-                    reversed(trace.gradients or [None] * len(trace.seeds)))
+                    reversed(trace.gradients or [None] * count), reversed(trace.param_gradients or [None] * count))
         perturbed_sum, param_grads = [], [torch.zeros_like(p) for p in params]
         with torch.enable_grad():
-            for mean, logvar, seed, gradients in steps:
+            for mean, logvar, seed, gradients, stored_param_grads in steps:
                 adjoint_momentum = [a_p + self.lr * a for a_p, a in zip(adjoint_momentum, adjoint)]
                 if gradients is None:
                     products = self.exact_products(objective, mean, logvar, seed, adjoint_momentum, params)
                     for total, product in zip(param_grads, products[2:]):
                         if product is not None:
                             total -= product
+                elif self.official:
+                    products = self.official_products(objective, mean, logvar, seed, adjoint_momentum, params,
+                                                      gradients, stored_param_grads)
+                    for total, product in zip(param_grads, products[2:]):
+                        total -= product
                 else:
                     r = self.finite_difference_step
                     w = [clip_norm_vjp(g, a_p, self.max_grad_norm) for g, a_p in zip(gradients, adjoint_momentum)]
@@ -163,12 +210,29 @@ class SVIRefinement:
                     products = [(g_mean - gradients[0]) / r, (g_logvar - gradients[1]) / r]
                     add_float64(perturbed_sum, perturbed, params)
                 adjoint = [a - product for a, product in zip(adjoint, products[:2])]
+                if self.official:
+                    adjoint = clip_jointly(adjoint, self.max_grad_norm)
                 adjoint_momentum = [self.momentum * a_p for a_p in adjoint_momentum]
         if perturbed_sum:
             r = self.finite_difference_step
             for total, plus, base in zip(param_grads, perturbed_sum, trace.param_gradient_sum):
                 total -= ((plus - base) / r).to(total.dtype)
         return adjoint[0], adjoint[1], param_grads
+
+    def official_products(self, objective: Objective, mean: torch.Tensor, logvar: torch.Tensor, seed: int,
+                          vector: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
+                          gradients: tuple[torch.Tensor, torch.Tensor], param_gradients: Sequence[torch.Tensor]
+                          ) -> list[torch.Tensor]:
+        """The authors' clipped difference quotients (H_lambda v, H_theta v) along v = `vector` at one step."""
+        r = self.finite_difference_step
+        shifted = [(x + r * v).detach().requires_grad_() for x, v in zip((mean, logvar), vector)]
+        perturbed = self.raw_gradients(objective, *shifted, seed, params)
+        perturbed = clip_jointly([torch.zeros_like(x) if g is None else g
+                                  for x, g in zip((*shifted, *params), perturbed)], self.max_grad_norm)
+        lambda_products = [(g - base) / r for g, base in zip(perturbed[:2], gradients)]
+        param_products = clip_jointly([(g - base) / r for g, base in zip(perturbed[2:], param_gradients)],
+                                      self.max_grad_norm)
+        return [*lambda_products, *param_products]
 
     def exact_products(self, objective: Objective, mean: torch.Tensor, logvar: torch.Tensor, seed: int,
                        vector: Sequence[torch.Tensor], params: Sequence[torch.Tensor]) -> tuple:

@@ -115,3 +115,91 @@ def test_svi_lowers_the_batch_loss_of_a_trained_model(mnist_dir):
 
     before, after = expected_loss(mean, logvar), expected_loss(refined_mean, refined_logvar)
     assert after < before - 0.5, (before, after)
+
+
+def authors_clip(tensors: list[torch.Tensor], max_norm: float) -> tuple[list[torch.Tensor], bool]:
+    """The SA-VAE authors' clip: one norm over all tensors, scaled by max_norm / (norm + 1e-6) when that is < 1;
+    also whether it fired."""
+    coefficient = max_norm / (float(sum(float(t.norm()) ** 2 for t in tensors)) ** 0.5 + 1e-6)
+    return ([t * coefficient for t in tensors], True) if coefficient < 1 else (tensors, False)
+
+
+def official_reference(model: SAVAE, x: torch.Tensor, beta: float) -> tuple[list[torch.Tensor], list[int]]:
+    """The authors' SA-VAE gradients (optim_n2n.py's forward_mom and backward_mom) as a plain loop, drawing the
+    random numbers in the order the implementation does; also how many reverse steps had each extra clip active."""
+    svi, r = model.svi, 1e-5
+    c = svi.max_grad_norm
+    decoder = list(model.decoder.parameters())
+    objective = model.svi_objective(x, beta)
+
+    def gradients_at(point: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
+        mean, logvar = (t.detach().clone().requires_grad_() for t in point)
+        with seeded(seed, mean.device):
+            loss = objective(mean, logvar)
+        return list(torch.autograd.grad(loss, [mean, logvar, *decoder]))
+
+    mean0, logvar0 = model.encode(x)
+    point, velocity, cache = [mean0.detach(), logvar0.detach()], [torch.zeros_like(mean0)] * 2, []
+    for _ in range(svi.steps):  # forward_mom
+        seed = int(torch.randint(2**62, ()))
+        g = gradients_at(point, seed)
+        g_lambda = [authors_clip([g[0]], c)[0][0], authors_clip([g[1]], c)[0][0]]
+        cache.append((point, seed, g_lambda, g[2:]))  # lambda-gradients clipped, parameter gradients not
+        velocity = [svi.momentum * p - g_k for p, g_k in zip(velocity, g_lambda)]
+        point = [lam + svi.lr * p for lam, p in zip(point, velocity)]
+    mean_k, logvar_k = (t.detach().clone().requires_grad_() for t in point)
+    terms = model.elbo_terms(x, mean_k, logvar_k, torch.randn_like(mean_k))
+    final = torch.autograd.grad((terms["recon"] + beta * terms["kl"]).mean(), [mean_k, logvar_k, *decoder])
+    a_lambda, decoder_grads = list(final[:2]), list(final[2:])
+    a_p, fired = [torch.zeros_like(mean0)] * 2, [0, 0, 0]
+    for point_k, seed, g_lambda, g_params in reversed(cache):  # backward_mom
+        a_p = [p + svi.lr * a for p, a in zip(a_p, a_lambda)]
+        perturbed, on = authors_clip(gradients_at([lam + r * v for lam, v in zip(point_k, a_p)], seed), c)
+        fired[0] += on
+        h_params, on = authors_clip([(g - base) / r for g, base in zip(perturbed[2:], g_params)], c)
+        fired[1] += on
+        decoder_grads = [d - h for d, h in zip(decoder_grads, h_params)]
+        h_lambda = [(g - base) / r for g, base in zip(perturbed[:2], g_lambda)]
+        a_lambda, on = authors_clip([a - h for a, h in zip(a_lambda, h_lambda)], c)
+        fired[2] += on
+        a_p = [svi.momentum * p for p in a_p]
+    encoder_params = list(model.encoder.parameters())
+    encoder_grads = torch.autograd.grad((mean0 * a_lambda[0]).sum() + (logvar0 * a_lambda[1]).sum(), encoder_params)
+    by_param = dict(zip(map(id, encoder_params), encoder_grads)) | dict(zip(map(id, decoder), decoder_grads))
+    return [by_param[id(p)] for p in model.parameters()], fired
+
+
+def model_gradients(model: SAVAE, x: torch.Tensor, beta: float) -> list[torch.Tensor]:
+    torch.manual_seed(7)
+    surrogate, _ = model.svi_training_loss(x, beta)
+    return list(torch.autograd.grad(surrogate, list(model.parameters())))
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "lstm"])
+@pytest.mark.parametrize("model_class", [SAVAE, SkipSAVAE])
+def test_official_mode_is_the_authors_reverse_pass(architecture, model_class):
+    steps = 4
+    model = small_model(model_class, architecture, svi_steps=steps, svi_max_grad_norm=0.05,
+                        svi_hessian_products="official")
+    x = example_batch(architecture)
+    ours = model_gradients(model, x, beta=0.7)
+    torch.manual_seed(7)
+    reference, fired = official_reference(model, x, beta=0.7)
+    assert fired == [steps, steps, steps]  # every extra clip was active at every reverse step
+    for (name, _), a, b in zip(model.named_parameters(), ours, reference):
+        assert float((a - b).norm() / b.norm().clamp_min(1e-30)) < 1e-6, name
+    exact = model_gradients(small_model(model_class, architecture, svi_steps=steps, svi_max_grad_norm=0.05,
+                                        svi_hessian_products="exact"), x, beta=0.7)
+    encoder_gap = max(float((a - b).norm() / b.norm()) for (name, _), a, b in
+                      zip(model.named_parameters(), ours, exact) if name.startswith("encoder"))
+    assert encoder_gap > 0.1  # with the clips active it is not the exact gradient
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "lstm"])
+def test_official_mode_without_active_clips_is_finite_differences(architecture):
+    def gradients(mode: str) -> list[torch.Tensor]:
+        model = small_model(SkipSAVAE, architecture, svi_steps=3, svi_max_grad_norm=1e6, svi_hessian_products=mode)
+        return model_gradients(model, example_batch(architecture), beta=0.7)
+
+    for a, b in zip(gradients("official"), gradients("finite_difference")):  # the same sums in another order
+        assert float((a - b).norm() / b.norm()) < 1e-6
