@@ -35,8 +35,9 @@ class LatentVariableModel(Protocol):
 
 class EvaluationOutputs(TypedDict):
     """Per-example outputs of `validation_step`/`test_step`, shape (batch, latent) or (batch,). `mean`/`logvar`
-    are the encoder's posterior (KL, MI, AU, probe); `elbo` is the negative ELBO there. A model that refines the
-    posterior (SA-VAE) adds the refined one as `proposal_*`, which IW-NLL and perplexity use instead."""
+    are the encoder's posterior (KL, MI, AU); `elbo` is the negative ELBO there. A model that refines the
+    posterior (SA-VAE) adds the refined one as `proposal_*`, which IW-NLL and perplexity use instead, and may name
+    the posterior of the latent diagnostics (MI, AU, per-dimension KL) as `diagnostics_*`."""
 
     mean: torch.Tensor
     logvar: torch.Tensor
@@ -45,6 +46,8 @@ class EvaluationOutputs(TypedDict):
     proposal_mean: NotRequired[torch.Tensor]
     proposal_logvar: NotRequired[torch.Tensor]
     proposal_elbo: NotRequired[torch.Tensor]
+    diagnostics_mean: NotRequired[torch.Tensor]
+    diagnostics_logvar: NotRequired[torch.Tensor]
 
 
 @runtime_checkable

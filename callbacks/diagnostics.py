@@ -99,7 +99,8 @@ def _log_bar_chart(trainer: L.Trainer, tag: str, values: torch.Tensor, ylabel: s
 
 class LatentDiagnostics(EvaluationCallback):
     """Logs `{val,test}/mi`, `mi_batch` and `au`, and a per-dimension KL chart, every `every_n_epochs`
-    validation epochs and on every test run. (`{val,test}/kl` itself is logged by the model.)
+    validation epochs and on every test run, of the encoder's posterior or of the one the model names as
+    `diagnostics_*` (SA-VAE text models: the refined one). (`{val,test}/kl` itself is logged by the model.)
     A test run also writes these values and the per-dimension KL and posterior-mean variances to
     `<log dir>/latent_diagnostics.json`.
     """
@@ -120,7 +121,8 @@ class LatentDiagnostics(EvaluationCallback):
         })
 
     def update(self, trainer, pl_module, outputs, batch) -> None:
-        mean, logvar, index = outputs["mean"].detach(), outputs["logvar"].detach(), batch.get("index")
+        mean, logvar = (outputs.get(f"diagnostics_{name}", outputs[name]).detach() for name in ("mean", "logvar"))
+        index = batch.get("index")
         self.metrics["kl"].update(mean, logvar)
         self.metrics["au"].update(mean, logvar)
         self.metrics["mi"].update(mean, logvar, index)

@@ -8,11 +8,12 @@ from lightning.pytorch.utilities import rank_zero_info
 
 
 class HalveLearningRateAfterPlateau(Callback):
-    """Once `monitor` fails to improve on its best value at the end of a validation epoch after `start_epoch`
-    epochs, the learning rate is multiplied by `factor` at the end of that and of every later epoch; training
-    stops when it falls below `min_lr`. This is the schedule of the paper's text code (SGD lr 1, halved each
-    epoch once validation stops improving after epoch 15, stopped below 0.03). Off when `start_epoch` is None
-    (the image models keep Adam's learning rate).
+    """Once `monitor` fails to improve on its best value at the end of a validation epoch, from epoch `start_epoch`
+    on (counted from 1), the learning rate is multiplied by `factor` at the end of that and of every later epoch;
+    training stops when it falls below `min_lr`. This is the schedule of the paper's text code (SGD lr 1, halved
+    each epoch once validation stops improving at epoch 15 or later, stopped below 0.03; for SA-VAE models it
+    follows the refined bound, `val/elbo_svi`). Off when `start_epoch` is None (the image models keep Adam's
+    learning rate).
 
     Assumes one validation per training epoch. The state (best value, whether decay has started) is saved in
     checkpoints, so a resumed run continues it.
@@ -33,7 +34,7 @@ class HalveLearningRateAfterPlateau(Callback):
         epochs_done = trainer.current_epoch + 1
         if value < self.best:
             self.best = value
-        elif epochs_done > self.start_epoch:
+        elif epochs_done >= self.start_epoch:
             self.decaying = True
         if not self.decaying:
             return

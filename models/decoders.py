@@ -7,6 +7,7 @@ a Skip-VAE (Dieng et al., 2019) feeds it to every layer and to the output layer,
 """
 
 from abc import abstractmethod
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -16,18 +17,27 @@ from models.distributions import bernoulli_log_prob, categorical_log_prob
 
 
 class SkipDecoder(nn.Module):
-    """Base class: an autoregressive (or factorised) likelihood p(x|z) with a choice of where z enters."""
+    """Base class: an autoregressive (or factorised) likelihood p(x|z) with a choice of where z enters.
 
-    def __init__(self, latent_skip: bool):
+    `output_layer` is the number of the output layer; a decoder whose skip model leaves the output layer without z
+    (the MLP, as in the paper's code) sets `latent_into_output` to False.
+    """
+
+    latent_into_output: ClassVar[bool] = True
+
+    def __init__(self, latent_skip: bool, output_layer: int):
         super().__init__()
-        self.latent_skip = latent_skip
+        self.latent_skip, self.output_layer = latent_skip, output_layer
 
     def takes_latent(self, layer: int) -> bool:
-        """Layer 0 always conditions on z; later layers and the output layer only in the skip model.
+        """Layer 0 always conditions on z; later layers (and, where `latent_into_output`, the output layer) only
+        in the skip model.
 
         The only place that decides where z enters: every decoder sizes and feeds its layers by asking this.
         """
-        return layer == 0 or self.latent_skip
+        if layer == 0:
+            return True
+        return self.latent_skip and (layer != self.output_layer or self.latent_into_output)
 
     def latent_width(self, layer: int, width: int) -> int:
         """Extra input width of `layer` for z (`width`, or 0 where z does not enter)."""
@@ -106,7 +116,8 @@ class GatedMaskedConv2d(nn.Module):
 
 
 class GatedPixelCNNDecoder(BernoulliImageDecoder):
-    """Gated PixelCNN over binary images; z is projected to `latent_feature_maps` full-size maps per layer."""
+    """Gated PixelCNN over binary images; z is projected to `latent_feature_maps` full-size maps at each gated layer
+    it enters and to one map at the output layer (as in the paper's code, whatever `latent_feature_maps`)."""
 
     def __init__(
         self,
@@ -117,29 +128,33 @@ class GatedPixelCNNDecoder(BernoulliImageDecoder):
         latent_feature_maps: int,
         latent_skip: bool,
     ):
-        super().__init__(latent_skip)
+        super().__init__(latent_skip, output_layer=len(kernel_sizes))
         self.image_shape = list(image_shape)
         self.num_layers = len(kernel_sizes)
         self.maps = latent_feature_maps
         image_channels, height, width = image_shape
         latent_layers = [i for i in range(self.num_layers + 1) if self.takes_latent(i)]
         self.latent_maps = nn.ModuleDict(
-            {str(i): nn.Linear(latent_dim, latent_feature_maps * height * width) for i in latent_layers}
+            {str(i): nn.Linear(latent_dim, self.maps_of(i) * height * width) for i in latent_layers}
         )
         self.layers = nn.ModuleList()
         in_channels = image_channels
         for i, k in enumerate(kernel_sizes):
-            self.layers.append(GatedMaskedConv2d(in_channels + self.latent_width(i, latent_feature_maps), channels, k,
+            self.layers.append(GatedMaskedConv2d(in_channels + self.latent_width(i, self.maps_of(i)), channels, k,
                                                  mask_a=i == 0))
             in_channels = channels
-        self.output = nn.Conv2d(channels + self.latent_width(self.num_layers, latent_feature_maps), image_channels, 1)
+        self.output = nn.Conv2d(channels + self.latent_width(self.num_layers, 1), image_channels, 1)
+
+    def maps_of(self, layer: int) -> int:
+        """Latent maps of `layer` where z enters it: one at the output layer, `latent_feature_maps` elsewhere."""
+        return 1 if layer == self.num_layers else self.maps
 
     def _with_latent(self, layer: int, features: torch.Tensor, z: torch.Tensor, first_row: int = 0) -> torch.Tensor:
         """`features` (rows `first_row`.. of the image) with the layer's latent maps of the same rows appended."""
         if not self.takes_latent(layer):
             return features
         _, height, width = self.image_shape
-        maps = self.latent_maps[str(layer)](z).view(z.shape[0], self.maps, height, width)
+        maps = self.latent_maps[str(layer)](z).view(z.shape[0], self.maps_of(layer), height, width)
         maps = maps[:, :, first_row : first_row + features.shape[2]].to(features.dtype)
         # Convolutions are fastest on channels-last tensors; layer outputs already are, the concatenation is not.
         return torch.cat([features, maps], dim=1).contiguous(memory_format=torch.channels_last)
@@ -184,12 +199,14 @@ class GatedPixelCNNDecoder(BernoulliImageDecoder):
 class MLPDecoder(BernoulliImageDecoder):
     """Factorised Bernoulli decoder: z -> linear -> `num_layers` ReLU layers -> pixel logits.
 
-    In the skip model each hidden layer and the output also receive a linear projection of z (added, which
-    equals a linear layer on the concatenation [h, z]).
+    In the skip model each hidden layer also receives a linear projection of z (added, which equals a linear layer
+    on the concatenation [h, z]); the output layer does not, as in the paper code's MLP model.
     """
 
+    latent_into_output: ClassVar[bool] = False
+
     def __init__(self, image_shape: list[int], latent_dim: int, hidden: int, num_layers: int, latent_skip: bool):
-        super().__init__(latent_skip)
+        super().__init__(latent_skip, output_layer=num_layers + 1)
         self.image_shape = list(image_shape)
         size = image_shape[0] * image_shape[1] * image_shape[2]
         self.num_layers = num_layers
@@ -197,8 +214,7 @@ class MLPDecoder(BernoulliImageDecoder):
         self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(num_layers))
         self.output = nn.Linear(hidden, size)
         self.latent = nn.ModuleDict(
-            {str(i): nn.Linear(latent_dim, hidden if i <= num_layers else size)
-             for i in range(1, num_layers + 2) if self.takes_latent(i)}
+            {str(i): nn.Linear(latent_dim, hidden) for i in range(1, num_layers + 1) if self.takes_latent(i)}
         )
 
     def _add_latent(self, layer: int, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -208,8 +224,7 @@ class MLPDecoder(BernoulliImageDecoder):
         h = self.input(z)
         for i, layer in enumerate(self.hidden, start=1):
             h = torch.relu(self._add_latent(i, layer(h), z))
-        logits = self._add_latent(self.num_layers + 1, self.output(h), z)
-        return logits.view(z.shape[0], *self.image_shape)
+        return self.output(h).view(z.shape[0], *self.image_shape)
 
     @torch.no_grad()
     def sample(self, z: torch.Tensor, greedy: bool = False) -> torch.Tensor:
@@ -220,8 +235,9 @@ class MLPDecoder(BernoulliImageDecoder):
 class LSTMDecoder(SkipDecoder):
     """LSTM language model p(w_1..w_n <eos> | z) over padded token batches `<bos> w_1 .. w_n <eos> <pad>..`.
 
-    z enters layer 0 in both models (appended to every input embedding; the layer's initial hidden state is
-    Linear(z)); the skip model also feeds it into the input of every upper LSTM layer and into the output layer.
+    In both models z is appended to every input embedding of layer 0, and the initial hidden state of the last LSTM
+    layer is Linear(z) (the paper's code sets h0[-1] of its multi-layer LSTM; with one layer, that layer's); the skip
+    model also feeds z into the input of every upper LSTM layer and into the output layer.
     """
 
     def __init__(
@@ -237,7 +253,7 @@ class LSTMDecoder(SkipDecoder):
         bos_id: int = 1,
         eos_id: int = 2,
     ):
-        super().__init__(latent_skip)
+        super().__init__(latent_skip, output_layer=num_layers)
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.num_layers = num_layers
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
@@ -259,7 +275,7 @@ class LSTMDecoder(SkipDecoder):
         h = self.dropout(self.embedding(inputs))
         if states is None:
             h0 = self.initial_hidden(z).unsqueeze(0)
-            states = [(h0, torch.zeros_like(h0))] + [None] * (self.num_layers - 1)
+            states = [None] * (self.num_layers - 1) + [(h0, torch.zeros_like(h0))]
         new_states = []
         for i, lstm in enumerate(self.lstms):
             h, state = lstm(with_latent(i, h), states[i])

@@ -7,7 +7,7 @@ through the K steps; the encoder gets dL/dlambda_0 through the steps (the amorti
 KL warm-up's beta applies inside SVI and in the loss; evaluation runs the same K steps with beta = 1.
 """
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
@@ -19,15 +19,16 @@ class SAVAE(VAE):
     """VAE whose posterior is refined by `svi_steps` SVI steps; with `svi_steps: 0` it is exactly the VAE.
 
     Logged besides the VAE's values: `*/elbo_svi` and `*/kl_svi` at the refined posterior. `*/elbo`, `*/kl` and the
-    latent diagnostics (MI, AU, probe) use the encoder's posterior; IW-NLL and perplexities use the refined
-    posterior as the proposal. The SVI loss is the batch mean, so a step moves each example by lr / batch size:
+    probe use the encoder's posterior, MI and AU the one `diagnostics_posterior` names; IW-NLL and perplexities use
+    the refined posterior as the proposal. The SVI loss is the batch mean, so a step moves each example by lr / batch size:
     evaluate with the training batch size (the configs set `eval_batch_size` to it).
     """
 
     eval_metric_names: ClassVar[tuple[str, ...]] = (*VAE.eval_metric_names, "elbo_svi", "kl_svi")
 
     def __init__(self, svi_steps: int = 20, svi_lr: float = 1.0, svi_momentum: float = 0.5,
-                 svi_max_grad_norm: float = 5.0, svi_hessian_products: HessianProducts = "exact", **kwargs):
+                 svi_max_grad_norm: float = 5.0, svi_hessian_products: HessianProducts = "exact",
+                 diagnostics_posterior: Literal["encoder", "refined"] = "encoder", **kwargs):
         """
         Args:
             svi_steps: K, SVI steps per batch (0: the VAE).
@@ -40,6 +41,8 @@ class SAVAE(VAE):
                 "official" (the SA-VAE authors' finite differences with their three extra clips, which produced the
                 published SA-VAE and Skip-SA-VAE numbers; the experiment configs of the paper use it) or
                 "finite_difference" (finite differences of the exact products, r = 1e-5, float32).
+            diagnostics_posterior: the posterior of the latent diagnostics (MI, AU, per-dimension KL): the
+                encoder's (the paper code's image models) or the refined one (its text models).
         """
         super().__init__(**kwargs)
         self.svi = SVIRefinement(svi_steps, svi_lr, svi_momentum, svi_max_grad_norm, svi_hessian_products)
@@ -92,8 +95,11 @@ class SAVAE(VAE):
             x, mean, logvar = batch["x"].clone(), outputs["mean"].clone(), outputs["logvar"].clone()
             refined_mean, refined_logvar, _ = self.svi.refine(self.svi_objective(x, 1.0), mean, logvar)
         refined = self.elbo_terms(batch["x"], refined_mean, refined_logvar, noise)
-        return {**outputs, "elbo_svi": refined["elbo"], "kl_svi": refined["kl"], "proposal_mean": refined_mean,
-                "proposal_logvar": refined_logvar, "proposal_elbo": refined["elbo"]}
+        outputs = {**outputs, "elbo_svi": refined["elbo"], "kl_svi": refined["kl"], "proposal_mean": refined_mean,
+                   "proposal_logvar": refined_logvar, "proposal_elbo": refined["elbo"]}
+        if self.hparams.diagnostics_posterior == "refined":
+            outputs.update(diagnostics_mean=refined_mean, diagnostics_logvar=refined_logvar)
+        return outputs
 
 
 class SkipSAVAE(SAVAE):

@@ -25,7 +25,7 @@ class VAE(CheckpointIdentity, L.LightningModule):
     """Gaussian-latent VAE whose decoder sees z at its first layer only.
 
     Loss: the negative ELBO in nats per example, -E_q[log p(x|z)] + beta * KL(q(z|x) || p(z)), with the KL in
-    closed form and beta warmed up linearly from `kl_start` to 1 over `kl_warmup_epochs` epochs.
+    closed form and beta warmed up linearly from `kl_start` to 1 (see `kl_weight`).
     Logged `*/elbo` values are negative ELBOs (positive nats, an upper bound on the NLL; lower is better).
     """
 
@@ -49,6 +49,7 @@ class VAE(CheckpointIdentity, L.LightningModule):
         kl_start: float = 1.0,
         kl_warmup_epochs: float = 0.0,
         param_init: float = 0.0,
+        linear_init: Literal["he_normal", "default"] = "he_normal",
     ):
         """
         Args:
@@ -66,22 +67,34 @@ class VAE(CheckpointIdentity, L.LightningModule):
             dropout: dropout on word embeddings and LSTM outputs (lstm).
             optimizer: "adam" (images) or "sgd" (text, as in the paper).
             lr: learning rate.
-            kl_start: KL weight beta at step 0; 1.0 disables warm-up.
-            kl_warmup_epochs: epochs over which beta grows linearly from kl_start to 1.
+            kl_start: KL weight beta before the first step; 1.0 disables warm-up.
+            kl_warmup_epochs: beta grows by 1 / (kl_warmup_epochs x batches per epoch) at every step, as in the
+                paper's code, so it reaches 1 after (1 - kl_start) x kl_warmup_epochs epochs; 0: no warm-up.
             param_init: when > 0, every parameter starts uniform in [-param_init, param_init] (the paper's text
-                models use 0.1); 0 keeps PyTorch's default initialisation.
+                models use 0.1), whatever `linear_init`.
+            linear_init: "he_normal": the weights of every linear layer start N(0, 2 / fan_in), as in the paper
+                code's image models (biases keep PyTorch's default); "default": PyTorch's initialisation (the
+                paper code's MLP model).
         """
         super().__init__()
         self.save_hyperparameters()
         self.encoder, self.decoder = build_networks(
             architecture, data_dims, latent_dim, encoder_hidden, decoder_layers, decoder_hidden, kernel_sizes,
             latent_feature_maps, embedding_dim, dropout, self.latent_skip)
-        if param_init > 0:
-            for parameter in self.parameters():
-                nn.init.uniform_(parameter, -param_init, param_init)
+        self.initialise(param_init, linear_init)
         self.eval_metrics = nn.ModuleDict(
             {f"{stage}_{name}": MeanMetric() for stage in ("val", "test") for name in self.eval_metric_names}
         )
+
+    def initialise(self, param_init: float, linear_init: str) -> None:
+        """The paper code's initialisations: uniform for the text models, He-normal linear weights for images."""
+        if param_init > 0:
+            for parameter in self.parameters():
+                nn.init.uniform_(parameter, -param_init, param_init)
+        elif linear_init == "he_normal":
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / module.in_features))
 
     @property
     def latent_dim(self) -> int:
@@ -94,15 +107,16 @@ class VAE(CheckpointIdentity, L.LightningModule):
         return at_least_float32(mean), at_least_float32(logvar)
 
     def kl_weight(self) -> float:
-        """beta at the current optimizer step: linear from kl_start to 1, derived from global_step (resumable)."""
+        """beta at the current optimizer step t (from 0): min(1, kl_start + (t + 1) / (kl_warmup_epochs x steps per
+        epoch)), the paper code's schedule (it adds the increment before each batch); derived from global_step,
+        so a resumed run continues it."""
         hp = self.hparams
         if hp.kl_warmup_epochs <= 0 or self._trainer is None:
             return 1.0
         steps_per_epoch = self.trainer.num_training_batches / self.trainer.accumulate_grad_batches
         if not math.isfinite(steps_per_epoch) or steps_per_epoch <= 0:
             return 1.0
-        progress = self.global_step / (hp.kl_warmup_epochs * steps_per_epoch)
-        return min(1.0, hp.kl_start + (1.0 - hp.kl_start) * progress)
+        return min(1.0, hp.kl_start + (self.global_step + 1) / (hp.kl_warmup_epochs * steps_per_epoch))
 
     def elbo_terms(self, x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor
                    ) -> dict[str, torch.Tensor]:

@@ -20,6 +20,47 @@ MLP = "mnist_skipvae_mlp.yaml"
 SA_DEBUG = ["--model.init_args.svi_steps", "2", "--data.init_args.batch_size", "10"]
 
 
+# The paper's code, per experiment (yoonkim/skip-vae train_img_skip.py defaults, which are also its Omniglot
+# command; models_img_skip.py; train_text_skip.py; harvardnlp/sa-vae optim_n2n.py for the SA models).
+IMAGE = {"seed_everything": 354, "trainer.max_epochs": 100, "trainer.gradient_clip_val": 5.0,
+         "trainer.gradient_clip_algorithm": "norm", "data.init_args.batch_size": 50,
+         "model.init_args.latent_dim": 20, "model.init_args.optimizer": "adam", "model.init_args.lr": 0.001,
+         "model.init_args.kl_start": 1.0, "model.init_args.param_init": 0.0}
+PIXELCNN = {"model.init_args.architecture": "pixelcnn", "model.init_args.encoder_hidden": 64,
+            "model.init_args.decoder_layers": 8, "model.init_args.decoder_hidden": 32,
+            "model.init_args.kernel_sizes": None, "model.init_args.latent_feature_maps": 1,
+            "model.init_args.linear_init": "he_normal"}
+MLP_MODEL = {"model.init_args.architecture": "mlp", "model.init_args.encoder_hidden": 1024,
+             "model.init_args.decoder_layers": 2, "model.init_args.decoder_hidden": 1024,
+             "model.init_args.linear_init": "default"}
+SVI = {"model.init_args.svi_steps": 20, "model.init_args.svi_lr": 1.0, "model.init_args.svi_momentum": 0.5,
+       "model.init_args.svi_max_grad_norm": 5.0, "checkpoint.monitor": "val/elbo_svi"}
+TEXT = {"trainer.max_epochs": 30, "trainer.gradient_clip_val": 5.0, "data.init_args.batch_size": 32,
+        "data.init_args.max_vocab": 20000, "model.init_args.architecture": "lstm", "model.init_args.latent_dim": 32,
+        "model.init_args.embedding_dim": 512, "model.init_args.encoder_hidden": 1024,
+        "model.init_args.decoder_hidden": 1024, "model.init_args.decoder_layers": 1,
+        "model.init_args.dropout": 0.5, "model.init_args.param_init": 0.1, "model.init_args.optimizer": "sgd",
+        "model.init_args.lr": 1.0, "model.init_args.kl_start": 0.1, "model.init_args.kl_warmup_epochs": 10.0,
+        "lr_schedule.start_epoch": 15, "lr_schedule.factor": 0.5, "lr_schedule.min_lr": 0.03}
+AUTHORS = {
+    **{f"mnist_{m}.yaml": {**IMAGE, **PIXELCNN, "data.init_args.binarization": "dynamic"}
+       for m in ("vae", "skipvae")},
+    **{f"mnist_{m}.yaml": {**IMAGE, **PIXELCNN, **SVI, "data.init_args.binarization": "dynamic",
+                           "model.init_args.svi_hessian_products": "official", "data.init_args.eval_batch_size": 50}
+       for m in ("savae", "skipsavae")},
+    **{f"omniglot_{m}.yaml": {**IMAGE, **PIXELCNN} for m in ("vae", "skipvae")},
+    **{f"omniglot_{m}.yaml": {**IMAGE, **PIXELCNN, **SVI, "model.init_args.svi_hessian_products": "official"}
+       for m in ("savae", "skipsavae")},
+    **{f"mnist_{m}_mlp.yaml": {**IMAGE, **MLP_MODEL} for m in ("vae", "skipvae")},
+    **{f"mnist_{m}_mlp.yaml": {**IMAGE, **MLP_MODEL, **SVI, "model.init_args.svi_hessian_products": "exact"}
+       for m in ("savae", "skipsavae")},
+    **{f"yahoo_{m}.yaml": {**TEXT, "lr_schedule.monitor": "val/elbo"} for m in ("vae", "skipvae")},
+    **{f"yahoo_{m}.yaml": {**TEXT, **SVI, "lr_schedule.monitor": "val/elbo_svi",
+                           "model.init_args.svi_hessian_products": "official",
+                           "model.init_args.diagnostics_posterior": "refined"} for m in ("savae", "skipsavae")},
+}
+
+
 def fit(tmp_path, config: str, *extra: str, name: str = "run", presets=()):
     return cli_main(["fit", *config_args(config, *presets, "debug.yaml"), *logging_args(tmp_path, name), *extra])
 
@@ -71,7 +112,9 @@ class TestConfigs:
         ("mnist_vae.yaml",): {"model.init_args.latent_dim": 20, "trainer.max_epochs": 100},
         ("mnist_skipvae_large.yaml",): {"model.init_args.latent_dim": 32, "model.init_args.decoder_layers": 12,
                                         "model.init_args.kl_start": 0.1, "data.class_path": "datamodules.MNISTDataModule"},
-        ("omniglot_vae.yaml",): {"model.init_args.latent_feature_maps": 4, "data.class_path": "datamodules.OmniglotDataModule"},
+        ("omniglot_vae.yaml", "parts/savae_paper_decoder.yaml"): {
+            "model.init_args.latent_feature_maps": 4, "model.init_args.kernel_sizes": [9, 9, 9, 7, 7, 7, 5, 5, 5, 3, 3, 3],
+            "data.class_path": "datamodules.OmniglotDataModule"},
         ("mnist_skipvae_mlp.yaml",): {"model.init_args.architecture": "mlp", "model.init_args.decoder_hidden": 1024},
         ("yahoo_skipvae.yaml",): {"model.init_args.embedding_dim": 512, "trainer.max_epochs": 30,
                                   "lr_schedule.start_epoch": 15, "nll_iw.chunk_size": 50},
@@ -81,16 +124,38 @@ class TestConfigs:
             "trainer.logger.init_args.name": "yahoo_small"},
     }
 
-    @pytest.mark.parametrize("configs", list(COMPOSED))
-    def test_composed_settings(self, capsys, configs):
+    @staticmethod
+    def resolved(capsys, *configs: str) -> dict:
         with pytest.raises(SystemExit):
             cli_main(["fit", *config_args(*configs), "--print_config"])
         printed = yaml.safe_load(capsys.readouterr().out)
+        flat = {}
+
+        def walk(node, prefix):
+            for key, value in node.items():
+                if isinstance(value, dict):
+                    walk(value, f"{prefix}{key}.")
+                else:
+                    flat[f"{prefix}{key}"] = value
+
+        walk(printed, "")
+        return flat
+
+    @pytest.mark.parametrize("configs", list(COMPOSED))
+    def test_composed_settings(self, capsys, configs):
+        printed = self.resolved(capsys, *configs)
         for key, value in self.COMPOSED[configs].items():
-            node = printed
-            for part in key.split("."):
-                node = node[part]
-            assert node == value, key
+            assert printed[key] == value, key
+
+    @pytest.mark.parametrize("config", list(AUTHORS))
+    def test_experiment_has_the_authors_settings(self, capsys, config):
+        printed = self.resolved(capsys, config)
+        mismatches = {key: (printed.get(key, "<missing>"), value) for key, value in AUTHORS[config].items()
+                      if printed.get(key, "<missing>") != value}
+        assert not mismatches, mismatches
+
+    def test_every_paper_experiment_is_in_the_table(self):
+        assert {c for c in EXPERIMENT_CONFIGS if "_large" not in c} == set(AUTHORS)
 
     def test_command_line_override(self, tmp_path, capsys):
         with pytest.raises(SystemExit):

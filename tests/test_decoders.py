@@ -70,11 +70,17 @@ class TestLatentRouting:
         """Indices of layers whose input channels include the z maps (layer L = output conv)."""
         widths = [layer.v_conv.in_channels for layer in decoder.layers] + [decoder.output.in_channels]
         base = [1] + [6] * len(decoder.layers)
-        return [i for i, (w, b) in enumerate(zip(widths, base)) if w == b + decoder.maps]
+        return [i for i, (w, b) in enumerate(zip(widths, base)) if w == b + decoder.maps_of(i)]
 
     def test_vae_feeds_first_layer_only_and_skipvae_every_layer(self):
         assert self._layer_inputs_with_latent(pixelcnn(False)) == [0]
         assert self._layer_inputs_with_latent(pixelcnn(True)) == [0, 1, 2, 3]
+
+    def test_output_layer_takes_one_latent_map_whatever_the_gated_layers_take(self):
+        decoder = pixelcnn(True)  # two maps per gated layer
+        assert decoder.layers[1].v_conv.in_channels == 6 + 2
+        assert decoder.output.in_channels == 6 + 1
+        assert decoder.latent_maps["3"].out_features == 1 * 8 * 8
 
     @pytest.mark.parametrize("skip", [False, True])
     def test_z_reaches_output_without_first_layer_only_when_skipping(self, skip):
@@ -106,15 +112,27 @@ class TestLatentRouting:
 
 class TestMLPDecoder:
     @pytest.mark.parametrize("skip", [False, True])
-    def test_z_enters_hidden_layers_and_output_only_when_skipping(self, skip):
+    def test_z_enters_hidden_layers_only_when_skipping(self, skip):
         torch.manual_seed(0)
         decoder = MLPDecoder([1, 4, 4], latent_dim=3, hidden=8, num_layers=2, latent_skip=skip)
-        assert sorted(decoder.latent.keys()) == (["1", "2", "3"] if skip else [])
+        assert sorted(decoder.latent.keys()) == (["1", "2"] if skip else [])
         with torch.no_grad():
             decoder.input.weight.zero_()
         z = torch.randn(2, 3, requires_grad=True)
         (grad,) = torch.autograd.grad(decoder(None, z).sum(), z)
         assert (grad.abs().sum() > 0) == skip
+
+    def test_skip_model_output_layer_has_no_latent_input(self):
+        """As in the paper code's MLP model: with every path through the hidden layers cut, z has no effect."""
+        torch.manual_seed(0)
+        decoder = MLPDecoder([1, 4, 4], latent_dim=3, hidden=8, num_layers=2, latent_skip=True)
+        assert not decoder.takes_latent(3) and decoder.takes_latent(2)
+        with torch.no_grad():
+            decoder.hidden[-1].weight.zero_()
+            decoder.latent["2"].weight.zero_()
+        z = torch.randn(2, 3, requires_grad=True)
+        (grad,) = torch.autograd.grad(decoder(None, z).sum(), z)
+        assert grad.abs().sum() == 0
 
 
 class TestLSTMDecoder:
@@ -144,6 +162,20 @@ class TestLSTMDecoder:
         assert decoder.lstms[1].input_size == 7 + (3 if skip else 0)
         assert decoder.output.in_features == 7 + (3 if skip else 0)
         assert decoder.lstms[0].input_size == 5 + 3  # both models append z to every input embedding
+
+    @pytest.mark.parametrize("layers", [1, 2])
+    def test_linear_z_is_the_last_layers_initial_hidden_state(self, layers):
+        """h0 = Linear(z) enters the last LSTM layer (the paper code sets h0[-1]); the others start at zero."""
+        decoder = self.decoder(False, layers)
+        seen = []
+        for lstm in decoder.lstms:
+            lstm.register_forward_pre_hook(lambda module, args: seen.append(args[1]))
+        z = torch.randn(2, 3, dtype=torch.float64)
+        decoder(torch.tensor([[1, 4, 5, 2], [1, 6, 2, 0]]), z)
+        h0, c0 = seen[-1]
+        torch.testing.assert_close(h0[0], decoder.initial_hidden(z))
+        assert (c0 == 0).all()
+        assert all(state is None for state in seen[:-1])  # PyTorch's zero initial state
 
     def test_log_prob_ignores_padding(self):
         decoder = self.decoder(True)

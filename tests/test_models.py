@@ -53,17 +53,50 @@ class TestKLWeight:
         model._trainer = trainer  # global_step and trainer read it
         return model
 
-    def test_linear_from_kl_start_to_one_over_the_warmup_steps(self):
-        assert self.model_at(0).kl_weight() == pytest.approx(0.1)
-        assert self.model_at(10).kl_weight() == pytest.approx(0.55)  # half of 2 epochs x 10 batches
-        assert self.model_at(20).kl_weight() == pytest.approx(1.0)
+    def test_the_paper_codes_increment_per_step(self):
+        """beta = min(1, kl_start + (step + 1) / (warm-up epochs x batches)): the paper's code adds 1 / (2 x 10)
+        before each batch, so with kl_start 0.1 beta reaches 1 at step 17, after 0.9 x 2 epochs."""
+        assert self.model_at(0).kl_weight() == pytest.approx(0.15)
+        assert self.model_at(9).kl_weight() == pytest.approx(0.6)
+        assert self.model_at(16).kl_weight() == pytest.approx(0.95)
+        assert self.model_at(17).kl_weight() == pytest.approx(1.0)
         assert self.model_at(35).kl_weight() == 1.0
+        assert self.model_at(3, kl_start=0.5, warmup_epochs=1).kl_weight() == pytest.approx(0.9)
 
     def test_no_warmup_and_no_trainer_mean_one(self):
         assert self.model_at(0, warmup_epochs=0).kl_weight() == 1.0
         model = self.model_at(0)
         model._trainer = None
         assert model.kl_weight() == 1.0
+
+
+class TestInitialisation:
+    @staticmethod
+    def linear_weights(model) -> list[torch.Tensor]:
+        return [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+    def test_he_normal_linear_weights_by_default(self):
+        """The paper code's image models: every linear weight N(0, 2 / fan_in); here the 20 -> 784 latent maps and
+        the encoder's 576 -> 20 heads, whose sample standard deviations are checked to 5 %."""
+        torch.manual_seed(0)
+        model = SkipVAE()
+        weights = self.linear_weights(model)
+        assert len(weights) == 2 + 9  # encoder mean/logvar, one latent projection per decoder layer and the output
+        for weight in weights:
+            expected = (2.0 / weight.shape[1]) ** 0.5
+            assert float(weight.std()) == pytest.approx(expected, rel=0.05)
+            assert abs(float(weight.mean())) < 0.1 * expected
+
+    def test_default_keeps_pytorchs_initialisation(self):
+        torch.manual_seed(0)
+        model = VAE(linear_init="default")
+        for weight in self.linear_weights(model):  # PyTorch: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), std 1/sqrt(3 fan_in)
+            assert float(weight.std()) == pytest.approx((1.0 / (3 * weight.shape[1])) ** 0.5, rel=0.05)
+
+    def test_param_init_overrides_linear_init(self):
+        model = VAE(architecture="mlp", latent_dim=2, encoder_hidden=4, decoder_hidden=4, decoder_layers=1,
+                    param_init=0.1)
+        assert all(float(p.detach().abs().max()) <= 0.1 for p in model.parameters())
 
 
 class TestSampling:

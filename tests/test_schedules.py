@@ -29,6 +29,12 @@ def test_no_decay_before_start_epoch_then_every_epoch():
     assert rates == [1, 1, 1, 1, 1, 0.5, 0.25, 0.125]
 
 
+def test_decay_may_start_at_the_start_epoch_itself():
+    # as in the paper's code (`epoch >= min_epochs`): a worse value at epoch 3 of a schedule starting at 3 halves
+    rates, _, _ = run_schedule([10, 9, 9.5, 8], start_epoch=3)
+    assert rates == [1, 1, 0.5, 0.25]
+
+
 def test_stops_below_min_lr_and_state_round_trips():
     rates, schedule, trainer = run_schedule([10, 11, 12, 13, 14, 15, 16], start_epoch=1, min_lr=0.2)
     assert rates == [1, 0.5, 0.25, 0.125] and trainer.should_stop

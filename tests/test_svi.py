@@ -203,3 +203,19 @@ def test_official_mode_without_active_clips_is_finite_differences(architecture):
 
     for a, b in zip(gradients("official"), gradients("finite_difference")):  # the same sums in another order
         assert float((a - b).norm() / b.norm()) < 1e-6
+
+
+@pytest.mark.parametrize("posterior", ["encoder", "refined"])
+def test_latent_diagnostics_use_the_posterior_the_model_names(posterior):
+    """The paper's text code computes MI and AU of SA models on the refined posteriors (`diagnostics_posterior`)."""
+    from callbacks.diagnostics import LatentDiagnostics
+
+    model = small_model(SAVAE, "lstm", svi_steps=3, diagnostics_posterior=posterior).eval()
+    tokens = example_batch("lstm")
+    outputs = model.evaluate({"x": tokens, "index": torch.arange(len(tokens))})
+    diagnostics = LatentDiagnostics()
+    diagnostics.update(None, model, outputs, {"index": torch.arange(len(tokens))})
+    diagnostics.metrics["au"].compute()
+    key = "proposal_mean" if posterior == "refined" else "mean"
+    torch.testing.assert_close(diagnostics.metrics["au"].variances, outputs[key].detach().double().var(0))
+    assert not torch.allclose(outputs["proposal_mean"], outputs["mean"])
