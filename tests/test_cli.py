@@ -35,7 +35,7 @@ MLP_MODEL = {"model.init_args.architecture": "mlp", "model.init_args.encoder_hid
              "model.init_args.linear_init": "default"}
 SVI = {"model.init_args.svi_steps": 20, "model.init_args.svi_lr": 1.0, "model.init_args.svi_momentum": 0.5,
        "model.init_args.svi_max_grad_norm": 5.0, "checkpoint.monitor": "val/elbo_svi"}
-TEXT = {"trainer.max_epochs": 30, "trainer.gradient_clip_val": 5.0, "data.init_args.batch_size": 32,
+TEXT = {"seed_everything": 3435, "trainer.max_epochs": 30, "trainer.gradient_clip_val": 5.0, "data.init_args.batch_size": 32,
         "data.init_args.max_vocab": 20000, "model.init_args.architecture": "lstm", "model.init_args.latent_dim": 32,
         "model.init_args.embedding_dim": 512, "model.init_args.encoder_hidden": 1024,
         "model.init_args.decoder_hidden": 1024, "model.init_args.decoder_layers": 1,
@@ -226,9 +226,11 @@ class TestPresets:
         assert cli.trainer.precision == "bf16-mixed"
         assert math.isfinite(float(cli.trainer.callback_metrics["val/elbo"]))
 
-    def test_bf16_mixed_savae_fit(self, tmp_path):
+    @pytest.mark.parametrize("reverse_pass", ["exact", "official"])
+    def test_bf16_mixed_savae_fit(self, tmp_path, reverse_pass):
         cli = cli_main(["fit", *config_args("mnist_skipsavae_mlp.yaml", "debug.yaml", "bf16.yaml"),
-                        *logging_args(tmp_path), *SA_DEBUG, "--data.init_args.eval_batch_size", "10"])
+                        *logging_args(tmp_path), *SA_DEBUG, "--data.init_args.eval_batch_size", "10",
+                        "--model.init_args.svi_hessian_products", reverse_pass])
         metrics = cli.trainer.callback_metrics
         assert cli.trainer.precision == "bf16-mixed"
         assert math.isfinite(float(metrics["val/elbo_svi"])) and math.isfinite(float(metrics["train/loss"]))

@@ -54,10 +54,12 @@ def test_bf16_mixed_matches_fp32(tmp_path, checkpoint):
     assert bf16["test/elbo"] == pytest.approx(fp32["test/elbo"], rel=0.01)
 
 
-def test_two_process_savae_fit_keeps_the_replicas_identical(tmp_path):
+@pytest.mark.parametrize("reverse_pass", ["exact", "official"])
+def test_two_process_savae_fit_keeps_the_replicas_identical(tmp_path, reverse_pass):
     extra = callbacks_config(tmp_path / "cb.yaml", "class_path: helpers.AssertReplicasAgree")
     result = run_main(["fit", *config_args("mnist_skipsavae_mlp.yaml", "debug.yaml", "ddp.yaml"), *extra,
                        *logging_args(tmp_path), "--trainer.accelerator", "cpu", "--model.init_args.svi_steps", "2",
+                       "--model.init_args.svi_hessian_products", reverse_pass,
                        "--data.init_args.batch_size", "10", "--trainer.max_epochs", "2"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MEMBER: 2/2" in result.stderr  # two processes

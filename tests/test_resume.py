@@ -76,10 +76,12 @@ class TestExactResume:
         beta = dict(scalars(resumed)["train/beta"])
         assert 0.1 < beta[max(beta)] < 1.0  # the warm-up was still running across the resume point
 
-    def test_savae_run(self, tmp_path):
+    @pytest.mark.parametrize("reverse_pass", ["exact", "official"])
+    def test_savae_run(self, tmp_path, reverse_pass):
         # Automatic optimization on a surrogate loss, SVI seeds drawn from the global stream: the same run too.
         args = [*config_args("mnist_skipsavae_mlp.yaml", "debug.yaml"), *IMAGE_ARGS,
-                "--model.init_args.svi_steps", "2", "--data.init_args.batch_size", "10"]
+                "--model.init_args.svi_steps", "2", "--data.init_args.batch_size", "10",
+                "--model.init_args.svi_hessian_products", reverse_pass]
         full, resumed = fit_in_parts(tmp_path, args)
         assert_same_run(full, resumed)
         assert "train/elbo_svi" in scalars(resumed)
