@@ -6,7 +6,7 @@ CONFIG ?= configs/mnist_skipvae.yaml
 REQUIREMENTS_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQUIREMENTS_HASH)
 
-.PHONY: train test test-fast
+.PHONY: train test test-fast data
 
 $(STAMP):
 	python3 -m venv $(VENV)
@@ -16,8 +16,11 @@ $(STAMP):
 train: $(STAMP)  ## set up, then train Skip-VAE on MNIST (override CONFIG=...)
 	$(PYTHON) main.py fit --config $(CONFIG)
 
+data: $(STAMP)  ## fetch every downloadable data file into $$SKIPVAE_DATA_DIR (default ./data), checksums checked
+	$(PYTHON) -m datamodules.fetch
+
 test: $(STAMP)  ## set up, then run the full test suite (what CI runs)
 	$(PYTHON) -m pytest
 
-test-fast: $(STAMP)  ## unit-level tests only, for the development loop (no training runs, no subprocesses)
-	$(PYTHON) -m pytest -m "not integration"
+test-fast: $(STAMP)  ## unit-level tests only, for the development loop (no data, no training runs, no subprocesses)
+	$(PYTHON) -m pytest -m "not integration and not real_data"

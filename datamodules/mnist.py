@@ -2,9 +2,9 @@
 
 Files (in `<data dir>/mnist/`):
 - dynamic: the four LeCun IDX files `{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`, checked against
-  torchvision's MD5 list. Training set: 50,000 of the 60,000 training images, chosen by
-  `torch.randperm(60000, generator=torch.Generator().manual_seed(split_seed))[:50000]`; the other 10,000 are the
-  validation set. Test set: the 10,000 test images.
+  torchvision's MD5 list. Training set: five sixths of the training images (50,000 of 60,000), chosen by
+  `torch.randperm(60000, generator=torch.Generator().manual_seed(split_seed))[:50000]`; the other sixth (10,000)
+  is the validation set. Test set: the 10,000 test images.
 - static: `binarized_mnist_{train,valid,test}.amat` or `.amat.gz` (50k/10k/10k, 0/1 text), checked against
   the SHA-256 of the original .amat files.
 """
@@ -32,6 +32,8 @@ LAROCHELLE_SHA256 = {
     "test": "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c",
 }
 LAROCHELLE_SIZES = {"train": 50_000, "valid": 10_000, "test": 10_000}
+LAROCHELLE_FILES = {split: RemoteFile(f"binarized_mnist_{split}.amat", (LAROCHELLE_URL.format(split),), sha256=digest)
+                    for split, digest in LAROCHELLE_SHA256.items()}
 
 
 def read_idx(path: Path, reader) -> torch.Tensor:
@@ -52,7 +54,7 @@ def amat_path(folder: Path, split: str, download: bool) -> Path:
     for candidate in (folder / name, folder / f"{name}.gz"):
         if candidate.exists():
             return candidate
-    return fetch(folder, RemoteFile(name, (LAROCHELLE_URL.format(split),)), download=download)
+    return fetch(folder, LAROCHELLE_FILES[split], download=download, check=False)  # read_amat checks the content
 
 
 def read_amat(folder: Path, split: str, download: bool) -> np.ndarray:
@@ -110,6 +112,6 @@ class MNISTDataModule(BinarizedImageDataModule):
         test_images = read_idx(paths["t10k-images-idx3-ubyte.gz"], read_image_file).unsqueeze(1)
         test_labels = read_idx(paths["t10k-labels-idx1-ubyte.gz"], read_label_file)
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(hp.split_seed))
-        train_idx, val_idx = order[:50_000], order[50_000:]
+        train_idx, val_idx = order.split([len(images) - len(images) // 6, len(images) // 6])
         return {"train": InMemoryDataset(images[train_idx].contiguous(), labels[train_idx]),
                 **self.binarized_eval_sets(images[val_idx], labels[val_idx], test_images, test_labels)}

@@ -1,5 +1,10 @@
-"""Shared fixtures. Real MNIST comes from $SKIPVAE_DATA_DIR, by default the `shared/data` folder beside the
-project root; every other data file a test needs is generated in its real format."""
+"""Shared fixtures and the data the test tiers need.
+
+The unit tier (`make test-fast`) needs no data: every file it reads is generated in its real format
+(`tests/fixtures.py`). The full tier (`make test`) also runs the `integration` tests and those marked `real_data`,
+which read real files from the project's data folder: $SKIPVAE_DATA_DIR, else ./data (fill it with `make data`).
+When one of those files is missing the run stops before the first test, naming the missing files.
+"""
 
 import os
 import sys
@@ -10,11 +15,36 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("SKIPVAE_DATA_DIR", str(ROOT.parent / "shared" / "data"))
-DATA_DIR = Path(os.environ["SKIPVAE_DATA_DIR"])
+DATA_DIR = Path(os.environ.get("SKIPVAE_DATA_DIR") or ROOT / "data").resolve()
+os.environ["SKIPVAE_DATA_DIR"] = str(DATA_DIR)  # also for the runs the tests start in other processes
 CONFIGS = ROOT / "configs"
 PRESETS = {"debug.yaml", "bf16.yaml", "ddp.yaml", "cpu_study.yaml", "yahoo_small.yaml"}
 EXPERIMENT_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in PRESETS)
+
+# The real files the full tier reads (each entry: alternatives, any one will do).
+REAL_FILES = (
+    *((f"mnist/{name}",) for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                                      "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")),
+    *((f"mnist/binarized_mnist_{split}.amat", f"mnist/binarized_mnist_{split}.amat.gz")
+      for split in ("train", "valid", "test")),
+    ("yahoo/valid.txt",), ("yahoo/test.txt",),
+    ("reference/mnist-noskip-latents.npz",), ("reference/mnist-skip-latents.npz",),
+)
+
+
+def missing_real_files(data_dir: Path = DATA_DIR) -> list[str]:
+    return [options[0] for options in REAL_FILES if not any((data_dir / name).exists() for name in options)]
+
+
+def pytest_collection_finish(session):
+    """Stop before the first test when selected tests need real files that are not in the data folder."""
+    if not any(item.get_closest_marker(m) for item in session.items for m in ("integration", "real_data")):
+        return
+    missing = missing_real_files()
+    if missing:
+        pytest.exit(f"the full test tier needs real data files missing from {DATA_DIR}: {', '.join(missing)}. "
+                    "Fetch them with `make data` (or set SKIPVAE_DATA_DIR to a folder that holds them); "
+                    "`make test-fast` needs none.", returncode=4)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -33,15 +63,14 @@ def _seed():
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    folder = DATA_DIR / "mnist"
-    if not (folder / "train-images-idx3-ubyte.gz").exists():
-        pytest.fail(f"real MNIST files are needed in {folder} (set SKIPVAE_DATA_DIR)")
-    return folder
+    """The real MNIST folder (for tests marked `real_data`)."""
+    return DATA_DIR / "mnist"
 
 
 @pytest.fixture(scope="session")
 def fixture_data_dir(tmp_path_factory) -> Path:
-    """Omniglot and Yahoo files generated in their real formats (the full files are not on every machine)."""
+    """MNIST, Omniglot and Yahoo files generated in their real formats (with other checksums: use
+    `check_file false`, which `fixture_args` adds)."""
     from fixtures import make_data_dir
 
     return make_data_dir(tmp_path_factory.mktemp("data"))

@@ -1,4 +1,4 @@
-"""Small data files in the real formats of the datasets that are not on every machine."""
+"""Small data files in the real formats of the datasets, for tests that need no real data."""
 
 from pathlib import Path
 
@@ -53,8 +53,33 @@ def write_yahoo(folder: Path, n_train: int = 200, n_valid: int = 40, n_test: int
 
 
 def make_data_dir(root: Path) -> Path:
-    """A data folder with omniglot/chardata.mat and yahoo/{train,valid,test}.txt fixtures."""
+    """A data folder with mnist/ (IDX), omniglot/chardata.mat and yahoo/{train,valid,test}.txt fixtures."""
+    write_mnist(root / "mnist")
     (root / "omniglot").mkdir(parents=True, exist_ok=True)
     write_chardata(root / "omniglot" / "chardata.mat")
     write_yahoo(root / "yahoo")
     return root
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """A gzipped IDX file (LeCun's MNIST format): magic 0x0000080N with N the number of dimensions (unsigned
+    bytes), the dimensions as big-endian int32, then the data."""
+    import gzip
+
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb", compresslevel=1) as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_mnist(folder: Path, n_train: int = 600, n_test: int = 100, seed: int = 0) -> None:
+    """The four MNIST IDX files with n_train / n_test grey 28x28 digits-like images (a bright stroke whose position
+    depends on the label, on a dark background with grey noise) and labels 0-9."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 10
+        images = (rng.random((n, 28, 28)) * 60).astype(np.uint8)
+        for i, label in enumerate(labels):
+            images[i, 4:24, 2 + 2 * label : 5 + 2 * label] = 255
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)

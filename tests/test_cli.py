@@ -256,14 +256,18 @@ class TestBadInput:
         assert message.startswith("error: missing data file")
         assert str(tmp_path / "nowhere" / "mnist") in message and "http" in message
 
-    def test_corrupt_gzip(self, tmp_path, mnist_dir):
+    @pytest.mark.parametrize("real", [pytest.param(True, marks=pytest.mark.real_data), False])
+    def test_corrupt_gzip(self, tmp_path, mnist_dir, fixture_data_dir, real):
+        """A truncated file: refused by its checksum (the real files) or, unchecked, as a damaged gzip file."""
         target = tmp_path / "data" / "mnist"
-        shutil.copytree(mnist_dir, target)
+        shutil.copytree(mnist_dir if real else fixture_data_dir / "mnist", target)
         broken = target / "t10k-labels-idx1-ubyte.gz"
         broken.chmod(0o644)
-        broken.write_bytes(broken.read_bytes()[:1000])
-        with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz is corrupt or incomplete.*download it again"):
-            fit(tmp_path, MLP, "--data.init_args.data_dir", str(tmp_path / "data"), "--data.init_args.download", "false")
+        broken.write_bytes(broken.read_bytes()[:30])
+        message = "is corrupt or incomplete" if real else "is not a valid gzip file"
+        with pytest.raises(DataError, match=f"t10k-labels-idx1-ubyte.gz {message}.*[Dd]ownload it again"):
+            fit(tmp_path, MLP, "--data.init_args.data_dir", str(tmp_path / "data"), "--data.init_args.download", "false",
+                "--data.init_args.check_file", str(real).lower())
 
     @pytest.mark.integration
     def test_checkpoint_from_another_model(self, mlp_run):

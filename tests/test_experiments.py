@@ -146,6 +146,7 @@ class TestProbe:
         noise = torch.randn(2000, 6, generator=generator)
         assert abs(probe_accuracy(noise[:1000], labels[:1000], noise[1000:], labels[1000:]) - 0.25) < 0.06
 
+    @pytest.mark.real_data
     def test_reference_posteriors_skip_model_is_more_informative(self):
         accuracy = {}
         for name in ("noskip", "skip"):

@@ -115,9 +115,10 @@ class TestBadConfig:
                       "--data", "datamodules.OmniglotDataModule", "--data.init_args.data_dir", str(fixture_data_dir),
                       "--data.init_args.check_file", "false", "--ckpt_path", str(mlp_checkpoint)])
 
-    def test_batch_larger_than_the_training_set(self, tmp_path):
-        with pytest.raises(DataError, match=r"batch_size 60000 is larger than the training set \(50000 images\)"):
-            fit(tmp_path, "--data.init_args.batch_size", "60000")
+    def test_batch_larger_than_the_training_set(self, tmp_path, fixture_data_dir):
+        with pytest.raises(DataError, match=r"batch_size 600 is larger than the training set \(500 images\)"):
+            fit(tmp_path, "--data.init_args.batch_size", "600", "--data.init_args.data_dir", str(fixture_data_dir),
+                "--data.init_args.check_file", "false")
         assert checkpoints(tmp_path) == []
 
     def test_text_batch_larger_than_the_training_set(self, tmp_path, fixture_data_dir):
@@ -141,6 +142,7 @@ class TestBadConfig:
 
 
 class TestBadFiles:
+    @pytest.mark.real_data
     def test_mnist_file_of_the_wrong_shape(self, tmp_path, mnist_dir):
         import gzip
 

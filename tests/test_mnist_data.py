@@ -1,4 +1,4 @@
-"""MNIST loading: real IDX and .amat files, splits, binarization."""
+"""MNIST loading: IDX and .amat files, splits, binarization (generated IDX files; the real ones where marked)."""
 
 import gzip
 
@@ -11,9 +11,13 @@ from datamodules.files import DataError
 from datamodules.mnist import read_amat
 
 
+def generated(data_dir, **kwargs) -> MNISTDataModule:
+    return MNISTDataModule(data_dir=str(data_dir), download=False, check_file=False, **kwargs)
+
+
 @pytest.fixture(scope="module")
-def mnist(mnist_dir):
-    dm = MNISTDataModule(data_dir=str(mnist_dir.parent), download=False)
+def mnist(fixture_data_dir):
+    dm = generated(fixture_data_dir)
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -21,13 +25,22 @@ def mnist(mnist_dir):
 
 class TestDynamicMNIST:
     def test_split_sizes_and_disjointness(self, mnist):
-        assert (len(mnist.datasets["train"]), len(mnist.datasets["val"]), len(mnist.datasets["test"])) == (50_000, 10_000, 10_000)
+        """Five sixths of the training images train, one sixth validates (600 generated images)."""
+        assert (len(mnist.datasets["train"]), len(mnist.datasets["val"]), len(mnist.datasets["test"])) == (500, 100, 100)
         assert mnist.data_dims == [1, 28, 28]
         label_counts = torch.bincount(torch.cat([mnist.datasets["train"].labels, mnist.datasets["val"].labels]))
+        assert label_counts.tolist() == [60] * 10  # every image once
+
+    @pytest.mark.real_data
+    def test_real_split(self, mnist_dir):
+        dm = MNISTDataModule(data_dir=str(mnist_dir.parent), download=False)
+        dm.setup("fit")
+        assert (len(dm.datasets["train"]), len(dm.datasets["val"]), len(dm.datasets["test"])) == (50_000, 10_000, 10_000)
+        label_counts = torch.bincount(torch.cat([dm.datasets["train"].labels, dm.datasets["val"].labels]))
         assert label_counts.tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 
-    def test_split_is_fixed_by_seed(self, mnist_dir, mnist):
-        again = MNISTDataModule(data_dir=str(mnist_dir.parent), download=False)
+    def test_split_is_fixed_by_seed(self, fixture_data_dir, mnist):
+        again = generated(fixture_data_dir)
         again.setup("fit")
         assert torch.equal(again.datasets["val"].x, mnist.datasets["val"].x)
         assert torch.equal(again.datasets["test"].x, mnist.datasets["test"].x)
@@ -61,6 +74,7 @@ class TestDynamicMNIST:
         assert batch["label"].shape == (50,)
 
 
+@pytest.mark.real_data
 class TestStaticMNIST:
     def test_reads_larochelle_split(self, mnist_dir):
         dm = MNISTDataModule(data_dir=str(mnist_dir.parent), binarization="static", download=False)
@@ -76,6 +90,8 @@ class TestStaticMNIST:
             first_rows = [np.array(handle.readline().split(), dtype=np.uint8) for _ in range(3)]
         np.testing.assert_array_equal(array[:3], np.stack(first_rows))
 
+
+class TestLarochelleFormat:
     def test_wrong_content_is_rejected(self, tmp_path):
         folder = tmp_path / "mnist"
         folder.mkdir()
@@ -85,10 +101,10 @@ class TestStaticMNIST:
 
 
 class TestFiles:
-    def test_setup_reads_the_files_once(self, mnist_dir, monkeypatch):
+    def test_setup_reads_the_files_once(self, fixture_data_dir, monkeypatch):
         import datamodules.mnist
 
-        dm = MNISTDataModule(data_dir=str(mnist_dir.parent), download=False)
+        dm = generated(fixture_data_dir)
         dm.setup("fit")
         first = dm.datasets
         monkeypatch.setattr(datamodules.mnist, "read_idx", lambda *args: pytest.fail("read again"))

@@ -89,6 +89,7 @@ def test_zero_steps_is_the_vae(architecture):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.real_data
 def test_svi_lowers_the_batch_loss_of_a_trained_model(mnist_dir):
     from datamodules import MNISTDataModule
 

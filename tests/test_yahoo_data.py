@@ -42,13 +42,15 @@ class TestVocabulary:
         vocab.save(tmp_path / "saved.txt")
         assert Vocabulary.read(tmp_path / "saved.txt") == vocab
 
-    def test_reads_the_real_vocabulary_files(self, tmp_path):
-        from conftest import DATA_DIR
-
-        indexed = Vocabulary.read(DATA_DIR / "yahoo" / "vocab_yaoxiaoyuan.txt")
-        plain = Vocabulary.read(DATA_DIR / "yahoo" / "vocab_della.txt")
-        assert len(indexed) == 20000 and indexed.words[3:5] == ["_UNK", "."]
-        assert len(plain) == 20000 and set(plain.words) == set(indexed.words)
+    def test_reads_the_published_vocabulary_formats(self, tmp_path):
+        """The two formats the published Yahoo vocabularies use: `word<TAB>index` lines starting with the three
+        specials (`_UNK` 3), and one word per line without specials."""
+        words = ["_UNK", ".", "the", "?"]
+        (tmp_path / "indexed.txt").write_text("".join(f"{w}\t{i}\n" for i, w in enumerate(["<pad>", "<bos>", "<eos>", *words])))
+        (tmp_path / "plain.txt").write_text("".join(f"{w}\n" for w in ["the", "_UNK", "?", "."]))
+        indexed, plain = Vocabulary.read(tmp_path / "indexed.txt"), Vocabulary.read(tmp_path / "plain.txt")
+        assert len(indexed) == 7 and indexed.words[3:5] == ["_UNK", "."]
+        assert len(plain) == 7 and set(plain.words) == set(indexed.words)
 
     @pytest.mark.parametrize("content, message", [
         ("", "is empty"),
@@ -152,6 +154,7 @@ class TestDataModule:
         with pytest.raises(DataError, match=r"train\.txt.*https://raw\.githubusercontent\.com/harvardnlp"):
             dm.prepare_data()
 
+    @pytest.mark.real_data
     def test_real_stand_in_split(self):
         dm = YahooDataModule(train_file="valid.txt", val_split=1000, test_file="test.txt", download=False)
         dm.setup("fit")
