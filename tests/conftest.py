@@ -68,6 +68,19 @@ def mnist_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def debug_run(tmp_path_factory) -> Path:
+    """The log folder of one debug fit of the MLP SkipVAE (`configs/debug.yaml`), trained once per test session
+    and shared by every test that needs *a* trained model (`debug_run / "checkpoints" / "last.ckpt"`). Tests must
+    not write into it."""
+    from helpers import MLP, config_args, logging_args
+    from main import cli_main
+
+    tmp_path = tmp_path_factory.mktemp("debug_run")
+    cli_main(["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path)])
+    return tmp_path / "run" / "version_0"
+
+
+@pytest.fixture(scope="session")
 def fixture_data_dir(tmp_path_factory) -> Path:
     """MNIST, Omniglot and Yahoo files generated in their real formats (with other checksums: use
     `check_file false`, which `fixture_args` adds)."""

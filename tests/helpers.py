@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
+MLP = "mnist_skipvae_mlp.yaml"  # the fastest experiment: the tests' model when any trained model will do
 
 
 def config_args(*names: str) -> list[str]:

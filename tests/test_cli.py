@@ -10,11 +10,10 @@ import yaml
 
 from conftest import EXPERIMENT_CONFIGS, fixture_args
 from datamodules.files import DataError
-from helpers import config_args, last_scalar, logging_args, read_events, run_main
+from helpers import MLP, config_args, last_scalar, logging_args, read_events, run_main
 from main import cli_main
 from models.identity import CheckpointMismatchError
 
-MLP = "mnist_skipvae_mlp.yaml"
 # SA-VAE configs run their debug fits with K = 2 SVI steps on batches of 10 (K = 20 on batches of 50 is about 40 s a
 # step on 2 CPU cores); every other setting is the config's.
 SA_DEBUG = ["--model.init_args.svi_steps", "2", "--data.init_args.batch_size", "10"]
@@ -63,13 +62,6 @@ AUTHORS = {
 
 def fit(tmp_path, config: str, *extra: str, name: str = "run", presets=()):
     return cli_main(["fit", *config_args(config, *presets, "debug.yaml"), *logging_args(tmp_path, name), *extra])
-
-
-@pytest.fixture(scope="module")
-def mlp_run(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("mlp")
-    cli = fit(tmp_path, MLP)
-    return tmp_path / "run" / "version_0", cli
 
 
 class TestConfigs:
@@ -168,8 +160,8 @@ class TestConfigs:
 
 @pytest.mark.integration
 class TestRunOutputs:
-    def test_mlp_fit_logs_and_checkpoints(self, mlp_run):
-        log_dir, cli = mlp_run
+    def test_mlp_fit_logs_and_checkpoints(self, debug_run):
+        log_dir = debug_run
         events = read_events(log_dir)
         scalars = set(events.Tags()["scalars"])
         assert {"train/loss", "train/elbo", "train/recon", "train/kl", "train/beta",
@@ -177,10 +169,11 @@ class TestRunOutputs:
         assert last_scalar(events, "train/beta") == 1.0
         saved = yaml.safe_load((log_dir / "config.yaml").read_text())
         assert saved["model"]["class_path"] == "models.SkipVAE"
-        assert list(cli.model.hparams.data_dims) == [1, 28, 28]  # linked from the datamodule
+        hparams = yaml.safe_load((log_dir / "hparams.yaml").read_text())
+        assert list(hparams["data_dims"]) == [1, 28, 28]  # linked from the datamodule
 
-    def test_test_from_checkpoint_reports_all_metrics(self, mlp_run, tmp_path):
-        log_dir, _ = mlp_run
+    def test_test_from_checkpoint_reports_all_metrics(self, debug_run, tmp_path):
+        log_dir = debug_run
         cli = cli_main(["test", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path),
                         "--ckpt_path", str(log_dir / "checkpoints" / "last.ckpt")])
         metrics = cli.trainer.callback_metrics
@@ -270,10 +263,10 @@ class TestBadInput:
                 "--data.init_args.check_file", str(real).lower())
 
     @pytest.mark.integration
-    def test_checkpoint_from_another_model(self, mlp_run):
+    def test_checkpoint_from_another_model(self, debug_run):
         from models import VAE
 
-        log_dir, _ = mlp_run
+        log_dir = debug_run
         with pytest.raises(CheckpointMismatchError, match="model class SkipVAE \\(configured: VAE\\)"):
             VAE.load_from_checkpoint(log_dir / "checkpoints" / "last.ckpt")
 

@@ -2,21 +2,17 @@
 
 import pytest
 
-from helpers import callbacks_config, config_args, logging_args, read_events, run_main
-from main import cli_main
+from helpers import MLP, callbacks_config, config_args, logging_args, read_events, run_main
 
 pytestmark = pytest.mark.integration  # every test here trains, tests or starts processes
 
-MLP = "mnist_skipvae_mlp.yaml"
 NAMES = ("test/kl", "test/au", "test/mi", "test/mi_batch", "test/nll_iw", "test/elbo")
 FULL_TEST_SET = ["--trainer.limit_test_batches", "1.0", "--data.init_args.eval_batch_size", "500"]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("ckpt")
-    cli_main(["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path)])
-    return tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt"
+@pytest.fixture
+def checkpoint(debug_run):
+    return debug_run / "checkpoints" / "last.ckpt"
 
 
 def test_metrics(tmp_path, checkpoint, *presets, extra=()):

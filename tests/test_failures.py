@@ -9,12 +9,11 @@ import torch
 
 from callbacks.guards import NonFiniteGuard, NonFiniteLossError
 from datamodules.files import DataError
-from helpers import callbacks_config, config_args, logging_args, read_events, run_main
+from helpers import MLP, callbacks_config, config_args, logging_args, read_events, run_main
 from main import cli_main
 from models.identity import CheckpointMismatchError
 from run_setup import RunSetupError
 
-MLP = "mnist_skipvae_mlp.yaml"
 
 
 def checkpoints(folder) -> list:
@@ -32,11 +31,9 @@ def fit(tmp_path, *extra: str, presets=("debug.yaml",)):
     return cli_main(["fit", *config_args(MLP, *presets), *logging_args(tmp_path), *extra])
 
 
-@pytest.fixture(scope="module")
-def mlp_checkpoint(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("mlp")
-    fit(tmp_path)
-    return tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt"
+@pytest.fixture
+def mlp_checkpoint(debug_run):
+    return debug_run / "checkpoints" / "last.ckpt"
 
 
 @pytest.mark.integration

@@ -4,8 +4,6 @@ import pytest
 import torch
 
 from experiments.latent_use import latent_use, main
-from helpers import config_args, logging_args
-from main import cli_main
 from models import VAE
 
 
@@ -49,9 +47,8 @@ def test_recon_at_z_from_q_is_the_test_steps_term_and_max_examples_cuts():
 
 
 @pytest.mark.integration
-def test_command_line_on_a_training_run(tmp_path, capsys):
-    cli_main(["fit", *config_args("mnist_vae_mlp.yaml", "debug.yaml"), *logging_args(tmp_path)])
-    run = tmp_path / "run" / "version_0"
+def test_command_line_on_a_training_run(tmp_path, capsys, debug_run):
+    run = debug_run
     assert main([str(run), "--max-examples", "40", "--json", str(tmp_path / "use.json")]) == 0
     printed = capsys.readouterr().out
     row = next(line for line in printed.splitlines() if line.startswith(f"| {run} |"))

@@ -7,18 +7,15 @@ import torch
 
 from conftest import DATA_DIR, ROOT
 from experiments import diagnose
-from helpers import config_args, logging_args, read_events, run_main
+from helpers import MLP, config_args, logging_args, read_events, run_main
 from main import cli_main
 
-MLP = "mnist_skipvae_mlp.yaml"
 FIRST_1000 = ["--data.init_args.eval_batch_size", "500", "--trainer.accelerator", "cpu"]  # 2 batches of 500
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("posteriors")
-    cli_main(["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path)])
-    return tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt"
+@pytest.fixture
+def checkpoint(debug_run):
+    return debug_run / "checkpoints" / "last.ckpt"
 
 
 def predict(tmp_path, checkpoint, *extra) -> dict[str, np.ndarray]:

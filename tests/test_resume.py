@@ -11,12 +11,11 @@ import pytest
 import torch
 
 from conftest import ROOT
-from helpers import config_args, logging_args, read_events, run_main
+from helpers import MLP, config_args, logging_args, read_events, run_main
 from main import cli_main
 
 pytestmark = pytest.mark.integration  # every test here trains, tests or starts processes
 
-MLP = "mnist_skipvae_mlp.yaml"
 # Exercised across the resume point: KL warm-up (beta from the global step), Adam state, dynamic binarization and
 # the shuffled data order (global generators), the sample logger, best/last checkpoint bookkeeping.
 IMAGE_ARGS = ["--trainer.deterministic", "true", "--model.init_args.kl_start", "0.1",
