@@ -1,11 +1,13 @@
 """The project's LightningCLI: the data shape given once to the model, the callbacks every run has, and the
 run-setup checks (`run_setup.py`) before any work starts."""
 
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks.diagnostics import ImportanceWeightedEvaluation, LatentDiagnostics
 from callbacks.guards import NonFiniteGuard, NonFiniteLossError
@@ -16,7 +18,14 @@ from callbacks.samples import SampleLogger
 from callbacks.schedules import HalveLearningRateAfterPlateau
 from datamodules.files import DataError
 from models.identity import CheckpointMismatchError
-from run_setup import RunSetupError, check_devices, check_output_folders, checkpoint_bytes, continue_latest_version
+from run_setup import (
+    RunSetupError,
+    check_checkpoint_file,
+    check_devices,
+    check_output_folders,
+    checkpoint_bytes,
+    continue_latest_version,
+)
 
 # Loaded under every config: the settings all experiments share.
 DEFAULTS = Path(__file__).resolve().parent / "configs" / "parts" / "defaults.yaml"
@@ -32,10 +41,37 @@ RUN_CALLBACKS = {"checkpoint": ModelCheckpoint, "diagnostics": LatentDiagnostics
 USER_ERRORS = (DataError, CheckpointMismatchError, NonFiniteLossError, RunSetupError, MisconfigurationException)
 
 
+# Lines of jsonargparse's messages that describe its own machinery (the model and data are `Union[class, None]`
+# arguments), not the user's mistake.
+_PARSER_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:",
+                 "- Expected a <class 'NoneType'>", "Given value type:")
+
+
+def one_line(message: str) -> str:
+    """jsonargparse's nested error message as one line, without the lines about its Union machinery (and the
+    dump of a whole namespace as the "given value")."""
+    lines = [line.strip() for line in message.splitlines()]
+    kept = [line.removeprefix("- ") for line in lines if line and not line.startswith(_PARSER_NOISE)
+            and not (line.startswith("Given value:") and ("Namespace(" in line or "NestedArg(" in line))]
+    return " ".join(kept)
+
+
+class SkipVAEArgumentParser(LightningArgumentParser):
+    """Reports a bad config key or value as one `error: ...` line (exit code 2), without the usage block."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            super().error(message, ex)
+        prog = self.prog.replace(" [options]", "")
+        sys.stderr.write(f"error: {one_line(message)} (`{prog} --help` lists every key)\n")
+        self.exit(2)
+
+
 class SkipVAECLI(LightningCLI):
     def __init__(self, *args, **kwargs):
         defaults = {"default_config_files": [str(DEFAULTS)]}
-        super().__init__(*args, parser_kwargs={name: defaults for name in self.subcommands()}, **kwargs)
+        super().__init__(*args, parser_kwargs={name: defaults for name in self.subcommands()},
+                         parser_class=SkipVAEArgumentParser, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.data_dims", "model.init_args.data_dims", apply_on="instantiate")
@@ -45,6 +81,9 @@ class SkipVAECLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
         self.configured = self.config  # what the config files and the command line say
+        subcommand = self.config.get("subcommand")
+        if subcommand:  # before LightningCLI reads the checkpoint's hyper-parameters
+            check_checkpoint_file(self.config[subcommand].get("ckpt_path"))
 
     def before_instantiate_classes(self) -> None:
         # LightningCLI (2.6) merges the hyper-parameters stored in a --ckpt_path file over the parsed config. Here

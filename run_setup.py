@@ -8,6 +8,7 @@ import re
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -106,3 +107,29 @@ def keep_freed_memory() -> bool:
     m_trim_threshold, m_mmap_threshold = -1, -3
     mmap_ok = any(mallopt(m_mmap_threshold, size) for size in (2**30, 2**25))
     return bool(mmap_ok and mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def check_checkpoint_file(ckpt_path) -> None:
+    """A `--ckpt_path` that names a file must be a readable PyTorch checkpoint (LightningCLI reads its
+    hyper-parameters, with torch's safe loader, before anything else); special values (`last`, `best`) pass."""
+    if ckpt_path is None or str(ckpt_path) in ("last", "best", "hpc", "registry"):
+        return
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise RunSetupError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for a damaged file
+        text = str(error)
+        # torch's safe loader names the refused content after "WeightsUnpickler error:"; the rest is advice
+        if "WeightsUnpickler error:" in text:
+            text = text.split("WeightsUnpickler error:", 1)[1]
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        reason = lines[0] if lines else type(error).__name__
+        raise RunSetupError(f"--ckpt_path {ckpt_path} is not a readable checkpoint: {reason}; it was not "
+                            "loaded (only files written by this project's runs are)") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise RunSetupError(f"--ckpt_path {ckpt_path} is not a Lightning checkpoint (it holds no state_dict)")
+

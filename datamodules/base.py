@@ -9,6 +9,7 @@ some examples twice in KL, MI, AU and NLL).
 from typing import ClassVar, Literal
 
 import lightning as L
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
@@ -30,12 +31,12 @@ class SkipVAEDataModule(L.LightningDataModule):
     def __init__(
         self,
         data_dir: str | None = None,
-        batch_size: int = 50,
-        eval_batch_size: int = 500,
+        batch_size: PositiveInt = 50,
+        eval_batch_size: PositiveInt = 500,
         split_seed: int = 0,
         download: bool = True,
         check_file: bool = True,
-        num_workers: int = 0,
+        num_workers: NonNegativeInt = 0,
         predict_split: Literal["train", "val", "test"] = "test",
     ):
         """

@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import Dataset
 
@@ -157,11 +158,11 @@ class YahooDataModule(SkipVAEDataModule):
         train_file: str = "train.txt",
         val_file: str = "valid.txt",
         test_file: str = "test.txt",
-        val_split: int = 0,
+        val_split: NonNegativeInt = 0,
         vocab_file: str | None = None,
-        max_vocab: int = 20000,
-        batch_size: int = 32,
-        eval_batch_size: int = 32,
+        max_vocab: PositiveInt = 20000,
+        batch_size: PositiveInt = 32,
+        eval_batch_size: PositiveInt = 32,
         **kwargs,
     ):
         """

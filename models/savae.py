@@ -10,6 +10,7 @@ KL warm-up's beta applies inside SVI and in the loss; evaluation runs the same K
 from typing import ClassVar, Literal
 
 import torch
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveFloat
 
 from models.svi import HessianProducts, Objective, SVIRefinement, seeded
 from models.vae import VAE
@@ -26,8 +27,9 @@ class SAVAE(VAE):
 
     eval_metric_names: ClassVar[tuple[str, ...]] = (*VAE.eval_metric_names, "elbo_svi", "kl_svi")
 
-    def __init__(self, svi_steps: int = 20, svi_lr: float = 1.0, svi_momentum: float = 0.5,
-                 svi_max_grad_norm: float = 5.0, svi_hessian_products: HessianProducts = "exact",
+    def __init__(self, svi_steps: NonNegativeInt = 20, svi_lr: PositiveFloat = 1.0,
+                 svi_momentum: ClosedUnitInterval = 0.5, svi_max_grad_norm: NonNegativeFloat = 5.0,
+                 svi_hessian_products: HessianProducts = "exact",
                  diagnostics_posterior: Literal["encoder", "refined"] = "encoder", **kwargs):
         """
         Args:

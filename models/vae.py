@@ -13,6 +13,7 @@ from typing import ClassVar, Literal
 
 import lightning as L
 import torch
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -35,20 +36,20 @@ class VAE(CheckpointIdentity, L.LightningModule):
     def __init__(
         self,
         architecture: Literal["pixelcnn", "mlp", "lstm"] = "pixelcnn",
-        data_dims: Sequence[int] = (1, 28, 28),
-        latent_dim: int = 20,
-        encoder_hidden: int = 64,
-        decoder_layers: int = 8,
-        decoder_hidden: int = 32,
-        kernel_sizes: Sequence[int] | None = None,
-        latent_feature_maps: int = 1,
-        embedding_dim: int = 512,
-        dropout: float = 0.5,
+        data_dims: Sequence[PositiveInt] = (1, 28, 28),
+        latent_dim: PositiveInt = 20,
+        encoder_hidden: PositiveInt = 64,
+        decoder_layers: PositiveInt = 8,
+        decoder_hidden: PositiveInt = 32,
+        kernel_sizes: Sequence[PositiveInt] | None = None,
+        latent_feature_maps: PositiveInt = 1,
+        embedding_dim: PositiveInt = 512,
+        dropout: ClosedUnitInterval = 0.5,
         optimizer: Literal["adam", "sgd"] = "adam",
-        lr: float = 1e-3,
-        kl_start: float = 1.0,
-        kl_warmup_epochs: float = 0.0,
-        param_init: float = 0.0,
+        lr: PositiveFloat = 1e-3,
+        kl_start: ClosedUnitInterval = 1.0,
+        kl_warmup_epochs: NonNegativeFloat = 0.0,
+        param_init: NonNegativeFloat = 0.0,
         linear_init: Literal["he_normal", "default"] = "he_normal",
     ):
         """

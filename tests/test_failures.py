@@ -97,6 +97,44 @@ class TestBadConfig:
         assert all(word in stderr for word in words), stderr[-2000:]
         assert checkpoints(tmp_path) == []
 
+    # Every numeric argument of the models and data modules, at a value outside its range: one `error:` line
+    # that names the argument and the value, exit code 2, nothing written.
+    OUT_OF_RANGE = [
+        (MLP, "model", "latent_dim", "-5"), (MLP, "model", "encoder_hidden", "0"), (MLP, "model", "decoder_layers", "0"),
+        (MLP, "model", "decoder_hidden", "-1"), (MLP, "model", "latent_feature_maps", "0"),
+        (MLP, "model", "embedding_dim", "0"), (MLP, "model", "dropout", "1.5"), (MLP, "model", "lr", "0"),
+        (MLP, "model", "kl_start", "2"), (MLP, "model", "kl_warmup_epochs", "-1"), (MLP, "model", "param_init", "-0.1"),
+        (MLP, "model", "kernel_sizes", "[3,-3]"), ("mnist_savae_mlp.yaml", "model", "svi_steps", "-1"),
+        ("mnist_savae_mlp.yaml", "model", "svi_lr", "0"), ("mnist_savae_mlp.yaml", "model", "svi_momentum", "1.5"),
+        ("mnist_savae_mlp.yaml", "model", "svi_max_grad_norm", "-1"), (MLP, "data", "batch_size", "0"),
+        (MLP, "data", "eval_batch_size", "-50"), (MLP, "data", "num_workers", "-1"),
+        ("yahoo_vae.yaml", "data", "val_split", "-1"), ("yahoo_vae.yaml", "data", "max_vocab", "0"),
+    ]
+
+    @pytest.mark.parametrize("config, group, key, value", OUT_OF_RANGE, ids=lambda v: str(v))
+    def test_value_out_of_range(self, tmp_path, capsys, config, group, key, value):
+        with pytest.raises(SystemExit) as stopped:
+            cli_main(["fit", *config_args(config, "debug.yaml"), *logging_args(tmp_path),
+                      f"--{group}.init_args.{key}", value])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert stopped.value.code == 2
+        assert len(lines) == 1 and lines[0].startswith("error: ") and f'"{key}"' in lines[0], lines[-5:]
+        assert not any(tmp_path.iterdir())
+
+    @pytest.mark.integration
+    @pytest.mark.parametrize("content", [b"not a checkpoint", b"\x80\x04\x95" + bytes(64)])
+    def test_unreadable_checkpoint(self, tmp_path, content):
+        path = tmp_path / "broken.ckpt"
+        path.write_bytes(content)
+        logs = tmp_path / "logs"
+        result = run_main(["test", *config_args(MLP, "debug.yaml"), "--ckpt_path", str(path),
+                           "--trainer.logger.init_args.save_dir", str(logs)])
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert errors == [f"error: {errors[0].removeprefix('error: ')}"] and str(path) in errors[0]
+        assert "is not a readable checkpoint" in errors[0]
+        assert not logs.exists()
+
     @pytest.mark.integration
     def test_checkpoint_of_another_architecture(self, tmp_path, mlp_checkpoint):
         result = run_main(["test", *config_args("mnist_skipvae.yaml", "debug.yaml"), *logging_args(tmp_path),
