@@ -1,7 +1,9 @@
 """The project's LightningCLI: the data shape given once to the model, the callbacks every run has, and the
 run-setup checks (`run_setup.py`) before any work starts."""
 
+import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import NoReturn
 
@@ -26,6 +28,13 @@ from run_setup import (
     checkpoint_bytes,
     continue_latest_version,
 )
+
+# Messages of the pinned Lightning and torch versions about their own internals or offers, not about the run:
+# Lightning's pytree helper uses a torch API that torch deprecated, `test` from a checkpoint of another folder
+# notes that the checkpoint folder changed, and every run advertises a logging service.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+warnings.filterwarnings("ignore", message="The dirpath has changed from", category=UserWarning)
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.getMessage())
 
 # Loaded under every config: the settings all experiments share.
 DEFAULTS = Path(__file__).resolve().parent / "configs" / "parts" / "defaults.yaml"

@@ -93,7 +93,7 @@ def _log_bar_chart(trainer: L.Trainer, tag: str, values: torch.Tensor, ylabel: s
     ax.set_xlabel("latent dimension")
     ax.set_ylabel(ylabel)
     fig.tight_layout()
-    experiment.add_figure(tag, fig, global_step=trainer.current_epoch)
+    experiment.add_figure(tag, fig, global_step=trainer.global_step)  # the x axis of every other view
     plt.close(fig)
 
 
@@ -124,7 +124,7 @@ class LatentDiagnostics(EvaluationCallback):
         mean, logvar = (outputs.get(f"diagnostics_{name}", outputs[name]).detach() for name in ("mean", "logvar"))
         index = batch.get("index")
         self.metrics["kl"].update(mean, logvar)
-        self.metrics["au"].update(mean, logvar)
+        self.metrics["au"].update(mean)
         self.metrics["mi"].update(mean, logvar, index)
         self.metrics["mi_batch"].update(mean, logvar, index)
 

@@ -21,6 +21,7 @@ from torchvision.utils import make_grid
 
 from callbacks.contract import TextData
 from callbacks.diagnostics import due_this_epoch
+from callbacks.modes import evaluation_mode
 
 
 class LatentSpaceViews(Callback):
@@ -143,12 +144,8 @@ class LatentSpaceViews(Callback):
     @staticmethod
     def decode(trainer: L.Trainer, pl_module: L.LightningModule, z: torch.Tensor) -> torch.Tensor:
         """Greedy decodings of z, in eval mode, apart from the run's random streams."""
-        was_training = pl_module.training
-        pl_module.eval()
-        with trainer.precision_plugin.forward_context(), torch.no_grad(), isolate_rng():
-            decoded = pl_module.decoder.sample(z.to(pl_module.device), greedy=True).cpu()
-        pl_module.train(was_training)
-        return decoded
+        with evaluation_mode(pl_module), trainer.precision_plugin.forward_context(), torch.no_grad(), isolate_rng():
+            return pl_module.decoder.sample(z.to(pl_module.device), greedy=True).cpu()
 
 
 @dataclass

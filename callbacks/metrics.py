@@ -96,7 +96,7 @@ class ActiveUnits(Metric):
         add_sum_states(self, "total", "total_sq", "count")
         self.variances: torch.Tensor | None = None
 
-    def update(self, mean: torch.Tensor, logvar: torch.Tensor | None = None) -> None:
+    def update(self, mean: torch.Tensor) -> None:
         mean = mean.double()
         self.total = self.total + mean.sum(0)
         self.total_sq = self.total_sq + mean.pow(2).sum(0)

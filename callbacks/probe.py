@@ -12,6 +12,7 @@ from torchmetrics.aggregation import CatMetric
 
 from callbacks.contract import LabeledData
 from callbacks.diagnostics import EvaluationCallback
+from callbacks.modes import evaluation_mode
 
 
 def fit_logistic_regression(
@@ -92,14 +93,11 @@ class LatentProbe(EvaluationCallback):
             return
         test_means, test_labels = self.metrics["means"].compute(), self.metrics["labels"].compute().long()
         x, labels = trainer.datamodule.probe_train_data(self.max_train_examples)
-        was_training = pl_module.training
-        pl_module.eval()
         train_means = []
-        with trainer.precision_plugin.forward_context():
+        with evaluation_mode(pl_module), trainer.precision_plugin.forward_context():
             for start in range(0, len(x), self.batch_size):
                 batch = x[start : start + self.batch_size].to(pl_module.device)
                 train_means.append(pl_module.encode(batch)[0].float())
-        pl_module.train(was_training)
         accuracy = probe_accuracy(torch.cat(train_means), labels.to(pl_module.device), test_means, test_labels,
                                   self.l2, self.max_iter)
         pl_module.log("test/probe_acc", accuracy)

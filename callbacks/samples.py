@@ -8,6 +8,7 @@ from torchvision.utils import make_grid
 
 from callbacks.contract import TextData
 from callbacks.diagnostics import due_this_epoch
+from callbacks.modes import evaluation_mode
 
 
 class SampleLogger(Callback):
@@ -34,16 +35,13 @@ class SampleLogger(Callback):
         experiment = getattr(trainer.logger, "experiment", None)
         if inputs is None or not trainer.is_global_zero or experiment is None:
             return
-        was_training = pl_module.training
-        pl_module.eval()
-        with trainer.precision_plugin.forward_context(), torch.no_grad(), isolate_rng():
+        with evaluation_mode(pl_module), trainer.precision_plugin.forward_context(), torch.no_grad(), isolate_rng():
             torch.manual_seed(self.seed)
             # One autoregressive decoding for both: z = posterior means of the inputs, then draws from p(z).
             z = torch.cat([pl_module.encode(inputs)[0],
                            torch.randn(self.num_examples, pl_module.latent_dim, device=pl_module.device)])
             decoded = pl_module.decoder.sample(z)
         reconstructions, samples = decoded[: len(inputs)], decoded[len(inputs) :]
-        pl_module.train(was_training)
         step = trainer.global_step  # TensorBoard's step slider follows training
         if inputs.dtype == torch.long and isinstance(trainer.datamodule, TextData):
             to_text = trainer.datamodule.decode

@@ -21,9 +21,12 @@ class TensorBoardLogger(loggers.TensorBoardLogger):
     def __init__(self, *args, default_hp_metric: bool = False, **kwargs):
         super().__init__(*args, default_hp_metric=default_hp_metric, **kwargs)
         self.test_metrics: dict[str, float] = {}
+        self._hparams_only = False  # while the HParams summary is written: its metrics are scalars already
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if self._hparams_only:
+            return
         metrics = {name: value for name, value in metrics.items() if name != "epoch"}
         self.test_metrics.update({name: float(value) for name, value in metrics.items() if name.startswith("test/")})
         if metrics:
@@ -36,5 +39,9 @@ class TensorBoardLogger(loggers.TensorBoardLogger):
     @rank_zero_only
     def finalize(self, status: str) -> None:
         if status == "success" and self.test_metrics:
-            super().log_hyperparams(self.hparams, dict(self.test_metrics))
+            self._hparams_only = True  # Lightning would log the test scalars a second time
+            try:
+                super().log_hyperparams(self.hparams, dict(self.test_metrics))
+            finally:
+                self._hparams_only = False
         super().finalize(status)

@@ -22,7 +22,7 @@ def keep_batch(batch):
 
 
 class SkipVAEDataModule(L.LightningDataModule):
-    """Base of the project's datamodules: batches are dicts with `x` and `index` (and `label` or `mask`)."""
+    """Base of the project's datamodules: batches are dicts with `x` and `index` (and `label` where the data has classes)."""
 
     dataset_name: ClassVar[str]  # the subfolder of the data folder
     example_name: ClassVar[str] = "examples"  # what one training example is called in messages

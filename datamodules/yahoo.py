@@ -11,8 +11,8 @@ alphabetical order), `max_vocab` entries in all; or read from `vocab_file`. It i
 to `_UNK`; blank lines are skipped. Both are counted and reported.
 
 Batches: documents sorted by length and cut into batches of `batch_size` (so padding is small), the batch order
-shuffled every epoch, as the paper's code does. Each batch is {x: (B, T) token ids padded with `<pad>`,
-mask: (B, T) bool, True at real tokens, index: (B,) position of the document in its file}.
+shuffled every epoch, as the paper's code does. Each batch is {x: (B, T) token ids padded with `<pad>` (the
+decoder masks them), index: (B,) position of the document in its file}.
 """
 
 from collections import Counter
@@ -143,7 +143,7 @@ class BucketedDocuments(Dataset):
         index = self.batches[i]
         docs = [self.documents[j] for j in index.tolist()]
         x = torch.nn.utils.rnn.pad_sequence(docs, batch_first=True, padding_value=self.pad_id)
-        return {"x": x, "mask": x != self.pad_id, "index": index}
+        return {"x": x, "index": index}
 
 
 class YahooDataModule(SkipVAEDataModule):

@@ -77,11 +77,9 @@ class TestConfigs:
         assert (log_dir / "checkpoints" / "last.ckpt").exists()
         assert (log_dir / "config.yaml").exists()
         metrics = cli.trainer.callback_metrics
-        for name in ("val/elbo", "val/kl", "val/mi", "val/au"):
+        names = ("val/elbo", "val/kl", "val/mi", "val/au", *(("val/elbo_svi", "val/kl_svi") if "savae" in config else ()))
+        for name in names:  # SA models: the refined posterior's values too
             assert math.isfinite(float(metrics[name])), name
-        assert float(metrics["val/elbo"]) > float(metrics["val/kl"]) >= 0
-        if "savae" in config:  # the refined posterior's values too
-            assert float(metrics["val/elbo_svi"]) > float(metrics["val/kl_svi"]) >= 0
 
     @pytest.mark.parametrize("config", EXPERIMENT_CONFIGS)
     def test_print_config_round_trips(self, tmp_path, capsys, config):
@@ -171,6 +169,8 @@ class TestRunOutputs:
         assert saved["model"]["class_path"] == "models.SkipVAE"
         hparams = yaml.safe_load((log_dir / "hparams.yaml").read_text())
         assert list(hparams["data_dims"]) == [1, 28, 28]  # linked from the datamodule
+        # charts at the global step like every other view (one validation, after the 4 training steps)
+        assert [event.step for event in events.Images("val/kl_per_dimension")] == [4]
 
     def test_test_from_checkpoint_reports_all_metrics(self, debug_run, tmp_path):
         log_dir = debug_run
@@ -180,6 +180,8 @@ class TestRunOutputs:
         for name in ("test/elbo", "test/recon", "test/kl", "test/mi", "test/mi_batch", "test/au", "test/nll_iw"):
             assert math.isfinite(float(metrics[name])), name
         assert float(metrics["test/nll_iw"]) <= float(metrics["test/elbo"]) + 1e-3
+        events = read_events(tmp_path / "run" / "version_0")
+        assert all(len(events.Scalars(tag)) == 1 for tag in events.Tags()["scalars"] if tag.startswith("test/"))
 
     def test_tensorboard_holds_scalars_and_image_grids(self, tmp_path):
         fit(tmp_path, "mnist_skipvae.yaml")

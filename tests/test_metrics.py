@@ -80,8 +80,8 @@ class TestAgainstBruteForce:
         mean, logvar = random_posteriors()
         mean[:, 0] = 3.0 + 0.01 * mean[:, 0]  # an inactive dimension with a large offset
         metric = ActiveUnits(threshold=threshold)
-        for m, lv in split(mean, logvar):
-            metric.update(m, lv)
+        for m, _ in split(mean, logvar):
+            metric.update(m)
         variances = mean.double().numpy().var(0, ddof=1)
         assert metric.compute().item() == int((variances > threshold).sum())
         np.testing.assert_allclose(metric.variances.numpy(), variances, rtol=1e-9)

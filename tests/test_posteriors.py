@@ -27,9 +27,6 @@ def predict(tmp_path, checkpoint, *extra) -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
-predict.__test__ = False  # a helper
-
-
 @pytest.mark.integration
 def test_predict_writes_the_encoders_posteriors_on_one_or_two_processes(tmp_path, checkpoint):
     from datamodules import MNISTDataModule
@@ -56,7 +53,7 @@ def test_predict_writes_the_encoders_posteriors_on_one_or_two_processes(tmp_path
                   "--trainer.limit_predict_batches", "2", "--data.init_args.eval_batch_size", "250")
     for key in one:
         np.testing.assert_array_equal(two[key], one[key], err_msg=key)
-    assert not list((tmp_path / "two").glob("*.part*.npz"))  # the shards are merged and removed
+    assert [p.name for p in (tmp_path / "two").glob("*.npz")] == ["posteriors.npz"]  # one file, no shards beside it
 
 
 @pytest.mark.integration

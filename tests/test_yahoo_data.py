@@ -1,4 +1,4 @@
-"""YahooDataModule: vocabulary, documents, bucketing, masks, checkpointed vocabulary and bad files."""
+"""YahooDataModule: vocabulary, documents, bucketing, padding, checkpointed vocabulary and bad files."""
 
 from collections import Counter
 
@@ -87,21 +87,20 @@ class TestDocuments:
         with pytest.raises(DataError, match="not UTF-8"):
             read_documents(tmp_path / "b.txt")
 
-    def test_bucketed_batches_have_similar_lengths_and_masks(self):
+    def test_bucketed_batches_have_similar_lengths_and_padding(self):
         docs = [torch.arange(1, n + 1) for n in torch.randint(3, 60, (101,), generator=torch.Generator().manual_seed(0))]
         dataset = BucketedDocuments(docs, batch_size=10)
         assert len(dataset) == 11
         seen = []
         for i in range(len(dataset)):
             batch = dataset[i]
-            lengths = batch["mask"].sum(1)
-            assert torch.equal(batch["mask"], batch["x"] != 0)
+            lengths = (batch["x"] != 0).sum(1)
             assert int(lengths.max()) == batch["x"].shape[1]
             for row, j in zip(batch["x"], batch["index"].tolist()):  # each row is its document, then padding
                 assert torch.equal(row[: len(docs[j])], docs[j]) and not row[len(docs[j]):].any()
             seen += batch["index"].tolist()
         assert sorted(seen) == list(range(101))  # every document exactly once
-        spans = [int(dataset[i]["mask"].sum(1).max() - dataset[i]["mask"].sum(1).min()) for i in range(len(dataset))]
+        spans = [int((dataset[i]["x"] != 0).sum(1).max() - (dataset[i]["x"] != 0).sum(1).min()) for i in range(len(dataset))]
         assert sum(spans) <= 60  # sorted by length: a batch's lengths differ little
 
 
@@ -115,7 +114,6 @@ class TestDataModule:
         assert batch["x"].dtype == torch.long and batch["x"].shape[0] == 16
         assert (batch["x"][:, 0] == 1).all()  # <bos>
         assert ((batch["x"] == 2).sum(1) == 1).all()  # one <eos> per document
-        assert torch.equal(batch["mask"], batch["x"] != 0)
 
     def test_unknown_test_words_map_to_unk(self, yahoo_dir):
         dm = make(yahoo_dir)
