@@ -1,4 +1,4 @@
-# Set-up and the two everyday commands. The virtual environment lives in $(VENV) (default .venv) and is
+# Set-up and the everyday commands. The virtual environment lives in $(VENV) (default .venv) and is
 # (re)built whenever the content of requirements.txt changes.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
@@ -6,7 +6,7 @@ CONFIG ?= configs/mnist_skipvae.yaml
 REQUIREMENTS_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQUIREMENTS_HASH)
 
-.PHONY: train test test-fast data
+.PHONY: train test test-fast data lint format
 
 $(STAMP):
 	python3 -m venv $(VENV)
@@ -24,3 +24,11 @@ test: $(STAMP)  ## set up, then run the full test suite (what CI runs)
 
 test-fast: $(STAMP)  ## unit-level tests only, for the development loop (no data, no training runs, no subprocesses)
 	$(PYTHON) -m pytest -m "not integration and not real_data"
+
+lint: $(STAMP)  ## ruff lint and format check (what CI runs before the tests)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)  ## apply ruff's formatting and safe fixes
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .

@@ -34,17 +34,26 @@ from run_setup import (
 # notes that the checkpoint folder changed, and every run advertises a logging service.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 warnings.filterwarnings("ignore", message="The dirpath has changed from", category=UserWarning)
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.getMessage())
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: "litlogger" not in record.getMessage()
+)
 
 # Loaded under every config: the settings all experiments share.
 DEFAULTS = Path(__file__).resolve().parent / "configs" / "parts" / "defaults.yaml"
 
 # Callbacks present in every run, each configured under its own key (`--nll_iw.num_samples 5000`), so a config or
 # preset changes one setting without restating a callback list. `trainer.callbacks` adds others.
-RUN_CALLBACKS = {"checkpoint": ModelCheckpoint, "diagnostics": LatentDiagnostics,
-                 "nll_iw": ImportanceWeightedEvaluation, "probe": LatentProbe, "samples": SampleLogger,
-                 "lr_schedule": HalveLearningRateAfterPlateau, "nonfinite": NonFiniteGuard,
-                 "posteriors": PosteriorWriter, "latent_views": LatentSpaceViews}
+RUN_CALLBACKS = {
+    "checkpoint": ModelCheckpoint,
+    "diagnostics": LatentDiagnostics,
+    "nll_iw": ImportanceWeightedEvaluation,
+    "probe": LatentProbe,
+    "samples": SampleLogger,
+    "lr_schedule": HalveLearningRateAfterPlateau,
+    "nonfinite": NonFiniteGuard,
+    "posteriors": PosteriorWriter,
+    "latent_views": LatentSpaceViews,
+}
 
 # Bad input that `main.py` reports as one `error: ...` line (jsonargparse reports config errors itself).
 USER_ERRORS = (DataError, CheckpointMismatchError, NonFiniteLossError, RunSetupError, MisconfigurationException)
@@ -52,16 +61,26 @@ USER_ERRORS = (DataError, CheckpointMismatchError, NonFiniteLossError, RunSetupE
 
 # Lines of jsonargparse's messages that describe its own machinery (the model and data are `Union[class, None]`
 # arguments), not the user's mistake.
-_PARSER_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:",
-                 "- Expected a <class 'NoneType'>", "Given value type:")
+_PARSER_NOISE = (
+    "Does not validate against any of the Union subtypes",
+    "Subtypes:",
+    "Errors:",
+    "- Expected a <class 'NoneType'>",
+    "Given value type:",
+)
 
 
 def one_line(message: str) -> str:
     """jsonargparse's nested error message as one line, without the lines about its Union machinery (and the
     dump of a whole namespace as the "given value")."""
     lines = [line.strip() for line in message.splitlines()]
-    kept = [line.removeprefix("- ") for line in lines if line and not line.startswith(_PARSER_NOISE)
-            and not (line.startswith("Given value:") and ("Namespace(" in line or "NestedArg(" in line))]
+    kept = [
+        line.removeprefix("- ")
+        for line in lines
+        if line
+        and not line.startswith(_PARSER_NOISE)
+        and not (line.startswith("Given value:") and ("Namespace(" in line or "NestedArg(" in line))
+    ]
     return " ".join(kept)
 
 
@@ -79,8 +98,12 @@ class SkipVAEArgumentParser(LightningArgumentParser):
 class SkipVAECLI(LightningCLI):
     def __init__(self, *args, **kwargs):
         defaults = {"default_config_files": [str(DEFAULTS)]}
-        super().__init__(*args, parser_kwargs={name: defaults for name in self.subcommands()},
-                         parser_class=SkipVAEArgumentParser, **kwargs)
+        super().__init__(
+            *args,
+            parser_kwargs={name: defaults for name in self.subcommands()},
+            parser_class=SkipVAEArgumentParser,
+            **kwargs,
+        )
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.data_dims", "model.init_args.data_dims", apply_on="instantiate")

@@ -28,14 +28,20 @@ def check_devices(accelerator, devices) -> None:
     if accelerator in ("gpu", "cuda"):
         available = torch.cuda.device_count()
         if available == 0:
-            raise RunSetupError(f"--trainer.accelerator {accelerator}: no CUDA GPU is visible to this process. "
-                                "Use --trainer.accelerator cpu (or auto), or check CUDA_VISIBLE_DEVICES.")
+            raise RunSetupError(
+                f"--trainer.accelerator {accelerator}: no CUDA GPU is visible to this process. "
+                "Use --trainer.accelerator cpu (or auto), or check CUDA_VISIBLE_DEVICES."
+            )
         if count and count > available:
-            raise RunSetupError(f"--trainer.devices {count}: this machine has {available} visible GPU(s). "
-                                f"Use --trainer.devices {available} (or -1 for all of them).")
+            raise RunSetupError(
+                f"--trainer.devices {count}: this machine has {available} visible GPU(s). "
+                f"Use --trainer.devices {available} (or -1 for all of them)."
+            )
     elif accelerator == "cpu" and count and count > (cores := len(os.sched_getaffinity(0))):
-        raise RunSetupError(f"--trainer.devices {count} on CPU starts {count} processes, but this process may use "
-                            f"{cores} cores. Use at most --trainer.devices {cores}.")
+        raise RunSetupError(
+            f"--trainer.devices {count} on CPU starts {count} processes, but this process may use "
+            f"{cores} cores. Use at most --trainer.devices {cores}."
+        )
 
 
 def continue_latest_version(trainer_config) -> None:
@@ -49,12 +55,15 @@ def continue_latest_version(trainer_config) -> None:
         return
     root = Path(args.save_dir) / (args.get("name") or "lightning_logs")
     versions = sorted(
-        int(match.group(1)) for folder in root.glob("version_*")
+        int(match.group(1))
+        for folder in root.glob("version_*")
         if (match := re.fullmatch(r"version_(\d+)", folder.name)) and any((folder / "checkpoints").glob("last*.ckpt"))
     )
     if not versions:
-        raise RunSetupError(f"--ckpt_path last: there is no last checkpoint under {root}/version_*/checkpoints/ "
-                            "to resume from. Start without --ckpt_path, or give the checkpoint file's path.")
+        raise RunSetupError(
+            f"--ckpt_path last: there is no last checkpoint under {root}/version_*/checkpoints/ "
+            "to resume from. Start without --ckpt_path, or give the checkpoint file's path."
+        )
     args.version = versions[-1]
 
 
@@ -80,13 +89,17 @@ def check_output_folders(trainer, needed_bytes: int, extra_folders: Sequence[Pat
             with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
                 pass
         except OSError as error:
-            raise RunSetupError(f"cannot write to {folder} ({error.strerror or error}). Choose another folder "
-                                "(--trainer.logger.init_args.save_dir, --checkpoint.dirpath or --posteriors.output) "
-                                "or fix its permissions.") from error
+            raise RunSetupError(
+                f"cannot write to {folder} ({error.strerror or error}). Choose another folder "
+                "(--trainer.logger.init_args.save_dir, --checkpoint.dirpath or --posteriors.output) "
+                "or fix its permissions."
+            ) from error
         free = shutil.disk_usage(folder).free
         if free < 3 * needed_bytes:
-            raise RunSetupError(f"only {free / 2**20:.0f} MiB free on the disk of {folder}, and each checkpoint "
-                                f"needs about {needed_bytes / 2**20:.0f} MiB. Free some space or log elsewhere.")
+            raise RunSetupError(
+                f"only {free / 2**20:.0f} MiB free on the disk of {folder}, and each checkpoint "
+                f"needs about {needed_bytes / 2**20:.0f} MiB. Free some space or log elsewhere."
+            )
 
 
 def keep_freed_memory() -> bool:
@@ -128,8 +141,9 @@ def check_checkpoint_file(ckpt_path) -> None:
             text = text.split("WeightsUnpickler error:", 1)[1]
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         reason = lines[0] if lines else type(error).__name__
-        raise RunSetupError(f"--ckpt_path {ckpt_path} is not a readable checkpoint: {reason}; it was not "
-                            "loaded (only files written by this project's runs are)") from None
+        raise RunSetupError(
+            f"--ckpt_path {ckpt_path} is not a readable checkpoint: {reason}; it was not "
+            "loaded (only files written by this project's runs are)"
+        ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise RunSetupError(f"--ckpt_path {ckpt_path} is not a Lightning checkpoint (it holds no state_dict)")
-

@@ -6,11 +6,19 @@ import time
 
 import torch
 
-from run_setup import keep_freed_memory
 from models import SAVAE, VAE, SkipSAVAE, SkipVAE
+from run_setup import keep_freed_memory
 
-OFFICIAL_MNIST = dict(architecture="pixelcnn", data_dims=(1, 28, 28), latent_dim=20, encoder_hidden=64,
-                      decoder_layers=8, decoder_hidden=32, kernel_sizes=[3] * 8, latent_feature_maps=1)
+OFFICIAL_MNIST = dict(
+    architecture="pixelcnn",
+    data_dims=(1, 28, 28),
+    latent_dim=20,
+    encoder_hidden=64,
+    decoder_layers=8,
+    decoder_hidden=32,
+    kernel_sizes=[3] * 8,
+    latent_feature_maps=1,
+)
 
 
 # The MLP encoder/decoder of configs/parts/mlp.yaml, on top of the official MNIST settings.
@@ -32,8 +40,12 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_flops_per_second(dtype: torch.dtype, size: int = 2048, repeats: int = 10,
-                            device: torch.device = torch.device("cpu")) -> float:
+CPU = torch.device("cpu")
+
+
+def matmul_flops_per_second(
+    dtype: torch.dtype, size: int = 2048, repeats: int = 10, device: torch.device = CPU
+) -> float:
     """Best-of-`repeats` FLOP/s of a square matmul: the reference ceiling the model's steps are compared with."""
     a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
     a @ b
@@ -52,9 +64,12 @@ def binary_images(n: int, seed: int = 0) -> torch.Tensor:
 
 
 def add_allocator_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--default-allocator", action="store_true",
-                        help="measure without run_setup.keep_freed_memory(), i.e. with glibc's default of returning "
-                             "freed memory to the operating system")
+    parser.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="measure without run_setup.keep_freed_memory(), i.e. with glibc's default of returning "
+        "freed memory to the operating system",
+    )
 
 
 def apply_allocator_option(args: argparse.Namespace) -> str:

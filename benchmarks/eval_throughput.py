@@ -22,13 +22,17 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (  # noqa: E402
-    add_allocator_option, apply_allocator_option, build, matmul_flops_per_second, minor_page_faults,
+    add_allocator_option,
+    apply_allocator_option,
+    build,
+    matmul_flops_per_second,
+    minor_page_faults,
 )
 from benchmarks.train_throughput import train_step  # noqa: E402
 from callbacks.diagnostics import LatentDiagnostics  # noqa: E402
-from models.distributions import log_importance_weights, per_example_normal  # noqa: E402
 from datamodules import MNISTDataModule  # noqa: E402
 from models import SkipVAE  # noqa: E402
+from models.distributions import log_importance_weights, per_example_normal  # noqa: E402
 
 
 def main() -> None:
@@ -61,12 +65,19 @@ def main() -> None:
         faults = minor_page_faults() - faults
     evals = args.limit * args.num_samples
     peak = matmul_flops_per_second(dtype)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, decoder in {'bf16' if args.bf16 else 'fp32'}, "
-          f"{allocator}")
-    print(f"IW-NLL, K={args.num_samples}, chunk {args.chunk_size}: {evals / seconds:.0f} decoder evaluations/s, "
-          f"{seconds / args.limit:.2f} s per image, {faults / args.limit:.0f} page faults per image")
-    print(f"  {flops_per_eval / 1e6:.0f} MFLOP per decoder evaluation -> {evals * flops_per_eval / seconds / 1e9:.1f} GFLOP/s"
-          f" = {evals * flops_per_eval / seconds / peak:.0%} of the matmul peak ({peak / 1e9:.0f} GFLOP/s)")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, decoder in {'bf16' if args.bf16 else 'fp32'}, "
+        f"{allocator}"
+    )
+    print(
+        f"IW-NLL, K={args.num_samples}, chunk {args.chunk_size}: {evals / seconds:.0f} decoder evaluations/s, "
+        f"{seconds / args.limit:.2f} s per image, {faults / args.limit:.0f} page faults per image"
+    )
+    print(
+        f"  {flops_per_eval / 1e6:.0f} MFLOP per decoder evaluation -> "
+        f"{evals * flops_per_eval / seconds / 1e9:.1f} GFLOP/s"
+        f" = {evals * flops_per_eval / seconds / peak:.0%} of the matmul peak ({peak / 1e9:.0f} GFLOP/s)"
+    )
     print(f"  projected for the 10k test set: {10_000 * seconds / args.limit / 3600:.1f} h")
 
     diagnostics = LatentDiagnostics()
@@ -88,8 +99,10 @@ def main() -> None:
     for _ in range(5):
         train_step(train_model, optimizer, images, torch.float32)
     epoch_seconds = (time.perf_counter() - start) / 5 * 1000
-    print(f"diagnostics (KL, AU, MI full + batch) on 10k validation posteriors: {diag_seconds:.1f} s = "
-          f"{diag_seconds / epoch_seconds:.1%} of one fp32 training epoch ({epoch_seconds / 60:.1f} min)")
+    print(
+        f"diagnostics (KL, AU, MI full + batch) on 10k validation posteriors: {diag_seconds:.1f} s = "
+        f"{diag_seconds / epoch_seconds:.1%} of one fp32 training epoch ({epoch_seconds / 60:.1f} min)"
+    )
     print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 

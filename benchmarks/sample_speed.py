@@ -21,8 +21,9 @@ from models.decoders import GatedPixelCNNDecoder  # noqa: E402
 
 DECODERS = {
     "paper (8 x 3x3, latent 20)": dict(latent_dim=20, kernel_sizes=[3] * 8, latent_feature_maps=1),
-    "large (12, kernels 9..3, latent 32)": dict(latent_dim=32, kernel_sizes=[9, 9, 9, 7, 7, 7, 5, 5, 5, 3, 3, 3],
-                                                latent_feature_maps=4),
+    "large (12, kernels 9..3, latent 32)": dict(
+        latent_dim=32, kernel_sizes=[9, 9, 9, 7, 7, 7, 5, 5, 5, 3, 3, 3], latent_feature_maps=4
+    ),
 }
 
 
@@ -51,14 +52,25 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.num_images} images, skip model")
     for name, settings in DECODERS.items():
         torch.manual_seed(0)
-        decoder = GatedPixelCNNDecoder(list(OFFICIAL_MNIST["data_dims"]), channels=OFFICIAL_MNIST["decoder_hidden"],
-                                       latent_skip=True, **settings).to(memory_format=torch.channels_last).eval()
+        decoder = (
+            GatedPixelCNNDecoder(
+                list(OFFICIAL_MNIST["data_dims"]),
+                channels=OFFICIAL_MNIST["decoder_hidden"],
+                latent_skip=True,
+                **settings,
+            )
+            .to(memory_format=torch.channels_last)
+            .eval()
+        )
         z = torch.randn(args.num_images, settings["latent_dim"])
         row_wise, fast = timed(decoder.sample, z)
         full, slow = timed(full_pass_sample, decoder, z)
         same = "same images" if torch.equal(fast, slow) else f"{int((fast != slow).sum())} pixels differ"
-        print(f"{name:38s} row-wise {row_wise:6.2f} s   full passes {full:6.2f} s   "
-              f"speed-up {full / row_wise:4.1f}x   ({same})", flush=True)
+        print(
+            f"{name:38s} row-wise {row_wise:6.2f} s   full passes {full:6.2f} s   "
+            f"speed-up {full / row_wise:4.1f}x   ({same})",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

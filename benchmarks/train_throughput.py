@@ -27,10 +27,18 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (  # noqa: E402
-    MLP, MODELS, SA_MODELS, add_allocator_option, apply_allocator_option, binary_images, build, matmul_flops_per_second,
-    minor_page_faults, peak_memory_gib, synchronize,
+    MLP,
+    MODELS,
+    SA_MODELS,
+    add_allocator_option,
+    apply_allocator_option,
+    binary_images,
+    build,
+    matmul_flops_per_second,
+    minor_page_faults,
+    peak_memory_gib,
+    synchronize,
 )
-
 
 DEVICE = torch.device("cpu")  # --device
 
@@ -70,14 +78,15 @@ def median_seconds(step, repeats: int) -> float:
 def model_of(name: str, svi_steps: int, architecture: str = "pixelcnn", hessian_products: str | None = None):
     """The MNIST model `name` (fp32): the official PixelCNN model, or the MLP model of configs/parts/mlp.yaml."""
     model_class = {**MODELS, **{sa: classes[0] for sa, classes in SA_MODELS.items()}}[name]
-    overrides = {**(MLP if architecture == "mlp" else {}),
-                 **({"svi_steps": svi_steps} if name in SA_MODELS else {}),
-                 **({"svi_hessian_products": hessian_products} if name in SA_MODELS and hessian_products else {})}
+    overrides = {
+        **(MLP if architecture == "mlp" else {}),
+        **({"svi_steps": svi_steps} if name in SA_MODELS else {}),
+        **({"svi_hessian_products": hessian_products} if name in SA_MODELS and hessian_products else {}),
+    }
     return build(model_class, **overrides).to(DEVICE)
 
 
-def training_step_of(name: str, svi_steps: int, x, architecture: str = "pixelcnn",
-                     hessian_products: str | None = None):
+def training_step_of(name: str, svi_steps: int, x, architecture: str = "pixelcnn", hessian_products: str | None = None):
     """A function that runs one training step of `model_of(...)`."""
     model = model_of(name, svi_steps, architecture, hessian_products)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -86,14 +95,30 @@ def training_step_of(name: str, svi_steps: int, x, architecture: str = "pixelcnn
     return lambda: train_step(model, optimizer, x, torch.float32)
 
 
-def peak_memory_of(name: str, svi_steps: int, batch_size: int, architecture: str,
-                   hessian_products: str | None) -> float:
+def peak_memory_of(
+    name: str, svi_steps: int, batch_size: int, architecture: str, hessian_products: str | None
+) -> float:
     """Peak memory (GiB; resident, or GPU memory on CUDA) of a fresh process that runs two training steps of `name`."""
-    result = subprocess.run([sys.executable, __file__, "--peak-memory-of", name, "--svi-steps", str(svi_steps),
-                             "--batch-size", str(batch_size), "--svi-architecture", architecture,
-                             *(["--svi-hessian-products", hessian_products] if hessian_products else []),
-                             "--device", str(DEVICE)],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--peak-memory-of",
+            name,
+            "--svi-steps",
+            str(svi_steps),
+            "--batch-size",
+            str(batch_size),
+            "--svi-architecture",
+            architecture,
+            *(["--svi-hessian-products", hessian_products] if hessian_products else []),
+            "--device",
+            str(DEVICE),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(result.stdout.split()[-1])
 
 
@@ -103,17 +128,21 @@ def sa_gradients(name: str, steps: int, x, architecture: str, hessian_products: 
     torch.manual_seed(1)
     surrogate, _ = model.svi_training_loss(x, beta=1.0)
     surrogate.backward()
-    return {part: torch.cat([p.grad.flatten() for p in getattr(model, part).parameters() if p.grad is not None])
-            for part in ("encoder", "decoder")}
+    return {
+        part: torch.cat([p.grad.flatten() for p in getattr(model, part).parameters() if p.grad is not None])
+        for part in ("encoder", "decoder")
+    }
 
 
 def compare_svi_steps(x, steps: int, repeats: int, architecture: str, hessian_products: str | None) -> None:
     """SA-VAE steps as multiples of the matching VAE step timed in this process; peak memory per fresh process;
     finite-difference against exact gradients."""
     resolved = hessian_products or model_of("SAVAE", 1, architecture).svi.hessian_products
-    print(f"\nSA-VAE steps ({architecture}, fp32, batch {len(x)}, {resolved} Hessian-vector products): "
-          f"median of {repeats} after a warm-up; peak {'GPU' if DEVICE.type == 'cuda' else 'resident'} memory of a "
-          "process running two steps")
+    print(
+        f"\nSA-VAE steps ({architecture}, fp32, batch {len(x)}, {resolved} Hessian-vector products): "
+        f"median of {repeats} after a warm-up; peak {'GPU' if DEVICE.type == 'cuda' else 'resident'} memory of a "
+        "process running two steps"
+    )
     for name, (_, base_class) in SA_MODELS.items():
         base = base_class.__name__
         base_seconds = median_seconds(training_step_of(base, 0, x, architecture), max(repeats, 5))
@@ -121,18 +150,26 @@ def compare_svi_steps(x, steps: int, repeats: int, architecture: str, hessian_pr
         for k in sorted({5, steps}):
             seconds = median_seconds(training_step_of(name, k, x, architecture, hessian_products), repeats)
             peak = peak_memory_of(name, k, len(x), architecture, hessian_products)
-            print(f"{name:9s} K={k:<3d} {seconds:6.3f} s/step = {seconds / base_seconds:5.1f} x the {base} step "
-                  f"({base_seconds:.3f} s); peak memory {peak:.2f} GiB ({base}: {base_peak:.2f} GiB)")
-    print(f"\nfinite-difference and official vs exact gradients of one step (K={steps}, fp32): "
-          "|other - exact| / |exact| and cosine")
+            print(
+                f"{name:9s} K={k:<3d} {seconds:6.3f} s/step = {seconds / base_seconds:5.1f} x the {base} step "
+                f"({base_seconds:.3f} s); peak memory {peak:.2f} GiB ({base}: {base_peak:.2f} GiB)"
+            )
+    print(
+        f"\nfinite-difference and official vs exact gradients of one step (K={steps}, fp32): "
+        "|other - exact| / |exact| and cosine"
+    )
     for name in SA_MODELS:
         exact = sa_gradients(name, steps, x, architecture, "exact")
         for mode in ("finite_difference", "official"):
             other = sa_gradients(name, steps, x, architecture, mode)
-            print(f"{name:9s} {mode:17s} " + ", ".join(
-                f"{part} {float((other[part] - exact[part]).norm() / exact[part].norm()):.2e} "
-                f"(cos {float(torch.nn.functional.cosine_similarity(other[part], exact[part], dim=0)):.3f})"
-                for part in exact))
+            print(
+                f"{name:9s} {mode:17s} "
+                + ", ".join(
+                    f"{part} {float((other[part] - exact[part]).norm() / exact[part].norm()):.2e} "
+                    f"(cos {float(torch.nn.functional.cosine_similarity(other[part], exact[part], dim=0)):.3f})"
+                    for part in exact
+                )
+            )
 
 
 def flops_per_step(model, x) -> int:
@@ -148,15 +185,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--precision", choices=["fp32", "bf16-mixed", "both"], default="both",
-                        help="bf16-mixed is emulated, and very slow, on CPUs without AVX512-BF16/AMX "
-                             "(its matmul peak alone can take minutes to measure there)")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16-mixed", "both"],
+        default="both",
+        help="bf16-mixed is emulated, and very slow, on CPUs without AVX512-BF16/AMX "
+        "(its matmul peak alone can take minutes to measure there)",
+    )
     parser.add_argument("--svi-steps", type=int, default=20, help="K of the SA-VAE comparison (0: skip it)")
     parser.add_argument("--svi-repeats", type=int, default=3, help="timed SA-VAE steps per model")
-    parser.add_argument("--svi-architecture", choices=["pixelcnn", "mlp"], default="pixelcnn",
-                        help="model of the SA-VAE comparison: the official PixelCNN or the MLP of configs/parts/mlp.yaml")
-    parser.add_argument("--svi-hessian-products", choices=["exact", "finite_difference", "official"],
-                        help="how the timed SA-VAE steps compute the reverse pass (default: the model's, exact)")
+    parser.add_argument(
+        "--svi-architecture",
+        choices=["pixelcnn", "mlp"],
+        default="pixelcnn",
+        help="model of the SA-VAE comparison: the official PixelCNN or the MLP of configs/parts/mlp.yaml",
+    )
+    parser.add_argument(
+        "--svi-hessian-products",
+        choices=["exact", "finite_difference", "official"],
+        help="how the timed SA-VAE steps compute the reverse pass (default: the model's, exact)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device of the benchmark, e.g. cuda (default: cpu)")
     parser.add_argument("--peak-memory-of", help=argparse.SUPPRESS)  # internal: the child process of peak_memory_of
     add_allocator_option(parser)
@@ -165,8 +213,13 @@ def main() -> None:
     global DEVICE
     DEVICE = torch.device(args.device)
     if args.peak_memory_of:
-        step = training_step_of(args.peak_memory_of, args.svi_steps, binary_images(args.batch_size).to(DEVICE),
-                                args.svi_architecture, args.svi_hessian_products)
+        step = training_step_of(
+            args.peak_memory_of,
+            args.svi_steps,
+            binary_images(args.batch_size).to(DEVICE),
+            args.svi_architecture,
+            args.svi_hessian_products,
+        )
         step()
         step()
         print(torch.cuda.max_memory_allocated(DEVICE) / 2**30 if DEVICE.type == "cuda" else peak_memory_gib())
@@ -179,7 +232,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, {where}, {allocator}")
     print("matmul peak: " + ", ".join(f"{name} {peak / 1e9:.1f} GFLOP/s" for name, peak in peaks.items()))
     x = binary_images(args.batch_size).to(DEVICE)
-    print(f"{'model':8s} {'precision':10s} {'images/s':>9s} {'GFLOP/step':>11s} {'GFLOP/s':>8s} {'of matmul peak':>15s} {'page faults/step':>17s}")
+    print(
+        f"{'model':8s} {'precision':10s} {'images/s':>9s} {'GFLOP/step':>11s} {'GFLOP/s':>8s} "
+        f"{'of matmul peak':>15s} {'page faults/step':>17s}"
+    )
     for name, model_class in MODELS.items():
         model = build(model_class).to(DEVICE)
         flops = flops_per_step(model, x)
@@ -195,8 +251,10 @@ def main() -> None:
             seconds = (time.perf_counter() - start) / args.steps
             faults = (minor_page_faults() - faults) / args.steps
             achieved = flops / seconds
-            print(f"{name:8s} {precision:10s} {args.batch_size / seconds:9.1f} {flops / 1e9:11.2f} "
-                  f"{achieved / 1e9:8.1f} {achieved / peaks[precision]:14.0%} {faults:17.0f}")
+            print(
+                f"{name:8s} {precision:10s} {args.batch_size / seconds:9.1f} {flops / 1e9:11.2f} "
+                f"{achieved / 1e9:8.1f} {achieved / peaks[precision]:14.0%} {faults:17.0f}"
+            )
     if args.svi_steps:
         compare_svi_steps(x, args.svi_steps, args.svi_repeats, args.svi_architecture, args.svi_hessian_products)
 

@@ -113,12 +113,15 @@ class LatentDiagnostics(EvaluationCallback):
             seed: seed of the per-example z draws of the MI estimators.
             chunk_size: rows per block in the N x N aggregate-posterior computation.
         """
-        super().__init__(every_n_epochs, {
-            "kl": KLDivergence(),
-            "au": ActiveUnits(threshold=au_threshold),
-            "mi": MutualInformation("full", seed=seed, chunk_size=chunk_size),
-            "mi_batch": MutualInformation("batch", seed=seed, chunk_size=chunk_size),
-        })
+        super().__init__(
+            every_n_epochs,
+            {
+                "kl": KLDivergence(),
+                "au": ActiveUnits(threshold=au_threshold),
+                "mi": MutualInformation("full", seed=seed, chunk_size=chunk_size),
+                "mi_batch": MutualInformation("batch", seed=seed, chunk_size=chunk_size),
+            },
+        )
 
     def update(self, trainer, pl_module, outputs, batch) -> None:
         mean, logvar = (outputs.get(f"diagnostics_{name}", outputs[name]).detach() for name in ("mean", "logvar"))
@@ -134,8 +137,10 @@ class LatentDiagnostics(EvaluationCallback):
             value = self.metrics[name].compute()
             values[name] = value.item()
             pl_module.log(f"{stage}/{name}", value.float())
-        per_dimension = {"kl_per_dimension": self.metrics["kl"].per_dimension.tolist(),
-                         "posterior_mean_variance": self.metrics["au"].variances.tolist()}
+        per_dimension = {
+            "kl_per_dimension": self.metrics["kl"].per_dimension.tolist(),
+            "posterior_mean_variance": self.metrics["au"].variances.tolist(),
+        }
         _log_bar_chart(trainer, f"{stage}/kl_per_dimension", self.metrics["kl"].per_dimension, "KL (nats)")
         _log_bar_chart(trainer, f"{stage}/posterior_mean_variance", self.metrics["au"].variances, "Var_x E[z_d|x]")
         log_dir = trainer.log_dir if stage == "test" else None  # a collective under DDP: asked on every process
@@ -156,8 +161,14 @@ class ImportanceWeightedEvaluation(EvaluationCallback):
     not depend on batch size or the number of processes. Decoder evaluations run in chunks of `chunk_size`.
     """
 
-    def __init__(self, num_samples: int = 500, chunk_size: int = 100, every_n_epochs: int = 0, seed: int = 0,
-                 max_examples: int | None = None):
+    def __init__(
+        self,
+        num_samples: int = 500,
+        chunk_size: int = 100,
+        every_n_epochs: int = 0,
+        seed: int = 0,
+        max_examples: int | None = None,
+    ):
         """
         Args:
             num_samples: K, importance samples per example.
@@ -167,15 +178,23 @@ class ImportanceWeightedEvaluation(EvaluationCallback):
             max_examples: evaluate only the examples whose dataset index is below this (a fixed subset, the
                 same for any batching or process count); None: every example.
         """
-        super().__init__(every_n_epochs, {"nll_iw": ImportanceWeightedNLL(), "ppl_iw": TokenPerplexity(),
-                                          "ppl_elbo": TokenPerplexity(), "elbo_subset": MeanMetric()})
+        super().__init__(
+            every_n_epochs,
+            {
+                "nll_iw": ImportanceWeightedNLL(),
+                "ppl_iw": TokenPerplexity(),
+                "ppl_elbo": TokenPerplexity(),
+                "elbo_subset": MeanMetric(),
+            },
+        )
         self.num_samples, self.chunk_size, self.seed = num_samples, chunk_size, seed
         self.max_examples = max_examples
 
     def update(self, trainer, pl_module, outputs, batch) -> None:
         x = batch["x"]
-        mean, logvar, elbo = (outputs.get(f"proposal_{name}", outputs[name]).detach()
-                              for name in ("mean", "logvar", "elbo"))
+        mean, logvar, elbo = (
+            outputs.get(f"proposal_{name}", outputs[name]).detach() for name in ("mean", "logvar", "elbo")
+        )
         index = batch["index"].cpu()
         if self.max_examples is not None:
             keep = index < self.max_examples

@@ -30,8 +30,11 @@ class NonFiniteGuard(Callback):
         self.skipped_steps = 0
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
-        parts = {name.removeprefix("train/"): value for name, value in trainer.callback_metrics.items()
-                 if name.startswith("train/") and name != "train/skipped_steps"}
+        parts = {
+            name.removeprefix("train/"): value
+            for name, value in trainer.callback_metrics.items()
+            if name.startswith("train/") and name != "train/skipped_steps"
+        }
         values = [torch.as_tensor(parts["loss"], dtype=torch.float32, device=pl_module.device).reshape(1)]
         if getattr(trainer.precision_plugin, "scaler", None) is None:  # fp16 loss scaling handles inf grads itself
             grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
@@ -52,14 +55,23 @@ class NonFiniteGuard(Callback):
     @staticmethod
     def _message(trainer: L.Trainer, what: str, parts: dict) -> str:
         logged = ", ".join(f"{name} {float(value):.4g}" for name, value in parts.items())
-        checkpoints = [path for callback in trainer.checkpoint_callbacks
-                       for path in (callback.last_model_path, callback.best_model_path) if path]
-        last = (f"the last good checkpoint is {checkpoints[0]} (resume with --ckpt_path {checkpoints[0]})"
-                if checkpoints else "no checkpoint had been written yet")
-        return (f"{what} is not finite at global step {trainer.global_step} (epoch {trainer.current_epoch}, batch "
-                f"{trainer.fit_loop.epoch_loop.batch_idx}; {logged}); weights were not updated from it and "
-                f"{last}. Lower the learning rate, keep gradient clipping on (trainer.gradient_clip_val), check the "
-                "input data, or set --nonfinite.action skip to drop such steps.")
+        checkpoints = [
+            path
+            for callback in trainer.checkpoint_callbacks
+            for path in (callback.last_model_path, callback.best_model_path)
+            if path
+        ]
+        last = (
+            f"the last good checkpoint is {checkpoints[0]} (resume with --ckpt_path {checkpoints[0]})"
+            if checkpoints
+            else "no checkpoint had been written yet"
+        )
+        return (
+            f"{what} is not finite at global step {trainer.global_step} (epoch {trainer.current_epoch}, batch "
+            f"{trainer.fit_loop.epoch_loop.batch_idx}; {logged}); weights were not updated from it and "
+            f"{last}. Lower the learning rate, keep gradient clipping on (trainer.gradient_clip_val), check the "
+            "input data, or set --nonfinite.action skip to drop such steps."
+        )
 
     def state_dict(self) -> dict:
         return {"skipped_steps": self.skipped_steps}

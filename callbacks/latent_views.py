@@ -27,8 +27,15 @@ from callbacks.modes import evaluation_mode
 class LatentSpaceViews(Callback):
     """The projector, traversals and interpolations of the module docstring (rank 0)."""
 
-    def __init__(self, num_points: int = 1000, num_dims: int = 5, steps: int = 7, span: float = 3.0,
-                 num_interpolations: int = 4, every_n_epochs: int = 0):
+    def __init__(
+        self,
+        num_points: int = 1000,
+        num_dims: int = 5,
+        steps: int = 7,
+        span: float = 3.0,
+        num_interpolations: int = 4,
+        every_n_epochs: int = 0,
+    ):
         """
         Args:
             num_points: examples in the projector (and among which the most active dimensions are chosen).
@@ -90,8 +97,18 @@ class LatentSpaceViews(Callback):
         weights = torch.linspace(0, 1, self.steps)
         line_z = [(1 - w) * means[a] + w * means[b] for a, b in pairs for w in weights]
         decoded = self.decode(trainer, pl_module, torch.cat([traversal_z, *[z[None] for z in line_z]]))
-        views = Views(stage, means, inputs, labels, dims, values, decoded[: len(traversal_z)],
-                      decoded[len(traversal_z):], pairs, weights)
+        views = Views(
+            stage,
+            means,
+            inputs,
+            labels,
+            dims,
+            values,
+            decoded[: len(traversal_z)],
+            decoded[len(traversal_z) :],
+            pairs,
+            weights,
+        )
         experiment, step = trainer.logger.experiment, trainer.global_step
         if inputs.dtype == torch.long and isinstance(trainer.datamodule, TextData):
             self._write_text(experiment, step, views, trainer.datamodule)
@@ -104,32 +121,52 @@ class LatentSpaceViews(Callback):
         if views.labels is not None:
             metadata = [f"{int(y)} {s}" for y, s in zip(views.labels, metadata)]
         experiment.add_embedding(views.means, metadata=metadata, global_step=step, tag=f"{views.stage}/posterior_means")
-        rows = [f"**z{d} = {float(v):+.2f}**: {s}" for (d, v), s in zip(
-            [(d, v) for d in views.dims for v in views.values], text.decode(views.traversals))]
+        rows = [
+            f"**z{d} = {float(v):+.2f}**: {s}"
+            for (d, v), s in zip([(d, v) for d in views.dims for v in views.values], text.decode(views.traversals))
+        ]
         experiment.add_text(f"{views.stage}/latent_traversals", "  \n".join(rows), step)
         sentences, homotopies = text.decode(views.lines), []
         for i, (a, b) in enumerate(views.pairs):
             ends = text.decode(views.inputs[[a, b]])
-            line = sentences[i * self.steps:(i + 1) * self.steps]
-            homotopies.append("  \n".join([f"*input {a}*: {ends[0]}",
-                                           *[f"t = {float(w):.2f}: {s}" for w, s in zip(views.weights, line)],
-                                           f"*input {b}*: {ends[1]}"]))
+            line = sentences[i * self.steps : (i + 1) * self.steps]
+            homotopies.append(
+                "  \n".join(
+                    [
+                        f"*input {a}*: {ends[0]}",
+                        *[f"t = {float(w):.2f}: {s}" for w, s in zip(views.weights, line)],
+                        f"*input {b}*: {ends[1]}",
+                    ]
+                )
+            )
         if homotopies:
             experiment.add_text(f"{views.stage}/interpolations", "\n\n".join(homotopies), step)
 
     def _write_images(self, experiment, step: int, views: "Views") -> None:
         """Thumbnails in the projector, the traversal grid, rows [input a, decodings, input b]."""
-        experiment.add_embedding(views.means, metadata=None if views.labels is None else views.labels.tolist(),
-                                 label_img=views.inputs.float(), global_step=step, tag=f"{views.stage}/posterior_means")
-        experiment.add_image(f"{views.stage}/latent_traversals",
-                             make_grid(views.traversals.float(), nrow=self.steps, pad_value=0.5), step)
+        experiment.add_embedding(
+            views.means,
+            metadata=None if views.labels is None else views.labels.tolist(),
+            label_img=views.inputs.float(),
+            global_step=step,
+            tag=f"{views.stage}/posterior_means",
+        )
+        experiment.add_image(
+            f"{views.stage}/latent_traversals",
+            make_grid(views.traversals.float(), nrow=self.steps, pad_value=0.5),
+            step,
+        )
         if views.pairs:
             rows = []
             for i, (a, b) in enumerate(views.pairs):
-                rows += [views.inputs[a].float(), *views.lines[i * self.steps:(i + 1) * self.steps].float(),
-                         views.inputs[b].float()]
-            experiment.add_image(f"{views.stage}/interpolations",
-                                 make_grid(torch.stack(rows), nrow=self.steps + 2, pad_value=0.5), step)
+                rows += [
+                    views.inputs[a].float(),
+                    *views.lines[i * self.steps : (i + 1) * self.steps].float(),
+                    views.inputs[b].float(),
+                ]
+            experiment.add_image(
+                f"{views.stage}/interpolations", make_grid(torch.stack(rows), nrow=self.steps + 2, pad_value=0.5), step
+            )
 
     def traversal_points(self, means: torch.Tensor) -> tuple[torch.Tensor, list[int], torch.Tensor]:
         """z of the traversal grid (dimension-major), the traversed dimensions (most active first) and the values."""
@@ -138,7 +175,7 @@ class LatentSpaceViews(Callback):
         values = torch.linspace(-self.span, self.span, self.steps)
         z = means[0].repeat(len(dims) * self.steps, 1)
         for row, d in enumerate(dims):
-            z[row * self.steps:(row + 1) * self.steps, d] = values
+            z[row * self.steps : (row + 1) * self.steps, d] = values
         return z, dims, values
 
     @staticmethod

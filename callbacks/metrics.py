@@ -159,7 +159,9 @@ class MutualInformation(Metric):
             index, first = _first_occurrences(index)
             means, logvars, z = means[first], logvars[first], z[first]
         kl = gaussian_kl(means.double(), logvars.double()).mean()
-        aggregate_kl = (log_aggregate_posterior(z, means, logvars, self.chunk_size) - log_standard_normal(z.double())).mean()
+        aggregate_kl = (
+            log_aggregate_posterior(z, means, logvars, self.chunk_size) - log_standard_normal(z.double())
+        ).mean()
         return kl - aggregate_kl
 
 

@@ -30,8 +30,14 @@ def fit_logistic_regression(
         x = (x - feature_mean) / feature_std
         weight = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, device=x.device, requires_grad=True)
         bias = torch.zeros(num_classes, dtype=torch.float64, device=x.device, requires_grad=True)
-        optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",
-                                      tolerance_grad=1e-9, tolerance_change=1e-12)
+        optimizer = torch.optim.LBFGS(
+            [weight, bias],
+            lr=1.0,
+            max_iter=max_iter,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-9,
+            tolerance_change=1e-12,
+        )
 
         def closure():
             optimizer.zero_grad()
@@ -44,8 +50,12 @@ def fit_logistic_regression(
 
 
 def probe_accuracy(
-    train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor, test_labels: torch.Tensor,
-    l2: float = 1e-4, max_iter: int = 200,
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    l2: float = 1e-4,
+    max_iter: int = 200,
 ) -> float:
     """Accuracy on the test features of a logistic regression fitted on the training features."""
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
@@ -62,8 +72,9 @@ class LatentProbe(EvaluationCallback):
     the test step, gathered across processes. Skipped, with a note in the log, for data without class labels.
     """
 
-    def __init__(self, max_train_examples: int | None = None, l2: float = 1e-4, max_iter: int = 200,
-                 batch_size: int = 1000):
+    def __init__(
+        self, max_train_examples: int | None = None, l2: float = 1e-4, max_iter: int = 200, batch_size: int = 1000
+    ):
         """
         Args:
             max_train_examples: fit on the first this many training examples (None: all of them).
@@ -98,6 +109,7 @@ class LatentProbe(EvaluationCallback):
             for start in range(0, len(x), self.batch_size):
                 batch = x[start : start + self.batch_size].to(pl_module.device)
                 train_means.append(pl_module.encode(batch)[0].float())
-        accuracy = probe_accuracy(torch.cat(train_means), labels.to(pl_module.device), test_means, test_labels,
-                                  self.l2, self.max_iter)
+        accuracy = probe_accuracy(
+            torch.cat(train_means), labels.to(pl_module.device), test_means, test_labels, self.l2, self.max_iter
+        )
         pl_module.log("test/probe_acc", accuracy)

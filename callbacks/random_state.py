@@ -53,15 +53,20 @@ def restore_rng_states(states: list[dict] | None, rank: int, world_size: int) ->
     """Give this process its saved states back; warn instead when that is impossible because the checkpoint was
     written by a different number of processes or holds no states."""
     if not states:
-        warnings.warn("the checkpoint holds no random-generator states: the resumed run continues correctly but "
-                      "its data order and noise differ from an uninterrupted run", stacklevel=2)
+        warnings.warn(
+            "the checkpoint holds no random-generator states: the resumed run continues correctly but "
+            "its data order and noise differ from an uninterrupted run",
+            stacklevel=2,
+        )
         return
     if len(states) != world_size:
         if rank == 0:
-            warnings.warn(f"the checkpoint was written by {len(states)} process(es) and the run resumes on "
-                          f"{world_size}: the random streams (data order, binarization, z noise) continue from "
-                          "the seed, so the resumed run is valid but not bit-identical to an uninterrupted one",
-                          stacklevel=2)
+            warnings.warn(
+                f"the checkpoint was written by {len(states)} process(es) and the run resumes on "
+                f"{world_size}: the random streams (data order, binarization, z noise) continue from "
+                "the seed, so the resumed run is valid but not bit-identical to an uninterrupted one",
+                stacklevel=2,
+            )
         return
     set_rng_states(states[rank])
 

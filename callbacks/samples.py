@@ -38,8 +38,12 @@ class SampleLogger(Callback):
         with evaluation_mode(pl_module), trainer.precision_plugin.forward_context(), torch.no_grad(), isolate_rng():
             torch.manual_seed(self.seed)
             # One autoregressive decoding for both: z = posterior means of the inputs, then draws from p(z).
-            z = torch.cat([pl_module.encode(inputs)[0],
-                           torch.randn(self.num_examples, pl_module.latent_dim, device=pl_module.device)])
+            z = torch.cat(
+                [
+                    pl_module.encode(inputs)[0],
+                    torch.randn(self.num_examples, pl_module.latent_dim, device=pl_module.device),
+                ]
+            )
             decoded = pl_module.decoder.sample(z)
         reconstructions, samples = decoded[: len(inputs)], decoded[len(inputs) :]
         step = trainer.global_step  # TensorBoard's step slider follows training

@@ -19,8 +19,9 @@ class HalveLearningRateAfterPlateau(Callback):
     checkpoints, so a resumed run continues it.
     """
 
-    def __init__(self, monitor: str = "val/elbo", start_epoch: int | None = None, factor: float = 0.5,
-                 min_lr: float = 0.03):
+    def __init__(
+        self, monitor: str = "val/elbo", start_epoch: int | None = None, factor: float = 0.5, min_lr: float = 0.03
+    ):
         super().__init__()
         self.monitor, self.start_epoch, self.factor, self.min_lr = monitor, start_epoch, factor, min_lr
         self.best = math.inf

@@ -22,7 +22,8 @@ def keep_batch(batch):
 
 
 class SkipVAEDataModule(L.LightningDataModule):
-    """Base of the project's datamodules: batches are dicts with `x` and `index` (and `label` where the data has classes)."""
+    """Base of the project's datamodules: batches are dicts with `x` and `index` (and `label` where the data has
+    classes)."""
 
     dataset_name: ClassVar[str]  # the subfolder of the data folder
     example_name: ClassVar[str] = "examples"  # what one training example is called in messages
@@ -71,11 +72,18 @@ class SkipVAEDataModule(L.LightningDataModule):
         disjoint shards that never repeat an example."""
         dataset, trainer, sampler = self.datasets[split], getattr(self, "trainer", None), None
         if not training and trainer is not None and trainer.world_size > 1:
-            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
-                                                   shuffle=False)
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
         size = self.hparams.batch_size if training else self.hparams.eval_batch_size
-        return DataLoader(dataset, batch_size=None if self.prebatched else size, shuffle=training, sampler=sampler,
-                          num_workers=self.hparams.num_workers, collate_fn=keep_batch)
+        return DataLoader(
+            dataset,
+            batch_size=None if self.prebatched else size,
+            shuffle=training,
+            sampler=sampler,
+            num_workers=self.hparams.num_workers,
+            collate_fn=keep_batch,
+        )
 
     def train_dataloader(self) -> DataLoader:
         check_batch_size(self.hparams.batch_size, self.num_training_examples(), self.example_name)

@@ -75,8 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", nargs="+", choices=list(CATALOG), default=list(CATALOG))
     parser.add_argument("--mirror", help="base URL of a copy laid out as <dataset>/<file name>")
     args = parser.parse_args(argv)
-    failed = [path for dataset in args.dataset for path, why in fetch_dataset(args.data_dir, dataset, args.mirror)
-              if why is not None]
+    failed = [
+        path
+        for dataset in args.dataset
+        for path, why in fetch_dataset(args.data_dir, dataset, args.mirror)
+        if why is not None
+    ]
     if failed:
         print(f"\n{len(failed)} file(s) could not be fetched or checked: {', '.join(failed)}", file=sys.stderr)
         return 1

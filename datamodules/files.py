@@ -23,8 +23,10 @@ class DataError(RuntimeError):
 def check_batch_size(batch_size: int, examples: int, what: str = "examples") -> None:
     """A training batch larger than the training set is a configuration mistake (one partial batch per epoch)."""
     if batch_size > examples:
-        raise DataError(f"batch_size {batch_size} is larger than the training set ({examples} {what}); "
-                        f"use --data.init_args.batch_size {examples} or less.")
+        raise DataError(
+            f"batch_size {batch_size} is larger than the training set ({examples} {what}); "
+            f"use --data.init_args.batch_size {examples} or less."
+        )
 
 
 def dataset_dir(data_dir: str | None, dataset: str) -> Path:

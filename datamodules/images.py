@@ -77,8 +77,10 @@ class BinarizedImageDataModule(SkipVAEDataModule):
     def binarized_eval_sets(self, val_images, val_labels, test_images, test_labels) -> dict[str, InMemoryDataset]:
         """Validation and test sets binarized once, with seeds `binarize_seed` and `binarize_seed + 1`."""
         seed = self.hparams.binarize_seed
-        return {"val": InMemoryDataset(binarize_fixed(val_images, seed), val_labels),
-                "test": InMemoryDataset(binarize_fixed(test_images, seed + 1), test_labels)}
+        return {
+            "val": InMemoryDataset(binarize_fixed(val_images, seed), val_labels),
+            "test": InMemoryDataset(binarize_fixed(test_images, seed + 1), test_labels),
+        }
 
     def probe_train_data(self, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The first `limit` training images as floats in {0, 1} and their labels, for a latent probe.

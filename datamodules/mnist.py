@@ -22,8 +22,9 @@ from torchvision.datasets.mnist import read_image_file, read_label_file
 from datamodules.files import DataError, RemoteFile, fetch, read_gzip
 from datamodules.images import BinarizedImageDataModule, InMemoryDataset
 
-IDX_FILES = {name: RemoteFile(name, tuple(mirror + name for mirror in MNIST.mirrors), md5=md5)
-             for name, md5 in MNIST.resources}
+IDX_FILES = {
+    name: RemoteFile(name, tuple(mirror + name for mirror in MNIST.mirrors), md5=md5) for name, md5 in MNIST.resources
+}
 
 LAROCHELLE_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{}.amat"
 LAROCHELLE_SHA256 = {
@@ -32,8 +33,10 @@ LAROCHELLE_SHA256 = {
     "test": "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c",
 }
 LAROCHELLE_SIZES = {"train": 50_000, "valid": 10_000, "test": 10_000}
-LAROCHELLE_FILES = {split: RemoteFile(f"binarized_mnist_{split}.amat", (LAROCHELLE_URL.format(split),), sha256=digest)
-                    for split, digest in LAROCHELLE_SHA256.items()}
+LAROCHELLE_FILES = {
+    split: RemoteFile(f"binarized_mnist_{split}.amat", (LAROCHELLE_URL.format(split),), sha256=digest)
+    for split, digest in LAROCHELLE_SHA256.items()
+}
 
 
 def read_idx(path: Path, reader) -> torch.Tensor:
@@ -100,18 +103,23 @@ class MNISTDataModule(BinarizedImageDataModule):
     def load_splits(self) -> dict[str, InMemoryDataset]:
         hp = self.hparams
         if hp.binarization == "static":
+
             def split(name: str) -> InMemoryDataset:
                 images = read_amat(self.folder, name, hp.download) * np.uint8(255)
                 return InMemoryDataset(torch.from_numpy(images).view(-1, *self.image_shape))
 
             return {"train": split("train"), "val": split("valid"), "test": split("test")}
-        paths = {name: fetch(self.folder, remote, download=hp.download, check=hp.check_file)
-                 for name, remote in IDX_FILES.items()}
+        paths = {
+            name: fetch(self.folder, remote, download=hp.download, check=hp.check_file)
+            for name, remote in IDX_FILES.items()
+        }
         images = read_idx(paths["train-images-idx3-ubyte.gz"], read_image_file).unsqueeze(1)
         labels = read_idx(paths["train-labels-idx1-ubyte.gz"], read_label_file)
         test_images = read_idx(paths["t10k-images-idx3-ubyte.gz"], read_image_file).unsqueeze(1)
         test_labels = read_idx(paths["t10k-labels-idx1-ubyte.gz"], read_label_file)
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(hp.split_seed))
         train_idx, val_idx = order.split([len(images) - len(images) // 6, len(images) // 6])
-        return {"train": InMemoryDataset(images[train_idx].contiguous(), labels[train_idx]),
-                **self.binarized_eval_sets(images[val_idx], labels[val_idx], test_images, test_labels)}
+        return {
+            "train": InMemoryDataset(images[train_idx].contiguous(), labels[train_idx]),
+            **self.binarized_eval_sets(images[val_idx], labels[val_idx], test_images, test_labels),
+        }

@@ -26,8 +26,10 @@ VALIDATION_SIZE = 2000
 
 def _matrix(contents: dict, key: str, path) -> np.ndarray:
     if key not in contents:
-        raise DataError(f"{path} has no variable '{key}' (found: {sorted(k for k in contents if not k.startswith('__'))});"
-                        f" it is not Burda's chardata.mat. Download it from {CHARDATA.urls[0]}.")
+        raise DataError(
+            f"{path} has no variable '{key}' (found: {sorted(k for k in contents if not k.startswith('__'))});"
+            f" it is not Burda's chardata.mat. Download it from {CHARDATA.urls[0]}."
+        )
     return np.asarray(contents[key])
 
 
@@ -38,14 +40,17 @@ def read_chardata(path) -> dict[str, np.ndarray]:
     try:
         contents = loadmat(str(path))
     except Exception as error:  # scipy raises ValueError, MatReadError, OSError... for a damaged file
-        raise DataError(f"{path} is not a readable MATLAB file ({error}). Delete it and download it again from "
-                        f"{CHARDATA.urls[0]}.") from error
+        raise DataError(
+            f"{path} is not a readable MATLAB file ({error}). Delete it and download it again from {CHARDATA.urls[0]}."
+        ) from error
     out = {}
     for split, image_key, label_key in (("train", "data", "target"), ("test", "testdata", "testtarget")):
         images = _matrix(contents, image_key, path)
         if images.ndim != 2 or images.shape[0] != 784:
-            raise DataError(f"{path}: '{image_key}' has shape {images.shape}, expected 784 x N (one 28x28 image "
-                            "per column); the file is not Burda's chardata.mat or is damaged.")
+            raise DataError(
+                f"{path}: '{image_key}' has shape {images.shape}, expected 784 x N (one 28x28 image "
+                "per column); the file is not Burda's chardata.mat or is damaged."
+            )
         if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
             raise DataError(f"{path}: '{image_key}' holds values outside [0, 1]; expected grey values in [0, 1].")
         # column-major per image: element (row r, column c) of image i sits at images[c * 28 + r, i]
@@ -73,10 +78,14 @@ class OmniglotDataModule(BinarizedImageDataModule):
         test_images = torch.from_numpy(arrays["test"]).unsqueeze(1)
         test_labels = torch.from_numpy(arrays["test_labels"]) if "test_labels" in arrays else None
         if len(images) <= VALIDATION_SIZE:
-            raise DataError(f"{self.folder / CHARDATA.name} has only {len(images)} training images; "
-                            f"{VALIDATION_SIZE} are held out for validation.")
+            raise DataError(
+                f"{self.folder / CHARDATA.name} has only {len(images)} training images; "
+                f"{VALIDATION_SIZE} are held out for validation."
+            )
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(hp.split_seed))
         val_idx, train_idx = order[:VALIDATION_SIZE], order[VALIDATION_SIZE:]
         pick = lambda t, i: None if t is None else t[i]  # noqa: E731
-        return {"train": InMemoryDataset(images[train_idx].contiguous(), pick(labels, train_idx)),
-                **self.binarized_eval_sets(images[val_idx], pick(labels, val_idx), test_images, test_labels)}
+        return {
+            "train": InMemoryDataset(images[train_idx].contiguous(), pick(labels, train_idx)),
+            **self.binarized_eval_sets(images[val_idx], pick(labels, val_idx), test_images, test_labels),
+        }

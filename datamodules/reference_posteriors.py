@@ -18,18 +18,27 @@ from datamodules.files import DataError, RemoteFile, verify_checksum
 _COMMIT = "80f03665df95af3a0f6361d37efb2523a63dd8a8"
 _URL = f"https://raw.githubusercontent.com/yoonkim/skip-vae/{_COMMIT}/data/mnist-{{}}.pkl"
 REFERENCE_PICKLES = {
-    "noskip": RemoteFile("mnist-noskip.pkl", (_URL.format("noskip"),),
-                         sha256="ed30abe560645e3b91d4fc832538292c9d4c3bf7e1d4568fefd1d268f89898df"),
-    "skip": RemoteFile("mnist-skip.pkl", (_URL.format("skip"),),
-                       sha256="ae4aefceb3203f7f9338f3b24e971666c1199de8b33958230f059661daca1ecf"),
+    "noskip": RemoteFile(
+        "mnist-noskip.pkl",
+        (_URL.format("noskip"),),
+        sha256="ed30abe560645e3b91d4fc832538292c9d4c3bf7e1d4568fefd1d268f89898df",
+    ),
+    "skip": RemoteFile(
+        "mnist-skip.pkl",
+        (_URL.format("skip"),),
+        sha256="ae4aefceb3203f7f9338f3b24e971666c1199de8b33958230f059661daca1ecf",
+    ),
 }
 KEYS = ("labels", "z", "mean", "logvar")
 
 # What a pickled numpy array needs (numpy 1 wrote `numpy.core`, numpy 2 writes `numpy._core`; pickle protocols
 # below 3 store the array's bytes as a string that `_codecs.encode` turns back into bytes, protocol 5 as a buffer
 # that `_frombuffer` reads).
-_ALLOWED = {(f"numpy.{core}.{module}", name) for core in ("core", "_core")
-            for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))}
+_ALLOWED = {
+    (f"numpy.{core}.{module}", name)
+    for core in ("core", "_core")
+    for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))
+}
 _ALLOWED |= {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
 
@@ -65,12 +74,14 @@ def convert(pickle_path: Path, npz_path: Path, remote: RemoteFile | None = None)
     if len(arrays) != len(KEYS):
         raise DataError(f"{pickle_path}: expected {len(KEYS)} arrays ({', '.join(KEYS)}), found {len(arrays)}")
     labels, *posteriors = arrays
-    if labels.ndim != 1 or any(a.shape != posteriors[0].shape or a.ndim != 2 or len(a) != len(labels)
-                               for a in posteriors):
+    if labels.ndim != 1 or any(
+        a.shape != posteriors[0].shape or a.ndim != 2 or len(a) != len(labels) for a in posteriors
+    ):
         raise DataError(f"{pickle_path}: shapes {[a.shape for a in arrays]} are not [N], [N, D], [N, D], [N, D]")
     npz_path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(npz_path, labels=labels.astype(np.int64),
-                        **{key: a.astype(np.float32) for key, a in zip(KEYS[1:], posteriors)})
+    np.savez_compressed(
+        npz_path, labels=labels.astype(np.int64), **{key: a.astype(np.float32) for key, a in zip(KEYS[1:], posteriors)}
+    )
     return npz_path
 
 

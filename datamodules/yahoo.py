@@ -31,10 +31,12 @@ SPECIALS = (PAD, BOS, EOS, UNK)
 _REPO = "https://raw.githubusercontent.com/harvardnlp/DeepLatentNLP/master/data/yahoo/"
 YAHOO_FILES = {
     "train.txt": RemoteFile("train.txt", (_REPO + "train.txt",), git_sha1="ae7d4fc4d07e520dffdbd835868a1d7c7a6eb471"),
-    "valid.txt": RemoteFile("valid.txt", (_REPO + "val.txt",),
-                            sha256="3247ac3ffcc4d4bfd6216f2aaa617f6706cdc4081874da39245fe156825898d1"),
-    "test.txt": RemoteFile("test.txt", (_REPO + "test.txt",),
-                           sha256="ad843c4363adbdd07d8055d9bf121e5f23c285760df43a0031b89d8538293075"),
+    "valid.txt": RemoteFile(
+        "valid.txt", (_REPO + "val.txt",), sha256="3247ac3ffcc4d4bfd6216f2aaa617f6706cdc4081874da39245fe156825898d1"
+    ),
+    "test.txt": RemoteFile(
+        "test.txt", (_REPO + "test.txt",), sha256="ad843c4363adbdd07d8055d9bf121e5f23c285760df43a0031b89d8538293075"
+    ),
 }
 
 
@@ -103,7 +105,8 @@ class Vocabulary:
             if len(f) != 2 or not f[1].isdigit() or int(f[1]) != number - 1:
                 raise DataError(
                     f"vocabulary file {path}, line {number}: expected `word<TAB>{number - 1}` (ids counting from 0 "
-                    f"in file order) or one word per line, got {lines[number - 1]!r}")
+                    f"in file order) or one word per line, got {lines[number - 1]!r}"
+                )
             words.append(f[0])
         return cls(words)
 
@@ -223,8 +226,10 @@ class YahooDataModule(SkipVAEDataModule):
             encoded.append(ids)
             unknown += n
         words = sum(len(doc) for doc in documents)
-        rank_zero_info(f"{name}: {len(documents)} documents, {words} words, {unknown} unknown words mapped to "
-                       f"{UNK} ({100 * unknown / max(words, 1):.2f}%), {blank} blank lines skipped")
+        rank_zero_info(
+            f"{name}: {len(documents)} documents, {words} words, {unknown} unknown words mapped to "
+            f"{UNK} ({100 * unknown / max(words, 1):.2f}%), {blank} blank lines skipped"
+        )
         return encoded
 
     def num_training_examples(self) -> int:
@@ -236,17 +241,20 @@ class YahooDataModule(SkipVAEDataModule):
         train = self._encode(hp.train_file, train_docs, blank)
         if hp.val_split > 0:
             if hp.val_split >= len(train):
-                raise DataError(f"val_split={hp.val_split} leaves no training documents in {hp.train_file} "
-                                f"({len(train)} documents)")
+                raise DataError(
+                    f"val_split={hp.val_split} leaves no training documents in {hp.train_file} ({len(train)} documents)"
+                )
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(hp.split_seed)).tolist()
             val = [train[i] for i in order[: hp.val_split]]
             train = [train[i] for i in sorted(order[hp.val_split :])]
         else:
             val = self._encode(hp.val_file, *self._read(hp.val_file))
         test = self._encode(hp.test_file, *self._read(hp.test_file))
-        datasets = {"train": BucketedDocuments(train, hp.batch_size),
-                    "val": BucketedDocuments(val, hp.eval_batch_size),
-                    "test": BucketedDocuments(test, hp.eval_batch_size)}
+        datasets = {
+            "train": BucketedDocuments(train, hp.batch_size),
+            "val": BucketedDocuments(val, hp.eval_batch_size),
+            "test": BucketedDocuments(test, hp.eval_batch_size),
+        }
         for split, dataset in datasets.items():
             if len(dataset) == 0:
                 raise DataError(f"the {split} split has no documents")
@@ -275,8 +283,10 @@ class YahooDataModule(SkipVAEDataModule):
         if saved == self.vocabulary:
             return
         if len(saved) != len(self.vocabulary):
-            raise DataError(f"the checkpoint's vocabulary has {len(saved)} words but the data's has "
-                            f"{len(self.vocabulary)}; pass the training run's vocab.txt as --data.init_args.vocab_file")
+            raise DataError(
+                f"the checkpoint's vocabulary has {len(saved)} words but the data's has "
+                f"{len(self.vocabulary)}; pass the training run's vocab.txt as --data.init_args.vocab_file"
+            )
         rank_zero_warn("the checkpoint's vocabulary differs from the one built from the data; using the checkpoint's")
         self._vocabulary = saved
         self.datasets = {}

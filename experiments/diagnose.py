@@ -44,28 +44,34 @@ def load_posteriors(path: Path) -> dict[str, torch.Tensor]:
         raise PosteriorFileError(f"{path} lacks {' and '.join(missing)} (it holds: {', '.join(contents) or 'nothing'})")
     mean, logvar = contents["mean"], contents["logvar"]
     if mean.ndim != 2 or mean.shape != logvar.shape or len(mean) < 2:
-        raise PosteriorFileError(f"{path}: mean and logvar must have the same shape (examples, latent dimensions) "
-                                 f"with at least 2 examples; they have {mean.shape} and {logvar.shape}")
+        raise PosteriorFileError(
+            f"{path}: mean and logvar must have the same shape (examples, latent dimensions) "
+            f"with at least 2 examples; they have {mean.shape} and {logvar.shape}"
+        )
     posteriors = {}
     for key in ("mean", "logvar"):
         values = contents[key]
         if not np.issubdtype(values.dtype, np.floating) or not np.isfinite(values).all():
             bad = int(values.size - np.isfinite(values).sum()) if np.issubdtype(values.dtype, np.floating) else "all"
-            raise PosteriorFileError(f"{path}: {key} must hold finite floating-point values ({values.dtype}, "
-                                     f"{bad} not finite)")
+            raise PosteriorFileError(
+                f"{path}: {key} must hold finite floating-point values ({values.dtype}, {bad} not finite)"
+            )
         posteriors[key] = torch.from_numpy(values.astype(np.float64))
     for key in ("labels", "index"):
         if key in contents:
             values = contents[key]
             if values.shape != (len(mean),) or not np.issubdtype(values.dtype, np.integer):
-                raise PosteriorFileError(f"{path}: {key} must be {len(mean)} integers, one per row; it is "
-                                         f"{values.dtype} of shape {values.shape}")
+                raise PosteriorFileError(
+                    f"{path}: {key} must be {len(mean)} integers, one per row; it is "
+                    f"{values.dtype} of shape {values.shape}"
+                )
             posteriors[key] = torch.from_numpy(values.astype(np.int64))
     return posteriors
 
 
-def diagnose(posteriors: dict[str, torch.Tensor], batch_size: int = 50, au_threshold: float = 0.02,
-             seed: int = 0) -> dict[str, float]:
+def diagnose(
+    posteriors: dict[str, torch.Tensor], batch_size: int = 50, au_threshold: float = 0.02, seed: int = 0
+) -> dict[str, float]:
     """KL, MI, MI (batch), AU and, with labels, the probe accuracy of one file's posteriors."""
     mean, logvar = posteriors["mean"], posteriors["logvar"]
     index = posteriors.get("index", torch.arange(len(mean)))
@@ -77,8 +83,12 @@ def diagnose(posteriors: dict[str, torch.Tensor], batch_size: int = 50, au_thres
     for start in range(0, len(mean), batch_size):
         rows = slice(start, start + batch_size)
         mi_batch.update(mean[rows], logvar[rows], index[rows])
-    values = {"kl": kl.compute().item(), "mi": mi.compute().item(), "mi_batch": mi_batch.compute().item(),
-              "au": au.compute().item()}
+    values = {
+        "kl": kl.compute().item(),
+        "mi": mi.compute().item(),
+        "mi_batch": mi_batch.compute().item(),
+        "au": au.compute().item(),
+    }
     if "labels" in posteriors:
         half, labels = len(mean) // 2, posteriors["labels"]
         values["probe_acc"] = probe_accuracy(mean[:half], labels[:half], mean[half:], labels[half:])
@@ -86,18 +96,23 @@ def diagnose(posteriors: dict[str, torch.Tensor], batch_size: int = 50, au_thres
 
 
 def table(rows: dict[str, dict[str, float]], batch_size: int, au_threshold: float) -> str:
-    lines = [f"| file | examples | KL | MI | MI (batch {batch_size}) | AU ({au_threshold:g}) | probe |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| file | examples | KL | MI | MI (batch {batch_size}) | AU ({au_threshold:g}) | probe |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, v in rows.items():
         probe = f"{v['probe_acc']:.3f}" if "probe_acc" in v else "–"
-        lines.append(f"| {name} | {v['examples']} | {v['kl']:.3f} | {v['mi']:.3f} | {v['mi_batch']:.3f} | "
-                     f"{v['au']:.0f} | {probe} |")
+        lines.append(
+            f"| {name} | {v['examples']} | {v['kl']:.3f} | {v['mi']:.3f} | {v['mi_batch']:.3f} | "
+            f"{v['au']:.0f} | {probe} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     parser.add_argument("files", nargs="+", type=Path, help="posterior .npz files")
     parser.add_argument("--batch-size", type=int, default=50, help="batch size of the minibatch MI (default 50)")
     parser.add_argument("--au-threshold", type=float, default=0.02, help="active-unit threshold (default 0.02)")

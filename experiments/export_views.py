@@ -21,12 +21,15 @@ def export_views(log_dir: Path, tags: list[str], out: Path) -> list[Path]:
     """Writes one file per tag (PNG for images, Markdown for text); raises KeyError naming a tag the events lack."""
     events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "tensors": 0})
     events.Reload()
-    images, texts = events.Tags()["images"], [t.removesuffix(TEXT_SUFFIX) for t in events.Tags()["tensors"]
-                                              if t.endswith(TEXT_SUFFIX)]
+    images, texts = (
+        events.Tags()["images"],
+        [t.removesuffix(TEXT_SUFFIX) for t in events.Tags()["tensors"] if t.endswith(TEXT_SUFFIX)],
+    )
     missing = [tag for tag in tags if tag not in images and tag not in texts]
     if missing:
-        raise KeyError(f"{log_dir} has no image or text {missing[0]!r} "
-                       f"(it has: {', '.join(sorted([*images, *texts])) or 'none'})")
+        raise KeyError(
+            f"{log_dir} has no image or text {missing[0]!r} (it has: {', '.join(sorted([*images, *texts])) or 'none'})"
+        )
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for tag in tags:

@@ -81,8 +81,12 @@ def latent_use(model, data, max_examples: int | None = None) -> dict[str, float]
     kl, mi = KLDivergence(), MutualInformation("full")
     for batch, mean, logvar in batches:
         x = batch["x"]
-        codes = {"z ~ q": mean + torch.exp(0.5 * logvar) * model.evaluation_noise(batch), "z = mean": mean,
-                 "z = average mean": average_mean.to(mean).expand_as(mean), "z = 0": torch.zeros_like(mean)}
+        codes = {
+            "z ~ q": mean + torch.exp(0.5 * logvar) * model.evaluation_noise(batch),
+            "z = mean": mean,
+            "z = average mean": average_mean.to(mean).expand_as(mean),
+            "z = 0": torch.zeros_like(mean),
+        }
         for name, z in codes.items():
             totals[name] += float(-model.decoder.log_prob(x, z).double().sum())
         kl.update(mean, logvar)

@@ -36,8 +36,15 @@ def write_csv(study: Study, records: list[dict], path: Path) -> None:
         writer = csv.writer(handle)
         writer.writerow(["run", "group", "seed", *metrics, "seconds"])
         for r in records:
-            writer.writerow([r["run"], r["group"], r["seed"],
-                             *(_plain(r["metrics"].get(m)) for m in metrics), f"{r['seconds']:.0f}"])
+            writer.writerow(
+                [
+                    r["run"],
+                    r["group"],
+                    r["seed"],
+                    *(_plain(r["metrics"].get(m)) for m in metrics),
+                    f"{r['seconds']:.0f}",
+                ]
+            )
 
 
 def _plain(value: float | None) -> str:
@@ -66,16 +73,20 @@ def markdown_table(study: Study, records: list[dict]) -> str:
 def write_markdown(name: str, study: Study, records: list[dict], path: Path) -> None:
     hours = sum(r["seconds"] for r in records) / 3600
     precision = "" if study.precision == "32-true" else f" --precision {study.precision}"
-    per_run = "; ".join(f"{r['run']} ({r['seconds'] / 60:.1f} min): " + ", ".join(
-        f"{m.split('/', 1)[1]} {r['metrics'][m]:.3f}" for m in study.metrics if m in r["metrics"]) for r in records)
+    per_run = "; ".join(
+        f"{r['run']} ({r['seconds'] / 60:.1f} min): "
+        + ", ".join(f"{m.split('/', 1)[1]} {r['metrics'][m]:.3f}" for m in study.metrics if m in r["metrics"])
+        for r in records
+    )
     text = (
         f"# Study `{name}`\n\n{study.description}\n\n"
         f"Command: `python -m experiments.run {name}{precision}`. Precision: {study.precision}. "
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; {hours:.2f} h of run time in all (fit + test).\n\n"
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; "
+        f"{hours:.2f} h of run time in all (fit + test).\n\n"
         "All values are test-set numbers, mean ± sample std over seeds: elbo (negative ELBO, all test examples) "
         "and nll_iw (importance-weighted NLL; with elbo_subset where shown, on the examples it was computed on) "
-        "in nats per example, lower is better; kl and mi in nats; au the count of active units; probe_acc the test accuracy of a "
-        "logistic regression on posterior means.\n\n"
+        "in nats per example, lower is better; kl and mi in nats; au the count of active units; probe_acc the test "
+        "accuracy of a logistic regression on posterior means.\n\n"
         f"{markdown_table(study, records)}\n\nPer run: {per_run}.\n"
     )
     path.write_text(text)
@@ -112,8 +123,15 @@ def plot_curves(study: Study, records: list[dict], study_dir: Path, path: Path) 
         for ax, tag in zip(axes, study.curves):
             if tag in curves:
                 steps, values = zip(*curves[tag])
-                ax.plot(steps, values, styles[seeds.index(record["seed"]) % len(styles)], marker="o", markersize=3,
-                        color=colours[record["group"]], label=f"{record['group']} seed {record['seed']}")
+                ax.plot(
+                    steps,
+                    values,
+                    styles[seeds.index(record["seed"]) % len(styles)],
+                    marker="o",
+                    markersize=3,
+                    color=colours[record["group"]],
+                    label=f"{record['group']} seed {record['seed']}",
+                )
     for ax, tag in zip(axes, study.curves):
         ax.set_title(tag)
         ax.set_xlabel("training step")

@@ -86,17 +86,26 @@ def make_slots(jobs: int) -> list[Slot]:
         return [Slot({"CUDA_VISIBLE_DEVICES": gpu}) for gpu in gpus[:jobs]]
     cores = sorted(os.sched_getaffinity(0))
     if jobs > len(cores):
-        raise RunFailed(f"--jobs {jobs}: this process may use {len(cores)} CPU core(s); use --jobs {len(cores)} "
-                        "or fewer (parallel runs on shared cores slow each other down more than they gain)")
+        raise RunFailed(
+            f"--jobs {jobs}: this process may use {len(cores)} CPU core(s); use --jobs {len(cores)} "
+            "or fewer (parallel runs on shared cores slow each other down more than they gain)"
+        )
     share = len(cores) // jobs
-    return [Slot({"OMP_NUM_THREADS": str(share), "CUDA_VISIBLE_DEVICES": ""},
-                 frozenset(cores[i * share:(i + 1) * share]))
-            for i in range(jobs)]
+    return [
+        Slot({"OMP_NUM_THREADS": str(share), "CUDA_VISIBLE_DEVICES": ""}, frozenset(cores[i * share : (i + 1) * share]))
+        for i in range(jobs)
+    ]
 
 
 def _logger_args(run_dir: Path, phase: str) -> list[str]:
-    return ["--trainer.logger.init_args.save_dir", str(run_dir.parent), "--trainer.logger.init_args.name",
-            run_dir.name, "--trainer.logger.init_args.version", phase]
+    return [
+        "--trainer.logger.init_args.save_dir",
+        str(run_dir.parent),
+        "--trainer.logger.init_args.name",
+        run_dir.name,
+        "--trainer.logger.init_args.version",
+        phase,
+    ]
 
 
 def fit_command(run: Run, run_dir: Path, resume: bool = True) -> list[str]:
@@ -116,8 +125,14 @@ def best_checkpoint(run_dir: Path) -> Path:
 
 
 def test_command(run: Run, run_dir: Path) -> list[str]:
-    return ["main.py", "test", *run.main_args(), *_logger_args(run_dir, "test"),
-            "--ckpt_path", str(best_checkpoint(run_dir))]
+    return [
+        "main.py",
+        "test",
+        *run.main_args(),
+        *_logger_args(run_dir, "test"),
+        "--ckpt_path",
+        str(best_checkpoint(run_dir)),
+    ]
 
 
 def _execute(command: list[str], log: Path, quiet: bool, slot: Slot = Slot()) -> None:
@@ -151,8 +166,10 @@ def check_run_arguments(run: Run, run_dir: Path) -> None:
     if path.exists():
         recorded = json.loads(path.read_text())
         if recorded != run.main_args():
-            raise RunFailed(f"{run_dir} holds a run made with other arguments ({' '.join(recorded)}; now "
-                            f"{' '.join(run.main_args())}). Pass another --out folder, or delete that run folder")
+            raise RunFailed(
+                f"{run_dir} holds a run made with other arguments ({' '.join(recorded)}; now "
+                f"{' '.join(run.main_args())}). Pass another --out folder, or delete that run folder"
+            )
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(run.main_args()))
@@ -171,7 +188,9 @@ def run_one(run: Run, run_dir: Path, quiet: bool, slot: Slot = Slot()) -> dict:
     diagnostics_file = run_dir / "test" / "latent_diagnostics.json"
     diagnostics = json.loads(diagnostics_file.read_text()) if diagnostics_file.exists() else {}
     record = {
-        "run": run.name, "group": run.group, "seed": run.seed,
+        "run": run.name,
+        "group": run.group,
+        "seed": run.seed,
         "command": "python " + " ".join(fit_command(run, run_dir, resume=False)),
         "metrics": read_test_metrics(run_dir),
         "kl_per_dimension": diagnostics.get("kl_per_dimension"),
@@ -201,16 +220,19 @@ def run_study(name: str, study: Study, out: Path, quiet: bool = False, jobs: int
         try:
             resuming = (run_dir / "fit" / "checkpoints" / "last.ckpt").exists() and not (run_dir / "fit.done").exists()
             where = "" if jobs == 1 else f" on {slot.describe()}"
-            print(f"{prefix}: {'resuming' if resuming else 'starting'}{where} (elapsed "
-                  f"{_clock(time.time() - started)})", flush=True)
+            print(
+                f"{prefix}: {'resuming' if resuming else 'starting'}{where} (elapsed {_clock(time.time() - started)})",
+                flush=True,
+            )
             record = run_one(run, run_dir, quiet, slot)
         except RunFailed:
             failed.set()
             raise
         finally:
             slots.put(slot)
-        summary = ", ".join(f"{k.split('/')[1]} {record['metrics'][k]:.3f}" for k in study.metrics
-                            if k in record["metrics"])
+        summary = ", ".join(
+            f"{k.split('/')[1]} {record['metrics'][k]:.3f}" for k in study.metrics if k in record["metrics"]
+        )
         print(f"{prefix}: done in {_clock(record['seconds'])}: {summary}", flush=True)
 
     pending = []
@@ -218,8 +240,10 @@ def run_study(name: str, study: Study, out: Path, quiet: bool = False, jobs: int
         run_dir = study_dir / "runs" / run.name
         check_run_arguments(run, run_dir)
         if (run_dir / "metrics.json").exists():
-            print(f"[{number}/{total}] {name}/{run.name}: finished earlier, reusing {run_dir / 'metrics.json'}",
-                  flush=True)
+            print(
+                f"[{number}/{total}] {name}/{run.name}: finished earlier, reusing {run_dir / 'metrics.json'}",
+                flush=True,
+            )
         else:
             pending.append((number, run))
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -236,8 +260,10 @@ def report_study(name: str, study: Study, out: Path, started: float | None = Non
     study_dir = out / name
     missing = [run.name for run in study.runs if not (study_dir / "runs" / run.name / "metrics.json").exists()]
     if missing:
-        raise RunFailed(f"{len(missing)} of the {len(study.runs)} runs of {name} are not finished "
-                        f"({', '.join(missing)}); run them first")
+        raise RunFailed(
+            f"{len(missing)} of the {len(study.runs)} runs of {name} are not finished "
+            f"({', '.join(missing)}); run them first"
+        )
     records = [json.loads((study_dir / "runs" / run.name / "metrics.json").read_text()) for run in study.runs]
     write_report(name, study, records, study_dir)
     elapsed = f" (elapsed {_clock(time.time() - started)})" if started is not None else ""
@@ -250,21 +276,55 @@ def slurm_array_scripts(name: str, study: Study, out: Path, precision: str | Non
     runs `--run-index I`), `report.sbatch`, which writes the table, and `submit.sh`, which submits the report to
     start once every array task has succeeded. sbatch options on the command line override the #SBATCH lines."""
     folder = out / name / "slurm"
-    runner = shlex.join([sys.executable, "-m", "experiments.run", name,
-                         *(["--precision", precision] if precision else []), "--out", str(out)])
-    runs = "\n".join([
-        "#!/bin/bash", f"#SBATCH --job-name={name}", f"#SBATCH --array=0-{len(study.runs) - 1}", "#SBATCH --ntasks=1",
-        "#SBATCH --cpus-per-task=8", "#SBATCH --gpus=1", f"#SBATCH --output={folder}/run_%a.out",
-        f"# one run of the study per array task: {len(study.runs)} runs",
-        f"cd {shlex.quote(str(ROOT))}", f'exec {runner} --quiet --run-index "$SLURM_ARRAY_TASK_ID"', ""])
-    report = "\n".join([
-        "#!/bin/bash", f"#SBATCH --job-name={name}-report", "#SBATCH --ntasks=1", "#SBATCH --cpus-per-task=2",
-        f"#SBATCH --output={folder}/report.out", f"cd {shlex.quote(str(ROOT))}", f"exec {runner} --report-only", ""])
-    submit = "\n".join([
-        "#!/bin/bash", "# Submits the study's runs as one array job and its report after all of them succeeded.",
-        "# Options for the runs go to the first sbatch, e.g. bash submit.sh --partition gpu --time 12:00:00",
-        "set -euo pipefail", f'runs=$(sbatch --parsable "$@" {shlex.quote(str(folder / "runs.sbatch"))})',
-        f'sbatch --dependency=afterok:"${{runs%%;*}}" {shlex.quote(str(folder / "report.sbatch"))}', ""])
+    runner = shlex.join(
+        [
+            sys.executable,
+            "-m",
+            "experiments.run",
+            name,
+            *(["--precision", precision] if precision else []),
+            "--out",
+            str(out),
+        ]
+    )
+    runs = "\n".join(
+        [
+            "#!/bin/bash",
+            f"#SBATCH --job-name={name}",
+            f"#SBATCH --array=0-{len(study.runs) - 1}",
+            "#SBATCH --ntasks=1",
+            "#SBATCH --cpus-per-task=8",
+            "#SBATCH --gpus=1",
+            f"#SBATCH --output={folder}/run_%a.out",
+            f"# one run of the study per array task: {len(study.runs)} runs",
+            f"cd {shlex.quote(str(ROOT))}",
+            f'exec {runner} --quiet --run-index "$SLURM_ARRAY_TASK_ID"',
+            "",
+        ]
+    )
+    report = "\n".join(
+        [
+            "#!/bin/bash",
+            f"#SBATCH --job-name={name}-report",
+            "#SBATCH --ntasks=1",
+            "#SBATCH --cpus-per-task=2",
+            f"#SBATCH --output={folder}/report.out",
+            f"cd {shlex.quote(str(ROOT))}",
+            f"exec {runner} --report-only",
+            "",
+        ]
+    )
+    submit = "\n".join(
+        [
+            "#!/bin/bash",
+            "# Submits the study's runs as one array job and its report after all of them succeeded.",
+            "# Options for the runs go to the first sbatch, e.g. bash submit.sh --partition gpu --time 12:00:00",
+            "set -euo pipefail",
+            f'runs=$(sbatch --parsable "$@" {shlex.quote(str(folder / "runs.sbatch"))})',
+            f'sbatch --dependency=afterok:"${{runs%%;*}}" {shlex.quote(str(folder / "report.sbatch"))}',
+            "",
+        ]
+    )
     return {"runs.sbatch": runs, "report.sbatch": report, "submit.sh": submit}
 
 
@@ -274,23 +334,37 @@ def _clock(seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("study", nargs="?", choices=sorted(STUDIES), help="the study to run")
     parser.add_argument("--out", type=Path, default=ROOT / "results", help="output folder (default: results/)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands of each run, run nothing")
     parser.add_argument("--quiet", action="store_true", help="send each run's output to a log file")
     parser.add_argument("--list", action="store_true", help="list the studies")
-    parser.add_argument("--precision", help="trainer precision for every run, e.g. 32-true or bf16-mixed "
-                                            "(default: 32-true)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once, each on its own GPU or share of the "
-                                                             "CPU cores (default: 1)")
-    parser.add_argument("--run-index", type=int, help="run only the run with this index (0-based, study order) "
-                                                      "and write no table: what one SLURM array task does")
-    parser.add_argument("--report-only", action="store_true", help="write the table and plots of a study whose "
-                                                                   "runs are all finished; run nothing")
-    parser.add_argument("--slurm-array", action="store_true", help="write <out>/<study>/slurm/{runs.sbatch,"
-                        "report.sbatch,submit.sh} (one array task per run, then the report) and print how to submit")
+    parser.add_argument(
+        "--precision", help="trainer precision for every run, e.g. 32-true or bf16-mixed (default: 32-true)"
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs at once, each on its own GPU or share of the CPU cores (default: 1)"
+    )
+    parser.add_argument(
+        "--run-index",
+        type=int,
+        help="run only the run with this index (0-based, study order) "
+        "and write no table: what one SLURM array task does",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the table and plots of a study whose runs are all finished; run nothing",
+    )
+    parser.add_argument(
+        "--slurm-array",
+        action="store_true",
+        help="write <out>/<study>/slurm/{runs.sbatch,"
+        "report.sbatch,submit.sh} (one array task per run, then the report) and print how to submit",
+    )
     args = parser.parse_args(argv)
     if args.list or args.study is None:
         for name, study in STUDIES.items():
@@ -307,16 +381,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         for run in study.runs if args.run_index is None else [study.runs[args.run_index]]:
             run_dir = out / args.study / "runs" / run.name
-            print(f"# {run.name}\npython {' '.join(fit_command(run, run_dir))}\n"
-                  f"python {' '.join(test_command(run, run_dir))}")
+            print(
+                f"# {run.name}\npython {' '.join(fit_command(run, run_dir))}\n"
+                f"python {' '.join(test_command(run, run_dir))}"
+            )
         return 0
     if args.slurm_array:
         folder = out / args.study / "slurm"
         folder.mkdir(parents=True, exist_ok=True)
         for file, text in slurm_array_scripts(args.study, study, out, args.precision).items():
             (folder / file).write_text(text)
-        print(f"wrote {folder}/runs.sbatch ({len(study.runs)} array tasks), report.sbatch and submit.sh; submit "
-              f"with: bash {folder}/submit.sh [sbatch options for the runs]")
+        print(
+            f"wrote {folder}/runs.sbatch ({len(study.runs)} array tasks), report.sbatch and submit.sh; submit "
+            f"with: bash {folder}/submit.sh [sbatch options for the runs]"
+        )
         return 0
     try:
         if args.report_only:
@@ -324,8 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_study(args.study, study, out, args.quiet, args.jobs, args.run_index)
     except RunFailed as error:
-        print(f"error: {error}. Finished runs are kept: fix the cause and run the same command again.",
-              file=sys.stderr)
+        print(f"error: {error}. Finished runs are kept: fix the cause and run the same command again.", file=sys.stderr)
         return 1
     return 0
 

@@ -38,50 +38,115 @@ class Study:
         return replace(self, runs=runs, precision=precision)
 
 
-IMAGE_METRICS = ("test/elbo", "test/elbo_subset", "test/nll_iw", "test/kl", "test/mi", "test/mi_batch", "test/au", "test/probe_acc")
-TEXT_METRICS = ("test/elbo", "test/elbo_subset", "test/nll_iw", "test/ppl_elbo", "test/ppl_iw", "test/kl", "test/mi", "test/mi_batch",
-                "test/au")
+IMAGE_METRICS = (
+    "test/elbo",
+    "test/elbo_subset",
+    "test/nll_iw",
+    "test/kl",
+    "test/mi",
+    "test/mi_batch",
+    "test/au",
+    "test/probe_acc",
+)
+TEXT_METRICS = (
+    "test/elbo",
+    "test/elbo_subset",
+    "test/nll_iw",
+    "test/ppl_elbo",
+    "test/ppl_iw",
+    "test/kl",
+    "test/mi",
+    "test/mi_batch",
+    "test/au",
+)
 
 
 VAE_PAIR = ("VAE", "SkipVAE")
 SA_PAIR = ("SAVAE", "SkipSAVAE")
 
 
-def pair(stem: str, seeds: tuple[int, ...], presets: tuple[str, ...] = (), overrides: tuple[str, ...] = (),
-         suffix: str = "", label: str = "", models: tuple[str, ...] = VAE_PAIR) -> tuple[Run, ...]:
+def pair(
+    stem: str,
+    seeds: tuple[int, ...],
+    presets: tuple[str, ...] = (),
+    overrides: tuple[str, ...] = (),
+    suffix: str = "",
+    label: str = "",
+    models: tuple[str, ...] = VAE_PAIR,
+) -> tuple[Run, ...]:
     """Runs of `configs/<stem with the model's lower-case name>.yaml` for each model and seed, with the same
     extras: VAE and SkipVAE by default."""
     runs = []
     for model in models:
         for seed in seeds:
-            runs.append(Run(f"{model.lower()}{suffix}_seed{seed}", f"{model}{label}",
-                            (f"configs/{stem.format(model.lower())}.yaml", *presets), seed, overrides))
+            runs.append(
+                Run(
+                    f"{model.lower()}{suffix}_seed{seed}",
+                    f"{model}{label}",
+                    (f"configs/{stem.format(model.lower())}.yaml", *presets),
+                    seed,
+                    overrides,
+                )
+            )
     return tuple(runs)
 
 
-def four_models(stem: str, seeds: tuple[int, ...], presets: tuple[str, ...] = (), overrides: tuple[str, ...] = (),
-                sa_overrides: tuple[str, ...] = ()) -> tuple[Run, ...]:
+def four_models(
+    stem: str,
+    seeds: tuple[int, ...],
+    presets: tuple[str, ...] = (),
+    overrides: tuple[str, ...] = (),
+    sa_overrides: tuple[str, ...] = (),
+) -> tuple[Run, ...]:
     """The paper's four-model comparison: VAE, SkipVAE, SAVAE and SkipSAVAE (`sa_overrides` for the last two)."""
-    return (pair(stem, seeds, presets, overrides)
-            + pair(stem, seeds, presets, (*overrides, *sa_overrides), models=SA_PAIR))
+    return pair(stem, seeds, presets, overrides) + pair(
+        stem, seeds, presets, (*overrides, *sa_overrides), models=SA_PAIR
+    )
 
 
-def depth_runs(depths: tuple[int, ...], seeds: tuple[int, ...], presets: tuple[str, ...],
-               extra: tuple[str, ...] = ()) -> tuple[Run, ...]:
+def depth_runs(
+    depths: tuple[int, ...], seeds: tuple[int, ...], presets: tuple[str, ...], extra: tuple[str, ...] = ()
+) -> tuple[Run, ...]:
     """VAE and SkipVAE pairs of the MNIST PixelCNN with `depth` layers of 3x3 kernels."""
     runs = ()
     for depth in depths:
-        overrides = ("--model.init_args.decoder_layers", str(depth),
-                     "--model.init_args.kernel_sizes", str([3] * depth).replace(" ", ""), *extra)
+        overrides = (
+            "--model.init_args.decoder_layers",
+            str(depth),
+            "--model.init_args.kernel_sizes",
+            str([3] * depth).replace(" ", ""),
+            *extra,
+        )
         runs += pair("mnist_{}", seeds, presets, overrides, suffix=f"_depth{depth}", label=f" depth {depth}")
     return runs
 
 
 # With the refined posterior's ELBO (the SA-VAE models log it; for VAE and SkipVAE it is left blank).
-SA_IMAGE_METRICS = ("test/elbo", "test/elbo_svi", "test/elbo_subset", "test/nll_iw", "test/kl", "test/kl_svi",
-                    "test/mi", "test/mi_batch", "test/au", "test/probe_acc")
-SA_TEXT_METRICS = ("test/elbo", "test/elbo_svi", "test/elbo_subset", "test/nll_iw", "test/ppl_elbo", "test/ppl_iw",
-                   "test/kl", "test/kl_svi", "test/mi", "test/mi_batch", "test/au")
+SA_IMAGE_METRICS = (
+    "test/elbo",
+    "test/elbo_svi",
+    "test/elbo_subset",
+    "test/nll_iw",
+    "test/kl",
+    "test/kl_svi",
+    "test/mi",
+    "test/mi_batch",
+    "test/au",
+    "test/probe_acc",
+)
+SA_TEXT_METRICS = (
+    "test/elbo",
+    "test/elbo_svi",
+    "test/elbo_subset",
+    "test/nll_iw",
+    "test/ppl_elbo",
+    "test/ppl_iw",
+    "test/kl",
+    "test/kl_svi",
+    "test/mi",
+    "test/mi_batch",
+    "test/au",
+)
 SA_CURVES = ("val/elbo", "val/elbo_svi", "val/kl", "val/mi", "val/au")
 
 CPU_MNIST = ("configs/cpu_study.yaml",)
@@ -89,43 +154,83 @@ CPU_MNIST = ("configs/cpu_study.yaml",)
 STUDIES: dict[str, Study] = {
     "debug": Study(
         "Pipeline check: VAE vs SkipVAE on MNIST with the debug preset (a few batches), 1 seed. About a minute.",
-        pair("mnist_{}", (1,), ("configs/debug.yaml",)), IMAGE_METRICS),
+        pair("mnist_{}", (1,), ("configs/debug.yaml",)),
+        IMAGE_METRICS,
+    ),
     "mnist_cpu": Study(
         "MNIST, the paper code's architecture (gated PixelCNN 8 x 32, latent 20), VAE vs SkipVAE, 2 seeds, on the "
         "reduced CPU budget of configs/cpu_study.yaml (50,000 training images). About 1.5 h on 2 cores.",
-        pair("mnist_{}", (1, 2), CPU_MNIST), IMAGE_METRICS),
+        pair("mnist_{}", (1, 2), CPU_MNIST),
+        IMAGE_METRICS,
+    ),
     "mnist_depth_cpu": Study(
         "MNIST decoder strength: PixelCNN depth 2, 4 and 8 (3x3 kernels, 32 channels), VAE vs SkipVAE, 1 seed, "
         "configs/cpu_study.yaml budget with 2 epochs (25,000 training images).",
-        depth_runs((2, 4, 8), (1,), CPU_MNIST, ("--trainer.max_epochs", "2")), IMAGE_METRICS),
+        depth_runs((2, 4, 8), (1,), CPU_MNIST, ("--trainer.max_epochs", "2")),
+        IMAGE_METRICS,
+    ),
     "mlp_cpu": Study(
         "MNIST with the MLP encoder/decoder (1024 units), VAE vs SkipVAE, 2 seeds, 10 full epochs, the callbacks of "
         "configs/cpu_study.yaml (IW-NLL on the first 100 test images).",
-        pair("mnist_{}_mlp", (1, 2), ("configs/cpu_study.yaml",),
-             ("--trainer.max_epochs", "10", "--trainer.limit_train_batches", "1.0", "--trainer.limit_val_batches", "1.0")),
-        IMAGE_METRICS),
+        pair(
+            "mnist_{}_mlp",
+            (1, 2),
+            ("configs/cpu_study.yaml",),
+            (
+                "--trainer.max_epochs",
+                "10",
+                "--trainer.limit_train_batches",
+                "1.0",
+                "--trainer.limit_val_batches",
+                "1.0",
+            ),
+        ),
+        IMAGE_METRICS,
+    ),
     "yahoo_small_cpu": Study(
-        "Text stand-in: LSTM VAE vs SkipVAE trained on Yahoo valid.txt and tested on test.txt (configs/yahoo_small.yaml).",
-        pair("yahoo_{}", (1,), ("configs/yahoo_small.yaml",)), TEXT_METRICS),
+        "Text stand-in: LSTM VAE vs SkipVAE trained on Yahoo valid.txt and tested on test.txt "
+        "(configs/yahoo_small.yaml).",
+        pair("yahoo_{}", (1,), ("configs/yahoo_small.yaml",)),
+        TEXT_METRICS,
+    ),
     "four_models_cpu": Study(
         "The four models (VAE, SkipVAE, SAVAE, SkipSAVAE with K = 20) side by side on a CPU: MNIST with the MLP "
         "encoder/decoder on the configs/cpu_study.yaml budget (1,000 training steps), 2 seeds; the SA models with the "
         "exact reverse pass (the MLP configs' default) and with the SA-VAE authors' (official).",
         four_models("mnist_{}_mlp", (1, 2), CPU_MNIST)
-        + pair("mnist_{}_mlp", (1, 2), CPU_MNIST, ("--model.init_args.svi_hessian_products", "official"),
-               suffix="_official", label=" official", models=SA_PAIR),
-        SA_IMAGE_METRICS, SA_CURVES),
+        + pair(
+            "mnist_{}_mlp",
+            (1, 2),
+            CPU_MNIST,
+            ("--model.init_args.svi_hessian_products", "official"),
+            suffix="_official",
+            label=" official",
+            models=SA_PAIR,
+        ),
+        SA_IMAGE_METRICS,
+        SA_CURVES,
+    ),
     "mnist_paper": Study(
         "MNIST with the paper code's settings (100 epochs): VAE, SkipVAE, SAVAE and SkipSAVAE (K = 20), 2 seeds. GPU.",
-        four_models("mnist_{}", (1, 2)), SA_IMAGE_METRICS, SA_CURVES),
+        four_models("mnist_{}", (1, 2)),
+        SA_IMAGE_METRICS,
+        SA_CURVES,
+    ),
     "mnist_depth_paper": Study(
         "MNIST decoder strength at the paper's budget: depth 2, 4, 8 (3x3) and the 12-layer large decoder. GPU.",
         depth_runs((2, 4, 8), (1,), ()) + pair("mnist_{}_large", (1,), suffix="_large12", label=" large 12"),
-        IMAGE_METRICS),
+        IMAGE_METRICS,
+    ),
     "omniglot_paper": Study(
         "Omniglot with the Skip-VAE code's Omniglot settings (its image defaults): the four models, 2 seeds. GPU.",
-        four_models("omniglot_{}", (1, 2)), tuple(m for m in SA_IMAGE_METRICS if m != "test/probe_acc"), SA_CURVES),
+        four_models("omniglot_{}", (1, 2)),
+        tuple(m for m in SA_IMAGE_METRICS if m != "test/probe_acc"),
+        SA_CURVES,
+    ),
     "yahoo_paper": Study(
         "Yahoo Answers with the paper code's text settings (needs train.txt): the four models, 2 seeds. GPU.",
-        four_models("yahoo_{}", (1, 2)), SA_TEXT_METRICS, SA_CURVES),
+        four_models("yahoo_{}", (1, 2)),
+        SA_TEXT_METRICS,
+        SA_CURVES,
+    ),
 }

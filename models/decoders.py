@@ -140,8 +140,9 @@ class GatedPixelCNNDecoder(BernoulliImageDecoder):
         self.layers = nn.ModuleList()
         in_channels = image_channels
         for i, k in enumerate(kernel_sizes):
-            self.layers.append(GatedMaskedConv2d(in_channels + self.latent_width(i, self.maps_of(i)), channels, k,
-                                                 mask_a=i == 0))
+            self.layers.append(
+                GatedMaskedConv2d(in_channels + self.latent_width(i, self.maps_of(i)), channels, k, mask_a=i == 0)
+            )
             in_channels = channels
         self.output = nn.Conv2d(channels + self.latent_width(self.num_layers, 1), image_channels, 1)
 
@@ -168,8 +169,9 @@ class GatedPixelCNNDecoder(BernoulliImageDecoder):
             v_pres.append(layer.vertical(v))
         return v_pres
 
-    def _horizontal_stack(self, x: torch.Tensor, z: torch.Tensor, v_pres: list[torch.Tensor],
-                          first_row: int = 0) -> torch.Tensor:
+    def _horizontal_stack(
+        self, x: torch.Tensor, z: torch.Tensor, v_pres: list[torch.Tensor], first_row: int = 0
+    ) -> torch.Tensor:
         """Logits for the rows of `x` (image rows `first_row`..) given the vertical stack of the same rows."""
         h = self._with_latent(0, x, z, first_row)
         for i, (layer, v_pre) in enumerate(zip(self.layers, v_pres)):

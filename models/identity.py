@@ -46,8 +46,11 @@ def checkpoint_mismatches(model, checkpoint: dict) -> list[str]:
         problems.append(f"model class {saved['class']} (configured: {type(model).__name__})")
     if _shapes(checkpoint.get("state_dict", {})) != _shapes(model.state_dict()):
         hparams = checkpoint.get("hyper_parameters", {})
-        problems += [f"{key}={hparams[key]!r} (configured: {model.hparams.get(key)!r})" for key in NETWORK_SETTINGS
-                     if key in hparams and _plain(hparams[key]) != _plain(model.hparams.get(key))]
+        problems += [
+            f"{key}={hparams[key]!r} (configured: {model.hparams.get(key)!r})"
+            for key in NETWORK_SETTINGS
+            if key in hparams and _plain(hparams[key]) != _plain(model.hparams.get(key))
+        ]
     configured = datamodule_name(model)
     if configured is not None and saved.get("datamodule", configured) != configured:
         problems.append(f"data {saved['datamodule']} (configured: {configured})")
@@ -67,9 +70,13 @@ class CheckpointIdentity:
             return
         hint = ""
         if any(problem.startswith("data_dims=") for problem in problems) and self.hparams.architecture == "lstm":
-            hint = (" For text, data_dims is the vocabulary size: pass the training run's vocabulary "
-                    "(vocab.txt in its log folder) as --data.init_args.vocab_file.")
+            hint = (
+                " For text, data_dims is the vocabulary size: pass the training run's vocabulary "
+                "(vocab.txt in its log folder) as --data.init_args.vocab_file."
+            )
         raise CheckpointMismatchError(
-            "checkpoint does not match the configured model: " + "; ".join(problems)
-            + ". Use the config the checkpoint was trained with (saved as config.yaml next to it)." + hint
+            "checkpoint does not match the configured model: "
+            + "; ".join(problems)
+            + ". Use the config the checkpoint was trained with (saved as config.yaml next to it)."
+            + hint
         )

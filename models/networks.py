@@ -37,11 +37,14 @@ def build_networks(
     if len(dims) != 3:
         raise ValueError(f"architecture '{architecture}' needs data_dims [C, H, W], got {dims}")
     if architecture == "mlp":
-        return MLPEncoder(dims, latent_dim, encoder_hidden), MLPDecoder(dims, latent_dim, decoder_hidden,
-                                                                         decoder_layers, latent_skip)
+        return MLPEncoder(dims, latent_dim, encoder_hidden), MLPDecoder(
+            dims, latent_dim, decoder_hidden, decoder_layers, latent_skip
+        )
     if kernel_sizes is not None and len(kernel_sizes) != decoder_layers:
-        raise ValueError(f"kernel_sizes has {len(kernel_sizes)} entries but decoder_layers is {decoder_layers}; "
-                         "give one kernel size per layer")
+        raise ValueError(
+            f"kernel_sizes has {len(kernel_sizes)} entries but decoder_layers is {decoder_layers}; "
+            "give one kernel size per layer"
+        )
     kernels = list(kernel_sizes) if kernel_sizes is not None else [3] * decoder_layers
     encoder = ResidualConvEncoder(dims, latent_dim, encoder_hidden)
     decoder = GatedPixelCNNDecoder(dims, latent_dim, decoder_hidden, kernels, latent_feature_maps, latent_skip)

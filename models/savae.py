@@ -21,16 +21,22 @@ class SAVAE(VAE):
 
     Logged besides the VAE's values: `*/elbo_svi` and `*/kl_svi` at the refined posterior. `*/elbo`, `*/kl` and the
     probe use the encoder's posterior, MI and AU the one `diagnostics_posterior` names; IW-NLL and perplexities use
-    the refined posterior as the proposal. The SVI loss is the batch mean, so a step moves each example by lr / batch size:
-    evaluate with the training batch size (the configs set `eval_batch_size` to it).
+    the refined posterior as the proposal. The SVI loss is the batch mean, so a step moves each example by
+    lr / batch size: evaluate with the training batch size (the configs set `eval_batch_size` to it).
     """
 
     eval_metric_names: ClassVar[tuple[str, ...]] = (*VAE.eval_metric_names, "elbo_svi", "kl_svi")
 
-    def __init__(self, svi_steps: NonNegativeInt = 20, svi_lr: PositiveFloat = 1.0,
-                 svi_momentum: ClosedUnitInterval = 0.5, svi_max_grad_norm: NonNegativeFloat = 5.0,
-                 svi_hessian_products: HessianProducts = "exact",
-                 diagnostics_posterior: Literal["encoder", "refined"] = "encoder", **kwargs):
+    def __init__(
+        self,
+        svi_steps: NonNegativeInt = 20,
+        svi_lr: PositiveFloat = 1.0,
+        svi_momentum: ClosedUnitInterval = 0.5,
+        svi_max_grad_norm: NonNegativeFloat = 5.0,
+        svi_hessian_products: HessianProducts = "exact",
+        diagnostics_posterior: Literal["encoder", "refined"] = "encoder",
+        **kwargs,
+    ):
         """
         Args:
             svi_steps: K, SVI steps per batch (0: the VAE).
@@ -51,6 +57,7 @@ class SAVAE(VAE):
 
     def svi_objective(self, x: torch.Tensor, beta: float) -> Objective:
         """f(mean, logvar): the batch mean of -log p(x|z) + beta KL, z drawn with fresh noise on each call."""
+
         def objective(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
             return self.training_loss(self.elbo_terms(x, mean, logvar, torch.randn_like(mean)), beta)
 
@@ -69,16 +76,23 @@ class SAVAE(VAE):
         noise = torch.randn_like(mean)
         refined = self.elbo_terms(x, refined_mean, refined_logvar, noise)
         loss = self.training_loss(refined, beta)
-        grad_mean, grad_logvar, *direct = torch.autograd.grad(loss, [refined_mean, refined_logvar, *params],
-                                                              allow_unused=True)
+        grad_mean, grad_logvar, *direct = torch.autograd.grad(
+            loss, [refined_mean, refined_logvar, *params], allow_unused=True
+        )
         grad_mean0, grad_logvar0, through_svi = self.svi.backward(objective, trace, grad_mean, grad_logvar, params)
         surrogate = (mean * grad_mean0).sum() + (logvar * grad_logvar0).sum()
         for param, at_svi, through in zip(params, direct, through_svi):
             surrogate = surrogate + (param * (through if at_svi is None else at_svi + through)).sum()
         with torch.no_grad():
             amortized = self.elbo_terms(x, mean, logvar, noise) if self.svi.steps else refined
-        logs = {"loss": loss.detach(), "elbo": amortized["elbo"], "recon": amortized["recon"], "kl": amortized["kl"],
-                "elbo_svi": refined["elbo"].detach(), "kl_svi": refined["kl"].detach()}
+        logs = {
+            "loss": loss.detach(),
+            "elbo": amortized["elbo"],
+            "recon": amortized["recon"],
+            "kl": amortized["kl"],
+            "elbo_svi": refined["elbo"].detach(),
+            "kl_svi": refined["kl"].detach(),
+        }
         return surrogate, logs
 
     def training_step(self, batch: dict, batch_idx: int):
@@ -97,8 +111,14 @@ class SAVAE(VAE):
             x, mean, logvar = batch["x"].clone(), outputs["mean"].clone(), outputs["logvar"].clone()
             refined_mean, refined_logvar, _ = self.svi.refine(self.svi_objective(x, 1.0), mean, logvar)
         refined = self.elbo_terms(batch["x"], refined_mean, refined_logvar, noise)
-        outputs = {**outputs, "elbo_svi": refined["elbo"], "kl_svi": refined["kl"], "proposal_mean": refined_mean,
-                   "proposal_logvar": refined_logvar, "proposal_elbo": refined["elbo"]}
+        outputs = {
+            **outputs,
+            "elbo_svi": refined["elbo"],
+            "kl_svi": refined["kl"],
+            "proposal_mean": refined_mean,
+            "proposal_logvar": refined_logvar,
+            "proposal_elbo": refined["elbo"],
+        }
         if self.hparams.diagnostics_posterior == "refined":
             outputs.update(diagnostics_mean=refined_mean, diagnostics_logvar=refined_logvar)
         return outputs

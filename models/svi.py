@@ -118,8 +118,15 @@ class SVIRefinement:
     """K steps of SVI with momentum on (mean, logvar), and the gradients of a loss at the refined posterior with
     respect to the starting posterior and the decoder's parameters (see the module docstring)."""
 
-    def __init__(self, steps: int = 20, lr: float = 1.0, momentum: float = 0.5, max_grad_norm: float = 5.0,
-                 hessian_products: HessianProducts = "exact", finite_difference_step: float = 1e-5):
+    def __init__(
+        self,
+        steps: int = 20,
+        lr: float = 1.0,
+        momentum: float = 0.5,
+        max_grad_norm: float = 5.0,
+        hessian_products: HessianProducts = "exact",
+        finite_difference_step: float = 1e-5,
+    ):
         if hessian_products not in HESSIAN_PRODUCTS:
             raise ValueError(f"hessian_products must be one of {', '.join(HESSIAN_PRODUCTS)}, not {hessian_products!r}")
         self.steps, self.lr, self.momentum, self.max_grad_norm = steps, lr, momentum, max_grad_norm
@@ -142,15 +149,23 @@ class SVIRefinement:
             return [*clip_jointly([g_mean], self.max_grad_norm), *clip_jointly([g_logvar], self.max_grad_norm)]
         return [clip_norm(g_mean, self.max_grad_norm), clip_norm(g_logvar, self.max_grad_norm)]
 
-    def raw_gradients(self, objective: Objective, mean: torch.Tensor, logvar: torch.Tensor, seed: int,
-                      params: Sequence[torch.Tensor] = (), create_graph: bool = False) -> tuple:
+    def raw_gradients(
+        self,
+        objective: Objective,
+        mean: torch.Tensor,
+        logvar: torch.Tensor,
+        seed: int,
+        params: Sequence[torch.Tensor] = (),
+        create_graph: bool = False,
+    ) -> tuple:
         """grad of the objective (unclipped) with respect to mean, logvar and `params`, on streams seeded by `seed`."""
         with seeded(seed, mean.device), self.precision(mean.device):
             loss = objective(mean, logvar)
         return torch.autograd.grad(loss, (mean, logvar, *params), create_graph=create_graph, allow_unused=True)
 
-    def refine(self, objective: Objective, mean: torch.Tensor, logvar: torch.Tensor,
-               params: Sequence[torch.Tensor] = ()) -> tuple[torch.Tensor, torch.Tensor, SVITrace]:
+    def refine(
+        self, objective: Objective, mean: torch.Tensor, logvar: torch.Tensor, params: Sequence[torch.Tensor] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor, SVITrace]:
         """lambda_K from lambda_0 = (mean, logvar) (detached); one seed per step is drawn from torch's generator.
         `params`: the parameters `backward` will be asked about (finite differences keep their gradients here)."""
         mean, logvar = at_least_float32(mean.detach()), at_least_float32(logvar.detach())
@@ -164,12 +179,14 @@ class SVIRefinement:
                 trace.logvars.append(logvar)
                 trace.seeds.append(seed)
                 g_mean, g_logvar, *param_grads = self.raw_gradients(
-                    objective, mean.requires_grad_(), logvar.requires_grad_(), seed, params if differences else ())
+                    objective, mean.requires_grad_(), logvar.requires_grad_(), seed, params if differences else ()
+                )
                 clipped = self.clip(g_mean, g_logvar)
                 if self.official:
                     trace.gradients.append((clipped[0], clipped[1]))
-                    trace.param_gradients.append([torch.zeros_like(p) if g is None else g
-                                                  for p, g in zip(params, param_grads)])
+                    trace.param_gradients.append(
+                        [torch.zeros_like(p) if g is None else g for p, g in zip(params, param_grads)]
+                    )
                 elif differences:
                     trace.gradients.append((g_mean, g_logvar))
                     add_float64(trace.param_gradient_sum, param_grads, params)
@@ -179,15 +196,26 @@ class SVIRefinement:
                 logvar = (logvar + self.lr * momentum_logvar).detach()
         return mean, logvar, trace
 
-    def backward(self, objective: Objective, trace: SVITrace, grad_mean: torch.Tensor, grad_logvar: torch.Tensor,
-                 params: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    def backward(
+        self,
+        objective: Objective,
+        trace: SVITrace,
+        grad_mean: torch.Tensor,
+        grad_logvar: torch.Tensor,
+        params: Sequence[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """(dL/dmean_0, dL/dlogvar_0, the part of dL/dparams that flows through the SVI steps) from
         dL/dlambda_K = (grad_mean, grad_logvar). `params` must be those given to `refine`."""
         adjoint = [at_least_float32(grad_mean.detach()), at_least_float32(grad_logvar.detach())]
         adjoint_momentum = [torch.zeros_like(adjoint[0]), torch.zeros_like(adjoint[1])]
         count = len(trace.seeds)
-        steps = zip(reversed(trace.means), reversed(trace.logvars), reversed(trace.seeds),
-                    reversed(trace.gradients or [None] * count), reversed(trace.param_gradients or [None] * count))
+        steps = zip(
+            reversed(trace.means),
+            reversed(trace.logvars),
+            reversed(trace.seeds),
+            reversed(trace.gradients or [None] * count),
+            reversed(trace.param_gradients or [None] * count),
+        )
         perturbed_sum, param_grads = [], [torch.zeros_like(p) for p in params]
         with torch.enable_grad():
             for mean, logvar, seed, gradients, stored_param_grads in steps:
@@ -198,8 +226,9 @@ class SVIRefinement:
                         if product is not None:
                             total -= product
                 elif self.official:
-                    products = self.official_products(objective, mean, logvar, seed, adjoint_momentum, params,
-                                                      gradients, stored_param_grads)
+                    products = self.official_products(
+                        objective, mean, logvar, seed, adjoint_momentum, params, gradients, stored_param_grads
+                    )
                     for total, product in zip(param_grads, products[2:]):
                         total -= product
                 else:
@@ -219,23 +248,40 @@ class SVIRefinement:
                 total -= ((plus - base) / r).to(total.dtype)
         return adjoint[0], adjoint[1], param_grads
 
-    def official_products(self, objective: Objective, mean: torch.Tensor, logvar: torch.Tensor, seed: int,
-                          vector: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
-                          gradients: tuple[torch.Tensor, torch.Tensor], param_gradients: Sequence[torch.Tensor]
-                          ) -> list[torch.Tensor]:
+    def official_products(
+        self,
+        objective: Objective,
+        mean: torch.Tensor,
+        logvar: torch.Tensor,
+        seed: int,
+        vector: Sequence[torch.Tensor],
+        params: Sequence[torch.Tensor],
+        gradients: tuple[torch.Tensor, torch.Tensor],
+        param_gradients: Sequence[torch.Tensor],
+    ) -> list[torch.Tensor]:
         """The authors' clipped difference quotients (H_lambda v, H_theta v) along v = `vector` at one step."""
         r = self.finite_difference_step
         shifted = [(x + r * v).detach().requires_grad_() for x, v in zip((mean, logvar), vector)]
         perturbed = self.raw_gradients(objective, *shifted, seed, params)
-        perturbed = clip_jointly([torch.zeros_like(x) if g is None else g
-                                  for x, g in zip((*shifted, *params), perturbed)], self.max_grad_norm)
+        perturbed = clip_jointly(
+            [torch.zeros_like(x) if g is None else g for x, g in zip((*shifted, *params), perturbed)],
+            self.max_grad_norm,
+        )
         lambda_products = [(g - base) / r for g, base in zip(perturbed[:2], gradients)]
-        param_products = clip_jointly([(g - base) / r for g, base in zip(perturbed[2:], param_gradients)],
-                                      self.max_grad_norm)
+        param_products = clip_jointly(
+            [(g - base) / r for g, base in zip(perturbed[2:], param_gradients)], self.max_grad_norm
+        )
         return [*lambda_products, *param_products]
 
-    def exact_products(self, objective: Objective, mean: torch.Tensor, logvar: torch.Tensor, seed: int,
-                       vector: Sequence[torch.Tensor], params: Sequence[torch.Tensor]) -> tuple:
+    def exact_products(
+        self,
+        objective: Objective,
+        mean: torch.Tensor,
+        logvar: torch.Tensor,
+        seed: int,
+        vector: Sequence[torch.Tensor],
+        params: Sequence[torch.Tensor],
+    ) -> tuple:
         """J(g)^T vector with respect to (mean, logvar, *params) by double backward, g = clip(grad f) at a step."""
         mean, logvar = mean.detach().requires_grad_(), logvar.detach().requires_grad_()
         with torch.backends.cudnn.flags(enabled=False):

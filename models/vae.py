@@ -80,8 +80,18 @@ class VAE(CheckpointIdentity, L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.encoder, self.decoder = build_networks(
-            architecture, data_dims, latent_dim, encoder_hidden, decoder_layers, decoder_hidden, kernel_sizes,
-            latent_feature_maps, embedding_dim, dropout, self.latent_skip)
+            architecture,
+            data_dims,
+            latent_dim,
+            encoder_hidden,
+            decoder_layers,
+            decoder_hidden,
+            kernel_sizes,
+            latent_feature_maps,
+            embedding_dim,
+            dropout,
+            self.latent_skip,
+        )
         self.initialise(param_init, linear_init)
         self.eval_metrics = nn.ModuleDict(
             {f"{stage}_{name}": MeanMetric() for stage in ("val", "test") for name in self.eval_metric_names}
@@ -119,8 +129,9 @@ class VAE(CheckpointIdentity, L.LightningModule):
             return 1.0
         return min(1.0, hp.kl_start + (self.global_step + 1) / (hp.kl_warmup_epochs * steps_per_epoch))
 
-    def elbo_terms(self, x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor
-                   ) -> dict[str, torch.Tensor]:
+    def elbo_terms(
+        self, x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """One-sample ELBO terms per example at the posterior (mean, logvar), z = mean + std * noise:
         recon = -log p(x|z), kl = KL(q(z|x)||p(z)) and elbo = recon + kl (the negative ELBO), each (batch,)."""
         z = mean + torch.exp(0.5 * logvar) * noise

@@ -23,12 +23,23 @@ EXPERIMENT_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not
 
 # The real files the full tier reads (each entry: alternatives, any one will do).
 REAL_FILES = (
-    *((f"mnist/{name}",) for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                                      "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")),
-    *((f"mnist/binarized_mnist_{split}.amat", f"mnist/binarized_mnist_{split}.amat.gz")
-      for split in ("train", "valid", "test")),
-    ("yahoo/valid.txt",), ("yahoo/test.txt",),
-    ("reference/mnist-noskip-latents.npz",), ("reference/mnist-skip-latents.npz",),
+    *(
+        (f"mnist/{name}",)
+        for name in (
+            "train-images-idx3-ubyte.gz",
+            "train-labels-idx1-ubyte.gz",
+            "t10k-images-idx3-ubyte.gz",
+            "t10k-labels-idx1-ubyte.gz",
+        )
+    ),
+    *(
+        (f"mnist/binarized_mnist_{split}.amat", f"mnist/binarized_mnist_{split}.amat.gz")
+        for split in ("train", "valid", "test")
+    ),
+    ("yahoo/valid.txt",),
+    ("yahoo/test.txt",),
+    ("reference/mnist-noskip-latents.npz",),
+    ("reference/mnist-skip-latents.npz",),
 )
 
 
@@ -42,9 +53,12 @@ def pytest_collection_finish(session):
         return
     missing = missing_real_files()
     if missing:
-        pytest.exit(f"the full test tier needs real data files missing from {DATA_DIR}: {', '.join(missing)}. "
-                    "Fetch them with `make data` (or set SKIPVAE_DATA_DIR to a folder that holds them); "
-                    "`make test-fast` needs none.", returncode=4)
+        pytest.exit(
+            f"the full test tier needs real data files missing from {DATA_DIR}: {', '.join(missing)}. "
+            "Fetch them with `make data` (or set SKIPVAE_DATA_DIR to a folder that holds them); "
+            "`make test-fast` needs none.",
+            returncode=4,
+        )
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -73,6 +87,7 @@ def debug_run(tmp_path_factory) -> Path:
     and shared by every test that needs *a* trained model (`debug_run / "checkpoints" / "last.ckpt"`). Tests must
     not write into it."""
     from helpers import MLP, config_args, logging_args
+
     from main import cli_main
 
     tmp_path = tmp_path_factory.mktemp("debug_run")

@@ -9,9 +9,15 @@ import sys
 nodes, per_node = int(os.environ["SLURM_NNODES"]), int(os.environ["SLURM_NTASKS_PER_NODE"])
 tasks = []
 for rank in range(nodes * per_node):
-    env = {**os.environ, "SLURM_NTASKS": str(nodes * per_node), "SLURM_PROCID": str(rank),
-           "SLURM_LOCALID": str(rank % per_node), "SLURM_NODEID": str(rank // per_node),
-           "SLURM_NODELIST": "127.0.0.1", "SLURM_STEP_ID": "0"}
+    env = {
+        **os.environ,
+        "SLURM_NTASKS": str(nodes * per_node),
+        "SLURM_PROCID": str(rank),
+        "SLURM_LOCALID": str(rank % per_node),
+        "SLURM_NODEID": str(rank // per_node),
+        "SLURM_NODELIST": "127.0.0.1",
+        "SLURM_STEP_ID": "0",
+    }
     tasks.append(subprocess.Popen(sys.argv[1:], env=env))
 codes = [task.wait() for task in tasks]
 sys.exit(next((code for code in codes if code), 0))

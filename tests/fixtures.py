@@ -9,8 +9,28 @@ GLYPH = np.zeros((28, 28), dtype=np.float64)
 GLYPH[4:24, 6:9] = 1.0
 GLYPH[21:24, 6:20] = 1.0
 
-WORDS = ["the", "a", "question", "answer", "why", "is", "sky", "blue", "how", "do", "i", "learn", "python", "?", ".",
-         "_UNK", "because", "light", "scatters", "good"]
+WORDS = [
+    "the",
+    "a",
+    "question",
+    "answer",
+    "why",
+    "is",
+    "sky",
+    "blue",
+    "how",
+    "do",
+    "i",
+    "learn",
+    "python",
+    "?",
+    ".",
+    "_UNK",
+    "because",
+    "light",
+    "scatters",
+    "good",
+]
 
 
 def write_chardata(path: Path, n_train: int = 2100, n_test: int = 60, seed: int = 0) -> None:
@@ -29,8 +49,15 @@ def write_chardata(path: Path, n_train: int = 2100, n_test: int = 60, seed: int 
         labels = rng.integers(0, 50, n)
         return np.eye(50)[labels].T
 
-    savemat(str(path), {"data": images(n_train), "testdata": images(n_test), "target": one_hot(n_train),
-                        "testtarget": one_hot(n_test)})
+    savemat(
+        str(path),
+        {
+            "data": images(n_train),
+            "testdata": images(n_test),
+            "target": one_hot(n_train),
+            "testtarget": one_hot(n_test),
+        },
+    )
 
 
 def write_documents(path: Path, n: int, seed: int, blank_every: int = 0, extra_words: tuple[str, ...] = ()) -> None:

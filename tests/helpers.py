@@ -20,15 +20,29 @@ def config_args(*names: str) -> list[str]:
 
 
 def logging_args(save_dir: Path, name: str = "run") -> list[str]:
-    return ["--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.logger.init_args.name", name,
-            "--trainer.logger.init_args.version", "0", "--trainer.enable_progress_bar", "false"]
+    return [
+        "--trainer.logger.init_args.save_dir",
+        str(save_dir),
+        "--trainer.logger.init_args.name",
+        name,
+        "--trainer.logger.init_args.version",
+        "0",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
 
 
 def run_main(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     """`python main.py ...` in a fresh process (needed for multi-process DDP and for exit codes)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT / "tests")}  # test callbacks import
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def read_events(log_dir: Path) -> EventAccumulator:

@@ -7,10 +7,10 @@ import shutil
 import pytest
 import torch
 import yaml
-
 from conftest import EXPERIMENT_CONFIGS, fixture_args
-from datamodules.files import DataError
 from helpers import MLP, config_args, last_scalar, logging_args, read_events, run_main
+
+from datamodules.files import DataError
 from main import cli_main
 from models.identity import CheckpointMismatchError
 
@@ -21,42 +21,97 @@ SA_DEBUG = ["--model.init_args.svi_steps", "2", "--data.init_args.batch_size", "
 
 # The paper's code, per experiment (yoonkim/skip-vae train_img_skip.py defaults, which are also its Omniglot
 # command; models_img_skip.py; train_text_skip.py; harvardnlp/sa-vae optim_n2n.py for the SA models).
-IMAGE = {"seed_everything": 354, "trainer.max_epochs": 100, "trainer.gradient_clip_val": 5.0,
-         "trainer.gradient_clip_algorithm": "norm", "data.init_args.batch_size": 50,
-         "model.init_args.latent_dim": 20, "model.init_args.optimizer": "adam", "model.init_args.lr": 0.001,
-         "model.init_args.kl_start": 1.0, "model.init_args.param_init": 0.0}
-PIXELCNN = {"model.init_args.architecture": "pixelcnn", "model.init_args.encoder_hidden": 64,
-            "model.init_args.decoder_layers": 8, "model.init_args.decoder_hidden": 32,
-            "model.init_args.kernel_sizes": None, "model.init_args.latent_feature_maps": 1,
-            "model.init_args.linear_init": "he_normal"}
-MLP_MODEL = {"model.init_args.architecture": "mlp", "model.init_args.encoder_hidden": 1024,
-             "model.init_args.decoder_layers": 2, "model.init_args.decoder_hidden": 1024,
-             "model.init_args.linear_init": "default"}
-SVI = {"model.init_args.svi_steps": 20, "model.init_args.svi_lr": 1.0, "model.init_args.svi_momentum": 0.5,
-       "model.init_args.svi_max_grad_norm": 5.0, "checkpoint.monitor": "val/elbo_svi"}
-TEXT = {"seed_everything": 3435, "trainer.max_epochs": 30, "trainer.gradient_clip_val": 5.0, "data.init_args.batch_size": 32,
-        "data.init_args.max_vocab": 20000, "model.init_args.architecture": "lstm", "model.init_args.latent_dim": 32,
-        "model.init_args.embedding_dim": 512, "model.init_args.encoder_hidden": 1024,
-        "model.init_args.decoder_hidden": 1024, "model.init_args.decoder_layers": 1,
-        "model.init_args.dropout": 0.5, "model.init_args.param_init": 0.1, "model.init_args.optimizer": "sgd",
-        "model.init_args.lr": 1.0, "model.init_args.kl_start": 0.1, "model.init_args.kl_warmup_epochs": 10.0,
-        "lr_schedule.start_epoch": 15, "lr_schedule.factor": 0.5, "lr_schedule.min_lr": 0.03}
+IMAGE = {
+    "seed_everything": 354,
+    "trainer.max_epochs": 100,
+    "trainer.gradient_clip_val": 5.0,
+    "trainer.gradient_clip_algorithm": "norm",
+    "data.init_args.batch_size": 50,
+    "model.init_args.latent_dim": 20,
+    "model.init_args.optimizer": "adam",
+    "model.init_args.lr": 0.001,
+    "model.init_args.kl_start": 1.0,
+    "model.init_args.param_init": 0.0,
+}
+PIXELCNN = {
+    "model.init_args.architecture": "pixelcnn",
+    "model.init_args.encoder_hidden": 64,
+    "model.init_args.decoder_layers": 8,
+    "model.init_args.decoder_hidden": 32,
+    "model.init_args.kernel_sizes": None,
+    "model.init_args.latent_feature_maps": 1,
+    "model.init_args.linear_init": "he_normal",
+}
+MLP_MODEL = {
+    "model.init_args.architecture": "mlp",
+    "model.init_args.encoder_hidden": 1024,
+    "model.init_args.decoder_layers": 2,
+    "model.init_args.decoder_hidden": 1024,
+    "model.init_args.linear_init": "default",
+}
+SVI = {
+    "model.init_args.svi_steps": 20,
+    "model.init_args.svi_lr": 1.0,
+    "model.init_args.svi_momentum": 0.5,
+    "model.init_args.svi_max_grad_norm": 5.0,
+    "checkpoint.monitor": "val/elbo_svi",
+}
+TEXT = {
+    "seed_everything": 3435,
+    "trainer.max_epochs": 30,
+    "trainer.gradient_clip_val": 5.0,
+    "data.init_args.batch_size": 32,
+    "data.init_args.max_vocab": 20000,
+    "model.init_args.architecture": "lstm",
+    "model.init_args.latent_dim": 32,
+    "model.init_args.embedding_dim": 512,
+    "model.init_args.encoder_hidden": 1024,
+    "model.init_args.decoder_hidden": 1024,
+    "model.init_args.decoder_layers": 1,
+    "model.init_args.dropout": 0.5,
+    "model.init_args.param_init": 0.1,
+    "model.init_args.optimizer": "sgd",
+    "model.init_args.lr": 1.0,
+    "model.init_args.kl_start": 0.1,
+    "model.init_args.kl_warmup_epochs": 10.0,
+    "lr_schedule.start_epoch": 15,
+    "lr_schedule.factor": 0.5,
+    "lr_schedule.min_lr": 0.03,
+}
 AUTHORS = {
-    **{f"mnist_{m}.yaml": {**IMAGE, **PIXELCNN, "data.init_args.binarization": "dynamic"}
-       for m in ("vae", "skipvae")},
-    **{f"mnist_{m}.yaml": {**IMAGE, **PIXELCNN, **SVI, "data.init_args.binarization": "dynamic",
-                           "model.init_args.svi_hessian_products": "official", "data.init_args.eval_batch_size": 50}
-       for m in ("savae", "skipsavae")},
+    **{f"mnist_{m}.yaml": {**IMAGE, **PIXELCNN, "data.init_args.binarization": "dynamic"} for m in ("vae", "skipvae")},
+    **{
+        f"mnist_{m}.yaml": {
+            **IMAGE,
+            **PIXELCNN,
+            **SVI,
+            "data.init_args.binarization": "dynamic",
+            "model.init_args.svi_hessian_products": "official",
+            "data.init_args.eval_batch_size": 50,
+        }
+        for m in ("savae", "skipsavae")
+    },
     **{f"omniglot_{m}.yaml": {**IMAGE, **PIXELCNN} for m in ("vae", "skipvae")},
-    **{f"omniglot_{m}.yaml": {**IMAGE, **PIXELCNN, **SVI, "model.init_args.svi_hessian_products": "official"}
-       for m in ("savae", "skipsavae")},
+    **{
+        f"omniglot_{m}.yaml": {**IMAGE, **PIXELCNN, **SVI, "model.init_args.svi_hessian_products": "official"}
+        for m in ("savae", "skipsavae")
+    },
     **{f"mnist_{m}_mlp.yaml": {**IMAGE, **MLP_MODEL} for m in ("vae", "skipvae")},
-    **{f"mnist_{m}_mlp.yaml": {**IMAGE, **MLP_MODEL, **SVI, "model.init_args.svi_hessian_products": "exact"}
-       for m in ("savae", "skipsavae")},
+    **{
+        f"mnist_{m}_mlp.yaml": {**IMAGE, **MLP_MODEL, **SVI, "model.init_args.svi_hessian_products": "exact"}
+        for m in ("savae", "skipsavae")
+    },
     **{f"yahoo_{m}.yaml": {**TEXT, "lr_schedule.monitor": "val/elbo"} for m in ("vae", "skipvae")},
-    **{f"yahoo_{m}.yaml": {**TEXT, **SVI, "lr_schedule.monitor": "val/elbo_svi",
-                           "model.init_args.svi_hessian_products": "official",
-                           "model.init_args.diagnostics_posterior": "refined"} for m in ("savae", "skipsavae")},
+    **{
+        f"yahoo_{m}.yaml": {
+            **TEXT,
+            **SVI,
+            "lr_schedule.monitor": "val/elbo_svi",
+            "model.init_args.svi_hessian_products": "official",
+            "model.init_args.diagnostics_posterior": "refined",
+        }
+        for m in ("savae", "skipsavae")
+    },
 }
 
 
@@ -66,8 +121,11 @@ def fit(tmp_path, config: str, *extra: str, name: str = "run", presets=()):
 
 class TestConfigs:
     @pytest.mark.integration
-    @pytest.mark.parametrize("config, presets", [(c, ()) for c in EXPERIMENT_CONFIGS if c != MLP]
-                             + [("yahoo_skipvae.yaml", ("yahoo_small.yaml",))], ids=lambda value: str(value))
+    @pytest.mark.parametrize(
+        "config, presets",
+        [(c, ()) for c in EXPERIMENT_CONFIGS if c != MLP] + [("yahoo_skipvae.yaml", ("yahoo_small.yaml",))],
+        ids=lambda value: str(value),
+    )
     def test_fit_runs_with_debug_preset(self, tmp_path, config, presets, fixture_data_dir):
         # Omniglot and the full Yahoo configs run on generated files in the real formats; the yahoo_small preset
         # on the real valid.txt/test.txt; MNIST on the real files.
@@ -77,7 +135,13 @@ class TestConfigs:
         assert (log_dir / "checkpoints" / "last.ckpt").exists()
         assert (log_dir / "config.yaml").exists()
         metrics = cli.trainer.callback_metrics
-        names = ("val/elbo", "val/kl", "val/mi", "val/au", *(("val/elbo_svi", "val/kl_svi") if "savae" in config else ()))
+        names = (
+            "val/elbo",
+            "val/kl",
+            "val/mi",
+            "val/au",
+            *(("val/elbo_svi", "val/kl_svi") if "savae" in config else ()),
+        )
         for name in names:  # SA models: the refined posterior's values too
             assert math.isfinite(float(metrics[name])), name
 
@@ -87,7 +151,9 @@ class TestConfigs:
             cli_main(["fit", *config_args(config), "--print_config"])
         printed = capsys.readouterr().out
         resolved = yaml.safe_load(printed)  # every experiment: its model class, its log folder, the shared defaults
-        model = {"vae": "VAE", "skipvae": "SkipVAE", "savae": "SAVAE", "skipsavae": "SkipSAVAE"}[config.removesuffix(".yaml").split("_")[1]]
+        model = {"vae": "VAE", "skipvae": "SkipVAE", "savae": "SAVAE", "skipsavae": "SkipSAVAE"}[
+            config.removesuffix(".yaml").split("_")[1]
+        ]
         assert resolved["model"]["class_path"] == f"models.{model}"
         assert resolved["trainer"]["logger"]["init_args"]["name"] == config.removesuffix(".yaml")
         assert resolved["trainer"]["gradient_clip_val"] == 5.0 and resolved["checkpoint"]["save_last"] is True
@@ -100,18 +166,34 @@ class TestConfigs:
     # Settings that come from the composed parts of each experiment (or preset), as --print_config resolves them.
     COMPOSED = {
         ("mnist_vae.yaml",): {"model.init_args.latent_dim": 20, "trainer.max_epochs": 100},
-        ("mnist_skipvae_large.yaml",): {"model.init_args.latent_dim": 32, "model.init_args.decoder_layers": 12,
-                                        "model.init_args.kl_start": 0.1, "data.class_path": "datamodules.MNISTDataModule"},
+        ("mnist_skipvae_large.yaml",): {
+            "model.init_args.latent_dim": 32,
+            "model.init_args.decoder_layers": 12,
+            "model.init_args.kl_start": 0.1,
+            "data.class_path": "datamodules.MNISTDataModule",
+        },
         ("omniglot_vae.yaml", "parts/savae_paper_decoder.yaml"): {
-            "model.init_args.latent_feature_maps": 4, "model.init_args.kernel_sizes": [9, 9, 9, 7, 7, 7, 5, 5, 5, 3, 3, 3],
-            "data.class_path": "datamodules.OmniglotDataModule"},
+            "model.init_args.latent_feature_maps": 4,
+            "model.init_args.kernel_sizes": [9, 9, 9, 7, 7, 7, 5, 5, 5, 3, 3, 3],
+            "data.class_path": "datamodules.OmniglotDataModule",
+        },
         ("mnist_skipvae_mlp.yaml",): {"model.init_args.architecture": "mlp", "model.init_args.decoder_hidden": 1024},
-        ("yahoo_skipvae.yaml",): {"model.init_args.embedding_dim": 512, "trainer.max_epochs": 30,
-                                  "lr_schedule.start_epoch": 15, "nll_iw.chunk_size": 50},
+        ("yahoo_skipvae.yaml",): {
+            "model.init_args.embedding_dim": 512,
+            "trainer.max_epochs": 30,
+            "lr_schedule.start_epoch": 15,
+            "nll_iw.chunk_size": 50,
+        },
         ("yahoo_vae.yaml", "yahoo_small.yaml"): {
-            "model.class_path": "models.VAE", "model.init_args.embedding_dim": 128, "model.init_args.lr": 1.0,
-            "trainer.max_epochs": 8, "trainer.limit_train_batches": 140, "lr_schedule.start_epoch": 4, "data.init_args.val_split": 1000,
-            "trainer.logger.init_args.name": "yahoo_small"},
+            "model.class_path": "models.VAE",
+            "model.init_args.embedding_dim": 128,
+            "model.init_args.lr": 1.0,
+            "trainer.max_epochs": 8,
+            "trainer.limit_train_batches": 140,
+            "lr_schedule.start_epoch": 4,
+            "data.init_args.val_split": 1000,
+            "trainer.logger.init_args.name": "yahoo_small",
+        },
     }
 
     @staticmethod
@@ -140,8 +222,11 @@ class TestConfigs:
     @pytest.mark.parametrize("config", list(AUTHORS))
     def test_experiment_has_the_authors_settings(self, capsys, config):
         printed = self.resolved(capsys, config)
-        mismatches = {key: (printed.get(key, "<missing>"), value) for key, value in AUTHORS[config].items()
-                      if printed.get(key, "<missing>") != value}
+        mismatches = {
+            key: (printed.get(key, "<missing>"), value)
+            for key, value in AUTHORS[config].items()
+            if printed.get(key, "<missing>") != value
+        }
         assert not mismatches, mismatches
 
     def test_every_paper_experiment_is_in_the_table(self):
@@ -149,8 +234,17 @@ class TestConfigs:
 
     def test_command_line_override(self, tmp_path, capsys):
         with pytest.raises(SystemExit):
-            cli_main(["fit", *config_args("mnist_skipvae.yaml"), "--model.init_args.latent_dim", "16",
-                      "--trainer.max_epochs", "5", "--print_config"])
+            cli_main(
+                [
+                    "fit",
+                    *config_args("mnist_skipvae.yaml"),
+                    "--model.init_args.latent_dim",
+                    "16",
+                    "--trainer.max_epochs",
+                    "5",
+                    "--print_config",
+                ]
+            )
         printed = yaml.safe_load(capsys.readouterr().out)
         assert printed["model"]["init_args"]["latent_dim"] == 16
         assert printed["trainer"]["max_epochs"] == 5
@@ -162,8 +256,19 @@ class TestRunOutputs:
         log_dir = debug_run
         events = read_events(log_dir)
         scalars = set(events.Tags()["scalars"])
-        assert {"train/loss", "train/elbo", "train/recon", "train/kl", "train/beta",
-                "val/elbo", "val/recon", "val/kl", "val/mi", "val/mi_batch", "val/au"} <= scalars
+        assert {
+            "train/loss",
+            "train/elbo",
+            "train/recon",
+            "train/kl",
+            "train/beta",
+            "val/elbo",
+            "val/recon",
+            "val/kl",
+            "val/mi",
+            "val/mi_batch",
+            "val/au",
+        } <= scalars
         assert last_scalar(events, "train/beta") == 1.0
         saved = yaml.safe_load((log_dir / "config.yaml").read_text())
         assert saved["model"]["class_path"] == "models.SkipVAE"
@@ -174,8 +279,15 @@ class TestRunOutputs:
 
     def test_test_from_checkpoint_reports_all_metrics(self, debug_run, tmp_path):
         log_dir = debug_run
-        cli = cli_main(["test", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path),
-                        "--ckpt_path", str(log_dir / "checkpoints" / "last.ckpt")])
+        cli = cli_main(
+            [
+                "test",
+                *config_args(MLP, "debug.yaml"),
+                *logging_args(tmp_path),
+                "--ckpt_path",
+                str(log_dir / "checkpoints" / "last.ckpt"),
+            ]
+        )
         metrics = cli.trainer.callback_metrics
         for name in ("test/elbo", "test/recon", "test/kl", "test/mi", "test/mi_batch", "test/au", "test/nll_iw"):
             assert math.isfinite(float(metrics[name])), name
@@ -189,16 +301,22 @@ class TestRunOutputs:
         assert {"train/elbo", "val/elbo", "val/kl"} <= set(events.Tags()["scalars"])
         assert {"val/reconstructions", "val/samples"} <= set(events.Tags()["images"])
 
-
     def test_text_run_logs_text_samples_and_perplexity(self, tmp_path, fixture_data_dir):
         fit(tmp_path, "yahoo_skipvae.yaml", *fixture_args("yahoo_skipvae.yaml", fixture_data_dir))
         log_dir = tmp_path / "run" / "version_0"
         tags = read_events(log_dir).Tags()["tensors"]
         assert {"val/reconstructions/text_summary", "val/samples/text_summary"} <= set(tags)
         assert (log_dir / "vocab.txt").read_text().startswith("<pad>\t0\n<bos>\t1\n<eos>\t2\n_UNK\t3\n")
-        test = cli_main(["test", *config_args("yahoo_skipvae.yaml", "debug.yaml"), *logging_args(tmp_path, "test"),
-                         *fixture_args("yahoo_skipvae.yaml", fixture_data_dir),
-                         "--ckpt_path", str(log_dir / "checkpoints" / "last.ckpt")])
+        test = cli_main(
+            [
+                "test",
+                *config_args("yahoo_skipvae.yaml", "debug.yaml"),
+                *logging_args(tmp_path, "test"),
+                *fixture_args("yahoo_skipvae.yaml", fixture_data_dir),
+                "--ckpt_path",
+                str(log_dir / "checkpoints" / "last.ckpt"),
+            ]
+        )
         metrics = test.trainer.callback_metrics
         for name in ("test/ppl_iw", "test/ppl_elbo", "test/nll_iw", "test/mi", "test/au"):
             assert math.isfinite(float(metrics[name])), name
@@ -215,17 +333,36 @@ class TestRunOutputs:
 class TestPresets:
     def test_bf16_mixed_fit(self, tmp_path):
         # small batches: bf16 is emulated, hence slow, on CPUs without native bfloat16 arithmetic
-        cli = cli_main(["fit", *config_args("mnist_skipvae.yaml", "debug.yaml", "bf16.yaml"), *logging_args(tmp_path),
-                        "--samples.every_n_epochs", "0", "--data.init_args.batch_size", "10",
-                        "--data.init_args.eval_batch_size", "10"])
+        cli = cli_main(
+            [
+                "fit",
+                *config_args("mnist_skipvae.yaml", "debug.yaml", "bf16.yaml"),
+                *logging_args(tmp_path),
+                "--samples.every_n_epochs",
+                "0",
+                "--data.init_args.batch_size",
+                "10",
+                "--data.init_args.eval_batch_size",
+                "10",
+            ]
+        )
         assert cli.trainer.precision == "bf16-mixed"
         assert math.isfinite(float(cli.trainer.callback_metrics["val/elbo"]))
 
     @pytest.mark.parametrize("reverse_pass", ["exact", "official"])
     def test_bf16_mixed_savae_fit(self, tmp_path, reverse_pass):
-        cli = cli_main(["fit", *config_args("mnist_skipsavae_mlp.yaml", "debug.yaml", "bf16.yaml"),
-                        *logging_args(tmp_path), *SA_DEBUG, "--data.init_args.eval_batch_size", "10",
-                        "--model.init_args.svi_hessian_products", reverse_pass])
+        cli = cli_main(
+            [
+                "fit",
+                *config_args("mnist_skipsavae_mlp.yaml", "debug.yaml", "bf16.yaml"),
+                *logging_args(tmp_path),
+                *SA_DEBUG,
+                "--data.init_args.eval_batch_size",
+                "10",
+                "--model.init_args.svi_hessian_products",
+                reverse_pass,
+            ]
+        )
         metrics = cli.trainer.callback_metrics
         assert cli.trainer.precision == "bf16-mixed"
         assert math.isfinite(float(metrics["val/elbo_svi"])) and math.isfinite(float(metrics["train/loss"]))
@@ -243,8 +380,17 @@ class TestBadInput:
 
     @pytest.mark.integration
     def test_missing_mnist_folder(self, tmp_path):
-        result = run_main(["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path),
-                           "--data.init_args.data_dir", str(tmp_path / "nowhere"), "--data.init_args.download", "false"])
+        result = run_main(
+            [
+                "fit",
+                *config_args(MLP, "debug.yaml"),
+                *logging_args(tmp_path),
+                "--data.init_args.data_dir",
+                str(tmp_path / "nowhere"),
+                "--data.init_args.download",
+                "false",
+            ]
+        )
         assert result.returncode == 1
         assert "Traceback" not in result.stderr
         message = result.stderr.strip().splitlines()[-1]
@@ -261,8 +407,16 @@ class TestBadInput:
         broken.write_bytes(broken.read_bytes()[:30])
         message = "is corrupt or incomplete" if real else "is not a valid gzip file"
         with pytest.raises(DataError, match=f"t10k-labels-idx1-ubyte.gz {message}.*[Dd]ownload it again"):
-            fit(tmp_path, MLP, "--data.init_args.data_dir", str(tmp_path / "data"), "--data.init_args.download", "false",
-                "--data.init_args.check_file", str(real).lower())
+            fit(
+                tmp_path,
+                MLP,
+                "--data.init_args.data_dir",
+                str(tmp_path / "data"),
+                "--data.init_args.download",
+                "false",
+                "--data.init_args.check_file",
+                str(real).lower(),
+            )
 
     @pytest.mark.integration
     def test_checkpoint_from_another_model(self, debug_run):

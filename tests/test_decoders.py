@@ -9,8 +9,9 @@ from models.decoders import GatedPixelCNNDecoder, LSTMDecoder, MLPDecoder
 
 def pixelcnn(skip: bool, kernels=(5, 3, 3), shape=(1, 8, 8)) -> GatedPixelCNNDecoder:
     torch.manual_seed(0)
-    return GatedPixelCNNDecoder(list(shape), latent_dim=3, channels=6, kernel_sizes=list(kernels),
-                                latent_feature_maps=2, latent_skip=skip).double()
+    return GatedPixelCNNDecoder(
+        list(shape), latent_dim=3, channels=6, kernel_sizes=list(kernels), latent_feature_maps=2, latent_skip=skip
+    ).double()
 
 
 class TestPixelCNNCausality:
@@ -138,8 +139,9 @@ class TestMLPDecoder:
 class TestLSTMDecoder:
     def decoder(self, skip: bool, layers: int = 2) -> LSTMDecoder:
         torch.manual_seed(0)
-        return LSTMDecoder(vocab_size=11, latent_dim=3, embedding_dim=5, hidden=7, num_layers=layers, dropout=0.0,
-                           latent_skip=skip).double()
+        return LSTMDecoder(
+            vocab_size=11, latent_dim=3, embedding_dim=5, hidden=7, num_layers=layers, dropout=0.0, latent_skip=skip
+        ).double()
 
     @pytest.mark.parametrize("skip", [False, True])
     def test_logits_at_t_ignore_tokens_at_or_after_t(self, skip):

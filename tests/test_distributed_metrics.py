@@ -1,7 +1,6 @@
 """Diagnostics are the same on one process or two (DDP, gloo), and under bf16-mixed precision."""
 
 import pytest
-
 from helpers import MLP, callbacks_config, config_args, logging_args, read_events, run_main
 
 pytestmark = pytest.mark.integration  # every test here trains, tests or starts processes
@@ -16,8 +15,19 @@ def checkpoint(debug_run):
 
 
 def test_metrics(tmp_path, checkpoint, *presets, extra=()):
-    result = run_main(["test", *config_args(MLP, "debug.yaml", *presets), *logging_args(tmp_path), *FULL_TEST_SET,
-                       "--trainer.accelerator", "cpu", "--ckpt_path", str(checkpoint), *extra])
+    result = run_main(
+        [
+            "test",
+            *config_args(MLP, "debug.yaml", *presets),
+            *logging_args(tmp_path),
+            *FULL_TEST_SET,
+            "--trainer.accelerator",
+            "cpu",
+            "--ckpt_path",
+            str(checkpoint),
+            *extra,
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     events = read_events(tmp_path / "run" / "version_0")
     return {name: events.Scalars(name)[-1].value for name in NAMES}
@@ -53,10 +63,24 @@ def test_bf16_mixed_matches_fp32(tmp_path, checkpoint):
 @pytest.mark.parametrize("reverse_pass", ["exact", "official"])
 def test_two_process_savae_fit_keeps_the_replicas_identical(tmp_path, reverse_pass):
     extra = callbacks_config(tmp_path / "cb.yaml", "class_path: helpers.AssertReplicasAgree")
-    result = run_main(["fit", *config_args("mnist_skipsavae_mlp.yaml", "debug.yaml", "ddp.yaml"), *extra,
-                       *logging_args(tmp_path), "--trainer.accelerator", "cpu", "--model.init_args.svi_steps", "2",
-                       "--model.init_args.svi_hessian_products", reverse_pass,
-                       "--data.init_args.batch_size", "10", "--trainer.max_epochs", "2"])
+    result = run_main(
+        [
+            "fit",
+            *config_args("mnist_skipsavae_mlp.yaml", "debug.yaml", "ddp.yaml"),
+            *extra,
+            *logging_args(tmp_path),
+            "--trainer.accelerator",
+            "cpu",
+            "--model.init_args.svi_steps",
+            "2",
+            "--model.init_args.svi_hessian_products",
+            reverse_pass,
+            "--data.init_args.batch_size",
+            "10",
+            "--trainer.max_epochs",
+            "2",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MEMBER: 2/2" in result.stderr  # two processes
     events = read_events(tmp_path / "run" / "version_0")

@@ -1,6 +1,5 @@
 """ELBO parts against independent computations."""
 
-
 import torch
 from torch.distributions import Bernoulli, Categorical, Independent, Normal, kl_divergence
 
@@ -50,8 +49,10 @@ class TestLikelihoods:
         logits = torch.randn(2, 4, 6)
         targets = torch.tensor([[3, 4, 2, 0], [5, 2, 0, 0]])
         mask = targets != 0
-        expected = torch.stack([
-            Categorical(logits=logits[b, : int(mask[b].sum())]).log_prob(targets[b, : int(mask[b].sum())]).sum()
-            for b in range(2)
-        ])
+        expected = torch.stack(
+            [
+                Categorical(logits=logits[b, : int(mask[b].sum())]).log_prob(targets[b, : int(mask[b].sum())]).sum()
+                for b in range(2)
+            ]
+        )
         torch.testing.assert_close(categorical_log_prob(logits, targets, mask), expected)

@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import DATA_DIR, ROOT
 
 from callbacks.probe import probe_accuracy
-from conftest import DATA_DIR, ROOT
 from experiments.report import markdown_table, mean_std
 from experiments.run import fit_command
 from experiments.studies import STUDIES, Run, Study
@@ -29,8 +29,14 @@ class TestStudyRunner:
         # number of threads may differ in the last bits, and the debug models' probe accuracy amplifies that.
         env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
         first = tmp_path / "debug" / "runs" / "vae_seed1" / "metrics.json"
-        process = subprocess.Popen(runner(tmp_path), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            runner(tmp_path),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.time() + 300
         while not first.exists() and process.poll() is None and time.time() < deadline:
             time.sleep(0.2)
@@ -62,16 +68,28 @@ class TestStudyRunner:
         again = subprocess.run(runner(tmp_path), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert again.returncode == 0 and again.stdout.count("finished earlier, reusing") == 2
 
-        other = subprocess.run([*runner(tmp_path), "--precision", "bf16-mixed"], cwd=ROOT, env=env,
-                               capture_output=True, text=True, timeout=120)
+        other = subprocess.run(
+            [*runner(tmp_path), "--precision", "bf16-mixed"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert other.returncode == 1 and "runs/vae_seed1 holds a run made with other arguments" in other.stderr
         assert "Pass another --out folder" in other.stderr and first.stat().st_mtime == finished_at
 
         # The same study with two runs at once (one CPU core each), interrupted when the first fit is done, then
         # resumed: the same table as one by one (each run seeded, alone in its slot, with the same thread count).
         parallel = tmp_path / "parallel"
-        process = subprocess.Popen(runner(parallel, "--jobs", "2"), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            runner(parallel, "--jobs", "2"),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         runs = parallel / "debug" / "runs"
         deadline = time.time() + 300
         while not list(runs.glob("*/fit.done")) and process.poll() is None and time.time() < deadline:
@@ -80,15 +98,21 @@ class TestStudyRunner:
         output = process.communicate()[0].decode()
         assert output.count(" on CPU cores ") == 2, output[-2000:]  # both started, each in its slot
         assert list(runs.glob("*/fit.done")) and not list(runs.glob("*/metrics.json"))
-        resumed = subprocess.run(runner(parallel, "--jobs", "2"), cwd=ROOT, env=env, capture_output=True, text=True,
-                                 timeout=300)
+        resumed = subprocess.run(
+            runner(parallel, "--jobs", "2"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
         assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
         assert "finished earlier" not in resumed.stdout
         one_by_one = [row.rsplit(",", 1)[0] for row in rows]  # without the wall time
         in_parallel = [row.rsplit(",", 1)[0] for row in (parallel / "debug" / "results.csv").read_text().splitlines()]
         assert in_parallel == one_by_one
-        assert markdown_table(STUDIES["debug"], [json.loads((runs / r / "metrics.json").read_text())
-                                                 for r in ("vae_seed1", "skipvae_seed1")]) in table
+        assert (
+            markdown_table(
+                STUDIES["debug"],
+                [json.loads((runs / r / "metrics.json").read_text()) for r in ("vae_seed1", "skipvae_seed1")],
+            )
+            in table
+        )
 
     @pytest.mark.integration
     def test_failed_run_stops_with_message(self, tmp_path):
@@ -105,11 +129,19 @@ class TestStudyRunner:
         assert "--ckpt_path" not in command and command[command.index("--seed_everything") + 1] == "3"
         (tmp_path / "r" / "fit" / "checkpoints").mkdir(parents=True)
         (tmp_path / "r" / "fit" / "checkpoints" / "last.ckpt").write_bytes(b"")
-        assert fit_command(run, tmp_path / "r")[-2:] == ["--ckpt_path", str(tmp_path / "r" / "fit" / "checkpoints" / "last.ckpt")]
+        assert fit_command(run, tmp_path / "r")[-2:] == [
+            "--ckpt_path",
+            str(tmp_path / "r" / "fit" / "checkpoints" / "last.ckpt"),
+        ]
 
     def test_precision_option_overrides_every_run(self, tmp_path):
-        result = subprocess.run([*runner(tmp_path), "--dry-run", "--precision", "bf16-mixed"], cwd=ROOT,
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [*runner(tmp_path), "--dry-run", "--precision", "bf16-mixed"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         commands = [line for line in result.stdout.splitlines() if line.startswith("python main.py")]
         assert len(commands) == 4  # fit and test of both runs
         # after the presets, so it wins over any precision they set
@@ -124,16 +156,18 @@ class TestStudyRunner:
 
     def test_markdown_table_mean_and_std_over_seeds(self):
         study = Study("t", (), metrics=("test/kl", "test/au"))
-        records = [{"group": "VAE", "metrics": {"test/kl": 1.0, "test/au": 2}},
-                   {"group": "VAE", "metrics": {"test/kl": 3.0, "test/au": 2}},
-                   {"group": "SkipVAE", "metrics": {"test/kl": 5.0}}]
+        records = [
+            {"group": "VAE", "metrics": {"test/kl": 1.0, "test/au": 2}},
+            {"group": "VAE", "metrics": {"test/kl": 3.0, "test/au": 2}},
+            {"group": "SkipVAE", "metrics": {"test/kl": 5.0}},
+        ]
         lines = markdown_table(study, records).splitlines()
         assert lines[0] == "| model | seeds | kl | au |"
         assert lines[2] == "| VAE | 2 | 2.00 ± 1.41 | 2 ± 0 |"
         assert lines[3] == "| SkipVAE | 1 | 5.00 | – |"
         unused = Study("t", (), metrics=("test/kl", "test/ppl_iw"))  # a metric no run logged is left out
         assert markdown_table(unused, records).splitlines()[0] == "| model | seeds | kl |"
-        assert mean_std([1.0, 3.0]) == pytest.approx((2.0, 2 ** 0.5))
+        assert mean_std([1.0, 3.0]) == pytest.approx((2.0, 2**0.5))
 
 
 class TestProbe:

@@ -6,14 +6,13 @@ from collections import namedtuple
 
 import pytest
 import torch
+from helpers import MLP, callbacks_config, config_args, logging_args, read_events, run_main
 
 from callbacks.guards import NonFiniteGuard, NonFiniteLossError
 from datamodules.files import DataError
-from helpers import MLP, callbacks_config, config_args, logging_args, read_events, run_main
 from main import cli_main
 from models.identity import CheckpointMismatchError
 from run_setup import RunSetupError
-
 
 
 def checkpoints(folder) -> list:
@@ -39,8 +38,9 @@ def mlp_checkpoint(debug_run):
 @pytest.mark.integration
 class TestNonFinite:
     def test_nan_loss_stops_at_that_step_and_keeps_the_last_checkpoint(self, tmp_path):
-        extra = callbacks_config(tmp_path / "cb.yaml", "class_path: helpers.InjectNonFinite\n"
-                                                       "      init_args: {steps: [6]}")
+        extra = callbacks_config(
+            tmp_path / "cb.yaml", "class_path: helpers.InjectNonFinite\n      init_args: {steps: [6]}"
+        )
         with pytest.raises(NonFiniteLossError) as error:
             fit(tmp_path, *extra, "--trainer.max_epochs", "3")
         last = tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt"
@@ -54,16 +54,19 @@ class TestNonFinite:
         assert {path.name for path in checkpoints(tmp_path)} == {"last.ckpt", "best-000.ckpt"}  # nothing new
 
     def test_infinite_gradient_stops_before_the_update(self, tmp_path):
-        extra = callbacks_config(tmp_path / "cb.yaml", "class_path: helpers.InjectNonFinite\n"
-                                                       "      init_args: {steps: [1], where: gradient}")
-        with pytest.raises(NonFiniteLossError, match="^a gradient is not finite at global step 1 .*no checkpoint "
-                                                     "had been written yet"):
+        extra = callbacks_config(
+            tmp_path / "cb.yaml", "class_path: helpers.InjectNonFinite\n      init_args: {steps: [1], where: gradient}"
+        )
+        with pytest.raises(
+            NonFiniteLossError, match="^a gradient is not finite at global step 1 .*no checkpoint had been written yet"
+        ):
             fit(tmp_path, *extra)
         assert checkpoints(tmp_path) == []
 
     def test_skip_option_drops_the_steps_counts_and_logs_them(self, tmp_path):
-        extra = callbacks_config(tmp_path / "cb.yaml", "class_path: helpers.InjectNonFinite\n"
-                                                       "      init_args: {steps: [1, 5]}")
+        extra = callbacks_config(
+            tmp_path / "cb.yaml", "class_path: helpers.InjectNonFinite\n      init_args: {steps: [1, 5]}"
+        )
         cli = fit(tmp_path, *extra, "--trainer.max_epochs", "2", "--nonfinite.action", "skip")
         guard = next(callback for callback in cli.trainer.callbacks if isinstance(callback, NonFiniteGuard))
         assert cli.trainer.global_step == 8 and guard.skipped_steps == 2
@@ -77,18 +80,22 @@ class TestNonFinite:
         assert logged[0] == 0 and logged[1] == 1 and logged[4] == 1 and logged[5] == 2 and logged[7] == 2
 
     def test_cli_prints_one_line(self, tmp_path):
-        result = run_main(["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path),
-                           "--model.init_args.lr", "1e30"])
+        result = run_main(
+            ["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path), "--model.init_args.lr", "1e30"]
+        )
         assert error_line(result).startswith("error: the training loss is not finite at global step")
 
 
 class TestBadConfig:
-    @pytest.mark.parametrize("args, words", [
-        (["--model.init_args.architecture", "pixelcn"], ["architecture", "pixelcn"]),
-        (["--trainer.max_epochs", "ten"], ["max_epochs", "ten"]),
-        (["--data.init_args.binarization", "dinamic"], ["binarization", "dinamic"]),
-        (["--model.init_args.latent_dimm", "3"], ["latent_dimm"]),
-    ])
+    @pytest.mark.parametrize(
+        "args, words",
+        [
+            (["--model.init_args.architecture", "pixelcn"], ["architecture", "pixelcn"]),
+            (["--trainer.max_epochs", "ten"], ["max_epochs", "ten"]),
+            (["--data.init_args.binarization", "dinamic"], ["binarization", "dinamic"]),
+            (["--model.init_args.latent_dimm", "3"], ["latent_dimm"]),
+        ],
+    )
     def test_mistyped_key_or_value(self, tmp_path, capsys, args, words):
         with pytest.raises(SystemExit) as stopped:
             cli_main(["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path), *args])
@@ -100,22 +107,41 @@ class TestBadConfig:
     # Every numeric argument of the models and data modules, at a value outside its range: one `error:` line
     # that names the argument and the value, exit code 2, nothing written.
     OUT_OF_RANGE = [
-        (MLP, "model", "latent_dim", "-5"), (MLP, "model", "encoder_hidden", "0"), (MLP, "model", "decoder_layers", "0"),
-        (MLP, "model", "decoder_hidden", "-1"), (MLP, "model", "latent_feature_maps", "0"),
-        (MLP, "model", "embedding_dim", "0"), (MLP, "model", "dropout", "1.5"), (MLP, "model", "lr", "0"),
-        (MLP, "model", "kl_start", "2"), (MLP, "model", "kl_warmup_epochs", "-1"), (MLP, "model", "param_init", "-0.1"),
-        (MLP, "model", "kernel_sizes", "[3,-3]"), ("mnist_savae_mlp.yaml", "model", "svi_steps", "-1"),
-        ("mnist_savae_mlp.yaml", "model", "svi_lr", "0"), ("mnist_savae_mlp.yaml", "model", "svi_momentum", "1.5"),
-        ("mnist_savae_mlp.yaml", "model", "svi_max_grad_norm", "-1"), (MLP, "data", "batch_size", "0"),
-        (MLP, "data", "eval_batch_size", "-50"), (MLP, "data", "num_workers", "-1"),
-        ("yahoo_vae.yaml", "data", "val_split", "-1"), ("yahoo_vae.yaml", "data", "max_vocab", "0"),
+        (MLP, "model", "latent_dim", "-5"),
+        (MLP, "model", "encoder_hidden", "0"),
+        (MLP, "model", "decoder_layers", "0"),
+        (MLP, "model", "decoder_hidden", "-1"),
+        (MLP, "model", "latent_feature_maps", "0"),
+        (MLP, "model", "embedding_dim", "0"),
+        (MLP, "model", "dropout", "1.5"),
+        (MLP, "model", "lr", "0"),
+        (MLP, "model", "kl_start", "2"),
+        (MLP, "model", "kl_warmup_epochs", "-1"),
+        (MLP, "model", "param_init", "-0.1"),
+        (MLP, "model", "kernel_sizes", "[3,-3]"),
+        ("mnist_savae_mlp.yaml", "model", "svi_steps", "-1"),
+        ("mnist_savae_mlp.yaml", "model", "svi_lr", "0"),
+        ("mnist_savae_mlp.yaml", "model", "svi_momentum", "1.5"),
+        ("mnist_savae_mlp.yaml", "model", "svi_max_grad_norm", "-1"),
+        (MLP, "data", "batch_size", "0"),
+        (MLP, "data", "eval_batch_size", "-50"),
+        (MLP, "data", "num_workers", "-1"),
+        ("yahoo_vae.yaml", "data", "val_split", "-1"),
+        ("yahoo_vae.yaml", "data", "max_vocab", "0"),
     ]
 
     @pytest.mark.parametrize("config, group, key, value", OUT_OF_RANGE, ids=lambda v: str(v))
     def test_value_out_of_range(self, tmp_path, capsys, config, group, key, value):
         with pytest.raises(SystemExit) as stopped:
-            cli_main(["fit", *config_args(config, "debug.yaml"), *logging_args(tmp_path),
-                      f"--{group}.init_args.{key}", value])
+            cli_main(
+                [
+                    "fit",
+                    *config_args(config, "debug.yaml"),
+                    *logging_args(tmp_path),
+                    f"--{group}.init_args.{key}",
+                    value,
+                ]
+            )
         lines = capsys.readouterr().err.strip().splitlines()
         assert stopped.value.code == 2
         assert len(lines) == 1 and lines[0].startswith("error: ") and f'"{key}"' in lines[0], lines[-5:]
@@ -127,8 +153,16 @@ class TestBadConfig:
         path = tmp_path / "broken.ckpt"
         path.write_bytes(content)
         logs = tmp_path / "logs"
-        result = run_main(["test", *config_args(MLP, "debug.yaml"), "--ckpt_path", str(path),
-                           "--trainer.logger.init_args.save_dir", str(logs)])
+        result = run_main(
+            [
+                "test",
+                *config_args(MLP, "debug.yaml"),
+                "--ckpt_path",
+                str(path),
+                "--trainer.logger.init_args.save_dir",
+                str(logs),
+            ]
+        )
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert errors == [f"error: {errors[0].removeprefix('error: ')}"] and str(path) in errors[0]
@@ -137,8 +171,15 @@ class TestBadConfig:
 
     @pytest.mark.integration
     def test_checkpoint_of_another_architecture(self, tmp_path, mlp_checkpoint):
-        result = run_main(["test", *config_args("mnist_skipvae.yaml", "debug.yaml"), *logging_args(tmp_path),
-                           "--ckpt_path", str(mlp_checkpoint)])
+        result = run_main(
+            [
+                "test",
+                *config_args("mnist_skipvae.yaml", "debug.yaml"),
+                *logging_args(tmp_path),
+                "--ckpt_path",
+                str(mlp_checkpoint),
+            ]
+        )
         line = error_line(result)
         assert line.startswith("error: checkpoint does not match the configured model:")
         assert "architecture='mlp' (configured: 'pixelcnn')" in line and "config.yaml" in line
@@ -146,27 +187,65 @@ class TestBadConfig:
     @pytest.mark.integration
     def test_checkpoint_of_another_dataset(self, tmp_path, mlp_checkpoint, fixture_data_dir):
         with pytest.raises(CheckpointMismatchError, match=r"data MNISTDataModule \(configured: OmniglotDataModule\)"):
-            cli_main(["test", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path),
-                      "--data", "datamodules.OmniglotDataModule", "--data.init_args.data_dir", str(fixture_data_dir),
-                      "--data.init_args.check_file", "false", "--ckpt_path", str(mlp_checkpoint)])
+            cli_main(
+                [
+                    "test",
+                    *config_args(MLP, "debug.yaml"),
+                    *logging_args(tmp_path),
+                    "--data",
+                    "datamodules.OmniglotDataModule",
+                    "--data.init_args.data_dir",
+                    str(fixture_data_dir),
+                    "--data.init_args.check_file",
+                    "false",
+                    "--ckpt_path",
+                    str(mlp_checkpoint),
+                ]
+            )
 
     def test_batch_larger_than_the_training_set(self, tmp_path, fixture_data_dir):
         with pytest.raises(DataError, match=r"batch_size 600 is larger than the training set \(500 images\)"):
-            fit(tmp_path, "--data.init_args.batch_size", "600", "--data.init_args.data_dir", str(fixture_data_dir),
-                "--data.init_args.check_file", "false")
+            fit(
+                tmp_path,
+                "--data.init_args.batch_size",
+                "600",
+                "--data.init_args.data_dir",
+                str(fixture_data_dir),
+                "--data.init_args.check_file",
+                "false",
+            )
         assert checkpoints(tmp_path) == []
 
     def test_text_batch_larger_than_the_training_set(self, tmp_path, fixture_data_dir):
         with pytest.raises(DataError, match=r"batch_size 1000 is larger than the training set \(\d+ documents\)"):
-            cli_main(["fit", *config_args("yahoo_skipvae.yaml", "debug.yaml"), *logging_args(tmp_path),
-                      "--data.init_args.data_dir", str(fixture_data_dir), "--data.init_args.check_file", "false",
-                      "--data.init_args.batch_size", "1000"])
+            cli_main(
+                [
+                    "fit",
+                    *config_args("yahoo_skipvae.yaml", "debug.yaml"),
+                    *logging_args(tmp_path),
+                    "--data.init_args.data_dir",
+                    str(fixture_data_dir),
+                    "--data.init_args.check_file",
+                    "false",
+                    "--data.init_args.batch_size",
+                    "1000",
+                ]
+            )
         assert checkpoints(tmp_path) == []
 
     @pytest.mark.integration
     def test_more_cpu_devices_than_cores(self, tmp_path):
-        result = run_main(["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path),
-                           "--trainer.accelerator", "cpu", "--trainer.devices", "4096"])
+        result = run_main(
+            [
+                "fit",
+                *config_args(MLP, "debug.yaml"),
+                *logging_args(tmp_path),
+                "--trainer.accelerator",
+                "cpu",
+                "--trainer.devices",
+                "4096",
+            ]
+        )
         assert error_line(result).startswith("error: --trainer.devices 4096 on CPU starts 4096 processes")
         assert not (tmp_path / "run").exists()
 
@@ -203,8 +282,15 @@ class TestOutputFolders:
         blocker = tmp_path / "a_file"
         blocker.write_text("not a folder")
         with pytest.raises(RunSetupError, match=f"cannot write to {blocker}/ckpt"):
-            cli_main(["fit", *config_args(MLP, "debug.yaml"), "--checkpoint.dirpath", str(blocker / "ckpt"),
-                      *logging_args(tmp_path)])
+            cli_main(
+                [
+                    "fit",
+                    *config_args(MLP, "debug.yaml"),
+                    "--checkpoint.dirpath",
+                    str(blocker / "ckpt"),
+                    *logging_args(tmp_path),
+                ]
+            )
         assert checkpoints(tmp_path) == []
 
     def test_disk_too_full_for_checkpoints(self, tmp_path, monkeypatch):
@@ -215,4 +301,3 @@ class TestOutputFolders:
         with pytest.raises(RunSetupError, match="only 0 MiB free on the disk of .* each checkpoint needs about"):
             fit(tmp_path)
         assert checkpoints(tmp_path) == []
-

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import DATA_DIR
-from datamodules.files import DataError
+
 from datamodules.fetch import main
+from datamodules.files import DataError
 from datamodules.reference_posteriors import convert, read_arrays_pickle
 
 
@@ -51,8 +51,12 @@ class Payload:
 
 def posterior_arrays(n: int = 30, d: int = 4) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
-    return [np.arange(n) % 10, rng.standard_normal((n, d)).astype(np.float32),
-            rng.standard_normal((n, d)).astype(np.float32), rng.standard_normal((n, d)).astype(np.float32)]
+    return [
+        np.arange(n) % 10,
+        rng.standard_normal((n, d)).astype(np.float32),
+        rng.standard_normal((n, d)).astype(np.float32),
+        rng.standard_normal((n, d)).astype(np.float32),
+    ]
 
 
 @pytest.mark.real_data

@@ -23,8 +23,9 @@ class TinyImages:
 
 def tiny_vae() -> VAE:
     torch.manual_seed(0)
-    return VAE(architecture="mlp", data_dims=[1, 4, 4], latent_dim=3, encoder_hidden=8, decoder_layers=1,
-               decoder_hidden=8).eval()
+    return VAE(
+        architecture="mlp", data_dims=[1, 4, 4], latent_dim=3, encoder_hidden=8, decoder_layers=1, decoder_hidden=8
+    ).eval()
 
 
 def test_a_decoder_that_ignores_z_reconstructs_equally_from_every_code():

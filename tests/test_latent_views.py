@@ -3,12 +3,12 @@ or homotopies (text), the HParams entry with the test metrics, no `epoch`/`hp_me
 stamped with the global step."""
 
 import pytest
+from conftest import fixture_args
+from helpers import config_args, logging_args, read_events
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import fixture_args
 from experiments import export_views
-from helpers import config_args, logging_args, read_events
 from main import cli_main
 
 pytestmark = pytest.mark.integration  # every test here trains and tests through main.py
@@ -17,8 +17,16 @@ pytestmark = pytest.mark.integration  # every test here trains and tests through
 def fit_and_test(tmp_path, config: str, *extra: str):
     cli_main(["fit", *config_args(config, "debug.yaml"), *logging_args(tmp_path, "fit"), *extra])
     fit_dir = tmp_path / "fit" / "version_0"
-    cli_main(["test", *config_args(config, "debug.yaml"), *logging_args(tmp_path, "test"), *extra,
-              "--ckpt_path", str(fit_dir / "checkpoints" / "last.ckpt")])
+    cli_main(
+        [
+            "test",
+            *config_args(config, "debug.yaml"),
+            *logging_args(tmp_path, "test"),
+            *extra,
+            "--ckpt_path",
+            str(fit_dir / "checkpoints" / "last.ckpt"),
+        ]
+    )
     return fit_dir, tmp_path / "test" / "version_0"
 
 
@@ -31,7 +39,8 @@ def hparams_entry(log_dir) -> tuple[dict, list[str]]:
             for value in event.summary.value:
                 if value.metadata.plugin_data.plugin_name == "hparams":
                     contents[value.tag] = plugin_data_pb2.HParamsPluginData.FromString(
-                        value.metadata.plugin_data.content)
+                        value.metadata.plugin_data.content
+                    )
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(contents)
     start = contents["_hparams_/session_start_info"].session_start_info
     experiment = contents["_hparams_/experiment"].experiment

@@ -5,7 +5,6 @@ import sys
 import textwrap
 
 import pytest
-
 from helpers import ROOT
 
 pytestmark = pytest.mark.integration  # every test here trains, tests or starts processes

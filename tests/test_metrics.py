@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import DATA_DIR
 from scipy.special import logsumexp
 
 from callbacks.metrics import (
@@ -15,7 +16,6 @@ from callbacks.metrics import (
     TokenPerplexity,
     sample_posterior,
 )
-from conftest import DATA_DIR
 from models.distributions import log_importance_weights
 
 BATCHES = [7, 1, 13, 4]  # uneven sizes, including a single-example batch
@@ -223,8 +223,9 @@ class LinearGaussianDecoder(torch.nn.Module):
 class TestImportanceWeightedNLL:
     def setup_method(self):
         g = torch.Generator().manual_seed(0)
-        self.decoder = LinearGaussianDecoder(torch.randn(6, 3, generator=g, dtype=torch.float64),
-                                             torch.randn(6, generator=g, dtype=torch.float64), 0.7)
+        self.decoder = LinearGaussianDecoder(
+            torch.randn(6, 3, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64), 0.7
+        )
         self.x = torch.randn(5, 6, generator=g, dtype=torch.float64) * 2
         # A deliberately imperfect posterior: prior-like, so the ELBO is loose and K matters.
         self.mean = torch.zeros(5, 3, dtype=torch.float64)

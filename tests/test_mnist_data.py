@@ -26,7 +26,11 @@ def mnist(fixture_data_dir):
 class TestDynamicMNIST:
     def test_split_sizes_and_disjointness(self, mnist):
         """Five sixths of the training images train, one sixth validates (600 generated images)."""
-        assert (len(mnist.datasets["train"]), len(mnist.datasets["val"]), len(mnist.datasets["test"])) == (500, 100, 100)
+        assert (len(mnist.datasets["train"]), len(mnist.datasets["val"]), len(mnist.datasets["test"])) == (
+            500,
+            100,
+            100,
+        )
         assert mnist.data_dims == [1, 28, 28]
         label_counts = torch.bincount(torch.cat([mnist.datasets["train"].labels, mnist.datasets["val"].labels]))
         assert label_counts.tolist() == [60] * 10  # every image once
@@ -35,7 +39,11 @@ class TestDynamicMNIST:
     def test_real_split(self, mnist_dir):
         dm = MNISTDataModule(data_dir=str(mnist_dir.parent), download=False)
         dm.setup("fit")
-        assert (len(dm.datasets["train"]), len(dm.datasets["val"]), len(dm.datasets["test"])) == (50_000, 10_000, 10_000)
+        assert (len(dm.datasets["train"]), len(dm.datasets["val"]), len(dm.datasets["test"])) == (
+            50_000,
+            10_000,
+            10_000,
+        )
         label_counts = torch.bincount(torch.cat([dm.datasets["train"].labels, dm.datasets["val"].labels]))
         assert label_counts.tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 
@@ -79,9 +87,15 @@ class TestStaticMNIST:
     def test_reads_larochelle_split(self, mnist_dir):
         dm = MNISTDataModule(data_dir=str(mnist_dir.parent), binarization="static", download=False)
         dm.setup("fit")
-        assert (len(dm.datasets["train"]), len(dm.datasets["val"]), len(dm.datasets["test"])) == (50_000, 10_000, 10_000)
+        assert (len(dm.datasets["train"]), len(dm.datasets["val"]), len(dm.datasets["test"])) == (
+            50_000,
+            10_000,
+            10_000,
+        )
         assert dm.datasets["train"].labels is None
-        means = [s.x.float().div(255).mean().item() for s in (dm.datasets["train"], dm.datasets["val"], dm.datasets["test"])]
+        means = [
+            s.x.float().div(255).mean().item() for s in (dm.datasets["train"], dm.datasets["val"], dm.datasets["test"])
+        ]
         assert means == pytest.approx([0.1306, 0.1311, 0.1325], abs=5e-4)
 
     def test_amat_rows_match_a_plain_parser(self, mnist_dir):
@@ -141,6 +155,8 @@ class TestFiles:
         from datamodules.files import RemoteFile, fetch
 
         remote = RemoteFile("a.bin", ("http://127.0.0.1:9/a.bin",))  # nothing listens on port 9 of this machine
-        with pytest.raises(DataError, match=r"missing data file .*a\.bin \(download failed: http://127\.0\.0\.1:9/a\.bin: "):
+        with pytest.raises(
+            DataError, match=r"missing data file .*a\.bin \(download failed: http://127\.0\.0\.1:9/a\.bin: "
+        ):
             fetch(tmp_path, remote, download=True)
         assert not (tmp_path / "a.bin").exists()

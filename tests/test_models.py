@@ -47,8 +47,15 @@ class TestEncoders:
 class TestKLWeight:
     @staticmethod
     def model_at(step: int, kl_start: float = 0.1, warmup_epochs: float = 2, batches: int = 10) -> VAE:
-        model = VAE(architecture="mlp", latent_dim=2, encoder_hidden=4, decoder_hidden=4, decoder_layers=1,
-                    kl_start=kl_start, kl_warmup_epochs=warmup_epochs)
+        model = VAE(
+            architecture="mlp",
+            latent_dim=2,
+            encoder_hidden=4,
+            decoder_hidden=4,
+            decoder_layers=1,
+            kl_start=kl_start,
+            kl_warmup_epochs=warmup_epochs,
+        )
         trainer = SimpleNamespace(num_training_batches=batches, accumulate_grad_batches=1, global_step=step)
         model._trainer = trainer  # global_step and trainer read it
         return model
@@ -94,8 +101,9 @@ class TestInitialisation:
             assert float(weight.std()) == pytest.approx((1.0 / (3 * weight.shape[1])) ** 0.5, rel=0.05)
 
     def test_param_init_overrides_linear_init(self):
-        model = VAE(architecture="mlp", latent_dim=2, encoder_hidden=4, decoder_hidden=4, decoder_layers=1,
-                    param_init=0.1)
+        model = VAE(
+            architecture="mlp", latent_dim=2, encoder_hidden=4, decoder_hidden=4, decoder_layers=1, param_init=0.1
+        )
         assert all(float(p.detach().abs().max()) <= 0.1 for p in model.parameters())
 
 
@@ -114,8 +122,9 @@ class TestSampling:
     @pytest.mark.parametrize("skip", [False, True])
     def test_lstm_greedy_tokens_are_the_argmax_of_teacher_forced_logits(self, skip):
         torch.manual_seed(0)
-        decoder = LSTMDecoder(vocab_size=9, latent_dim=3, embedding_dim=5, hidden=7, num_layers=2, dropout=0.0,
-                              latent_skip=skip).eval()
+        decoder = LSTMDecoder(
+            vocab_size=9, latent_dim=3, embedding_dim=5, hidden=7, num_layers=2, dropout=0.0, latent_skip=skip
+        ).eval()
         z = torch.randn(4, 3) * 3
         tokens = decoder.sample(z, greedy=True, max_length=12)
         assert (tokens[:, 0] == decoder.bos_id).all() and tokens.shape[1] <= 13
@@ -128,8 +137,9 @@ class TestSampling:
             assert (steps[length:] == decoder.pad_id).all()  # padded after <eos>
 
     def test_lstm_sampling_stops_when_every_row_has_ended(self):
-        decoder = LSTMDecoder(vocab_size=5, latent_dim=2, embedding_dim=3, hidden=4, num_layers=1, dropout=0.0,
-                              latent_skip=False)
+        decoder = LSTMDecoder(
+            vocab_size=5, latent_dim=2, embedding_dim=3, hidden=4, num_layers=1, dropout=0.0, latent_skip=False
+        )
         with torch.no_grad():  # every step predicts <eos>
             decoder.output.weight.zero_()
             decoder.output.bias.copy_(torch.tensor([0.0, 0.0, 50.0, 0.0, 0.0]))
@@ -141,8 +151,16 @@ class TestContract:
     @pytest.mark.parametrize("model_class", MODEL_CLASSES)
     @pytest.mark.parametrize("architecture, dims", [("pixelcnn", [1, 28, 28]), ("mlp", [1, 28, 28]), ("lstm", [30])])
     def test_every_model_class_offers_what_the_callbacks_use(self, model_class, architecture, dims):
-        model = model_class(architecture=architecture, data_dims=dims, latent_dim=3, encoder_hidden=8,
-                            decoder_layers=2, decoder_hidden=8, kernel_sizes=None, embedding_dim=4)
+        model = model_class(
+            architecture=architecture,
+            data_dims=dims,
+            latent_dim=3,
+            encoder_hidden=8,
+            decoder_layers=2,
+            decoder_hidden=8,
+            kernel_sizes=None,
+            embedding_dim=4,
+        )
         assert isinstance(model, LatentVariableModel) and model.latent_dim == 3
 
     def test_datamodules_offer_labels_or_text(self):

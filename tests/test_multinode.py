@@ -13,10 +13,10 @@ import time
 
 import pytest
 import yaml
+from helpers import ROOT, config_args, read_events, run_main
 
 from experiments import run as runner
 from experiments.studies import STUDIES
-from helpers import ROOT, config_args, read_events, run_main
 
 SMALL = "mnist_skipvae_mlp.yaml"
 TEST_NAMES = ("test/kl", "test/au", "test/mi", "test/mi_batch", "test/nll_iw", "test/elbo")
@@ -27,8 +27,8 @@ def readme_commands(block: str) -> list[str]:
     marker `<!-- tested: {block} -->`."""
     text = (ROOT / "README.md").read_text()
     start = text.index(f"<!-- tested: {block} -->")
-    body = text[text.index("```", start) + 3:]
-    body = body[body.index("\n") + 1:body.index("```")]
+    body = text[text.index("```", start) + 3 :]
+    body = body[body.index("\n") + 1 : body.index("```")]
     joined = re.sub(r"\\\n\s*", "", body)
     return [line.split(" #")[0].strip() for line in joined.splitlines() if line.strip() and not line.startswith("#")]
 
@@ -41,9 +41,18 @@ def free_port() -> int:
 
 def logging(version: str) -> list[str]:
     """Logs relative to the working directory, so that a process writing from another node's folder shows."""
-    return ["--trainer.logger.init_args.save_dir", "logs", "--trainer.logger.init_args.name", "run",
-            "--trainer.logger.init_args.version", version, "--trainer.enable_progress_bar", "false",
-            "--trainer.accelerator", "cpu"]
+    return [
+        "--trainer.logger.init_args.save_dir",
+        "logs",
+        "--trainer.logger.init_args.name",
+        "run",
+        "--trainer.logger.init_args.version",
+        version,
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.accelerator",
+        "cpu",
+    ]
 
 
 def scalars(log_dir) -> dict[str, float]:
@@ -61,28 +70,65 @@ def test_two_torchrun_nodes_fit_and_test_like_one_process(tmp_path):
         (folder / "main.py").symlink_to(ROOT / "main.py")
     checkpoint = folders[0] / "logs" / "run" / "fit" / "checkpoints" / "last.ckpt"
     path = f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"  # torchrun of this environment
-    base = {**os.environ, "PATH": path, "PYTHONWARNINGS": "ignore", "NODES": "2", "GPUS": "1",
-            "MAIN_ADDR": "127.0.0.1", "CONFIG": str(ROOT / "configs" / SMALL), "CKPT": str(checkpoint)}
+    base = {
+        **os.environ,
+        "PATH": path,
+        "PYTHONWARNINGS": "ignore",
+        "NODES": "2",
+        "GPUS": "1",
+        "MAIN_ADDR": "127.0.0.1",
+        "CONFIG": str(ROOT / "configs" / SMALL),
+        "CKPT": str(checkpoint),
+    }
     # the first 2,000 test images on both nodes together: 2 batches of 500 per process
-    extras = {"fit": [*config_args("debug.yaml"), *logging("fit")],
-              "test": [*config_args("debug.yaml"), *logging("test"), "--data.init_args.eval_batch_size", "500",
-                       "--trainer.limit_test_batches", "2"]}
+    extras = {
+        "fit": [*config_args("debug.yaml"), *logging("fit")],
+        "test": [
+            *config_args("debug.yaml"),
+            *logging("test"),
+            "--data.init_args.eval_batch_size",
+            "500",
+            "--trainer.limit_test_batches",
+            "2",
+        ],
+    }
     for command, phase in ((fit, "fit"), (test, "test")):
         env = {**base, "MAIN_PORT": str(free_port())}
-        agents = [subprocess.Popen(["bash", "-c", f"{command} {shlex.join(extras[phase])}"], cwd=folder,
-                                   env={**env, "NODE_RANK": str(rank)}, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
-                  for rank, folder in enumerate(folders)]
+        agents = [
+            subprocess.Popen(
+                ["bash", "-c", f"{command} {shlex.join(extras[phase])}"],
+                cwd=folder,
+                env={**env, "NODE_RANK": str(rank)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for rank, folder in enumerate(folders)
+        ]
         outputs = [agent.communicate(timeout=400)[0] for agent in agents]
         assert [agent.returncode for agent in agents] == [0, 0], "\n".join(o[-3000:] for o in outputs)
     assert sorted(p.name for p in folders[1].iterdir()) == ["main.py"]  # rank 1 wrote nothing
     assert checkpoint.exists() and len(list((checkpoint.parent.parent).glob("events.out.tfevents.*"))) == 1
     two_nodes = scalars(folders[0] / "logs" / "run" / "test")
 
-    one = run_main(["test", *config_args(SMALL, "debug.yaml"), "--trainer.logger.init_args.save_dir",
-                    str(tmp_path / "one"), "--trainer.logger.init_args.version", "0", "--trainer.accelerator", "cpu",
-                    "--data.init_args.eval_batch_size", "500", "--trainer.limit_test_batches", "4",
-                    "--ckpt_path", str(checkpoint)])
+    one = run_main(
+        [
+            "test",
+            *config_args(SMALL, "debug.yaml"),
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "one"),
+            "--trainer.logger.init_args.version",
+            "0",
+            "--trainer.accelerator",
+            "cpu",
+            "--data.init_args.eval_batch_size",
+            "500",
+            "--trainer.limit_test_batches",
+            "4",
+            "--ckpt_path",
+            str(checkpoint),
+        ]
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     one_process = scalars(next((tmp_path / "one").glob("*/version_0")))
     for name in ("test/kl", "test/au", "test/mi", "test/nll_iw", "test/elbo"):
@@ -99,15 +145,32 @@ def test_sbatch_script_under_a_simulated_slurm_allocation(tmp_path):
     fake_bin.mkdir()
     srun = fake_bin / "srun"
     fake_srun = shlex.quote(str(ROOT / "tests" / "fake_srun.py"))
-    srun.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {fake_srun} \"$@\"\n")
+    srun.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {fake_srun} "$@"\n')
     srun.chmod(srun.stat().st_mode | stat.S_IEXEC)
     # what sbatch sets for `--nodes 2 --ntasks-per-node 1`; srun (here tests/fake_srun.py) adds each task's rank
-    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "PYTHON": sys.executable,
-           "PYTHONWARNINGS": "ignore", "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_ID": "4242",
-           "SLURM_JOB_NAME": "skip-vae", "SLURM_SUBMIT_DIR": str(ROOT), "MASTER_PORT": str(free_port())}
-    extra = [*config_args("debug.yaml"), "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
-             "--trainer.logger.init_args.version", "0", "--trainer.enable_progress_bar", "false",
-             "--trainer.accelerator", "cpu"]
+    env = {
+        **os.environ,
+        "PATH": f"{fake_bin}:{os.environ['PATH']}",
+        "PYTHON": sys.executable,
+        "PYTHONWARNINGS": "ignore",
+        "SLURM_NNODES": "2",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "skip-vae",
+        "SLURM_SUBMIT_DIR": str(ROOT),
+        "MASTER_PORT": str(free_port()),
+    }
+    extra = [
+        *config_args("debug.yaml"),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "logs"),
+        "--trainer.logger.init_args.version",
+        "0",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.accelerator",
+        "cpu",
+    ]
     args = shlex.split(command.replace("sbatch ", "bash ", 1).replace("configs/", f"{ROOT}/configs/"))
     result = subprocess.run([*args, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     output = result.stdout + result.stderr
@@ -137,8 +200,9 @@ class TestParallelStudies:
 
     def test_slurm_array_runs_each_run_of_the_study_once(self, tmp_path, capsys):
         study = STUDIES["four_models_cpu"]
-        assert runner.main(["four_models_cpu", "--out", str(tmp_path), "--precision", "bf16-mixed",
-                            "--slurm-array"]) == 0
+        assert (
+            runner.main(["four_models_cpu", "--out", str(tmp_path), "--precision", "bf16-mixed", "--slurm-array"]) == 0
+        )
         folder = tmp_path / "four_models_cpu" / "slurm"
         assert f"bash {folder}/submit.sh" in capsys.readouterr().out
         runs = (folder / "runs.sbatch").read_text()
@@ -154,10 +218,9 @@ class TestParallelStudies:
             names += re.findall(r"^# (\S+)$", printed, re.MULTILINE)
         assert names == [run.name for run in study.runs]  # every run, once, in study order
         report = shlex.split((folder / "report.sbatch").read_text().splitlines()[-1])
-        assert report[4:] == ["four_models_cpu", "--precision", "bf16-mixed", "--out", str(tmp_path),
-                              "--report-only"]
+        assert report[4:] == ["four_models_cpu", "--precision", "bf16-mixed", "--out", str(tmp_path), "--report-only"]
         submit = (folder / "submit.sh").read_text()
-        assert "sbatch --parsable \"$@\"" in submit and "--dependency=afterok:" in submit
+        assert 'sbatch --parsable "$@"' in submit and "--dependency=afterok:" in submit
 
     def test_report_only_needs_every_run_finished(self, tmp_path, capsys):
         assert runner.main(["debug", "--out", str(tmp_path), "--report-only"]) == 1
@@ -184,13 +247,22 @@ def test_single_node_commands_resolve(monkeypatch, capsys):
             cli_main([*args[2:], "--print_config"])
         assert stop.value.code in (0, None)
         trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
-        assert (str(trainer["devices"]), trainer["strategy"], trainer["precision"]) == (str(devices), strategy,
-                                                                                      precision)
+        assert (str(trainer["devices"]), trainer["strategy"], trainer["precision"]) == (
+            str(devices),
+            strategy,
+            precision,
+        )
 
 
 def test_gpu_check_says_why_it_skips_without_a_gpu():
-    result = subprocess.run(["bash", "-c", readme_commands("gpu-check")[0]], cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable}, timeout=120)
+    result = subprocess.run(
+        ["bash", "-c", readme_commands("gpu-check")[0]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable},
+        timeout=120,
+    )
     assert result.returncode == 0 and result.stdout.startswith("gpu_check: skipped, no CUDA GPU is visible")
 
 
@@ -245,10 +317,16 @@ class TestStudyCommands:
         sbatch = fake_bin / "sbatch"  # records its arguments; answers --parsable with a job id
         sbatch.write_text(f'#!/bin/sh\necho "$@" >> {calls}\ncase "$1" in --parsable) echo 4242;; esac\n')
         sbatch.chmod(sbatch.stat().st_mode | stat.S_IEXEC)
-        result = subprocess.run(submit_line, env={**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}"},
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            submit_line,
+            env={**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stderr
         folder = tmp_path / array_line[3] / "slurm"
         assert calls.read_text().splitlines() == [
             f"--parsable {' '.join(submit_line[2:])} {folder}/runs.sbatch",
-            f"--dependency=afterok:4242 {folder}/report.sbatch"]
+            f"--dependency=afterok:4242 {folder}/report.sbatch",
+        ]

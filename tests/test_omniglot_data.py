@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from fixtures import GLYPH, write_chardata
 
 from datamodules import OmniglotDataModule
 from datamodules.files import DataError
 from datamodules.omniglot import read_chardata
-from fixtures import GLYPH, write_chardata
 
 
 def make_datamodule(tmp_path, **kwargs) -> OmniglotDataModule:
@@ -82,7 +82,9 @@ class TestBadFiles:
         from scipy.io import savemat
 
         (tmp_path / "omniglot").mkdir()
-        savemat(str(tmp_path / "omniglot" / "chardata.mat"), {"data": np.zeros((28, 28)), "testdata": np.zeros((784, 3))})
+        savemat(
+            str(tmp_path / "omniglot" / "chardata.mat"), {"data": np.zeros((28, 28)), "testdata": np.zeros((784, 3))}
+        )
         with pytest.raises(DataError, match="'data' has shape"):
             make_datamodule(tmp_path)
 
@@ -90,7 +92,9 @@ class TestBadFiles:
         from scipy.io import savemat
 
         (tmp_path / "omniglot").mkdir()
-        savemat(str(tmp_path / "omniglot" / "chardata.mat"),
-                {"data": np.full((784, 2100), 255.0), "testdata": np.zeros((784, 3))})
+        savemat(
+            str(tmp_path / "omniglot" / "chardata.mat"),
+            {"data": np.full((784, 2100), 255.0), "testdata": np.zeros((784, 3))},
+        )
         with pytest.raises(DataError, match="outside \\[0, 1\\]"):
             make_datamodule(tmp_path)

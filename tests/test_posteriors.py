@@ -4,10 +4,10 @@ reads such files: the README's reference table, the test metrics of the same che
 import numpy as np
 import pytest
 import torch
-
 from conftest import DATA_DIR, ROOT
-from experiments import diagnose
 from helpers import MLP, config_args, logging_args, read_events, run_main
+
+from experiments import diagnose
 from main import cli_main
 
 FIRST_1000 = ["--data.init_args.eval_batch_size", "500", "--trainer.accelerator", "cpu"]  # 2 batches of 500
@@ -20,8 +20,19 @@ def checkpoint(debug_run):
 
 def predict(tmp_path, checkpoint, *extra) -> dict[str, np.ndarray]:
     output = tmp_path / "posteriors.npz"
-    result = run_main(["predict", *config_args(MLP), *logging_args(tmp_path), *FIRST_1000, "--ckpt_path",
-                       str(checkpoint), "--posteriors.output", str(output), *extra])
+    result = run_main(
+        [
+            "predict",
+            *config_args(MLP),
+            *logging_args(tmp_path),
+            *FIRST_1000,
+            "--ckpt_path",
+            str(checkpoint),
+            "--posteriors.output",
+            str(output),
+            *extra,
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     with np.load(output) as data:
         return {key: data[key] for key in data.files}
@@ -32,11 +43,16 @@ def test_predict_writes_the_encoders_posteriors_on_one_or_two_processes(tmp_path
     from datamodules import MNISTDataModule
     from models import SkipVAE
 
-    one = predict(tmp_path / "one", checkpoint, "--trainer.limit_predict_batches", "4",
-                  "--data.init_args.eval_batch_size", "250")
+    one = predict(
+        tmp_path / "one", checkpoint, "--trainer.limit_predict_batches", "4", "--data.init_args.eval_batch_size", "250"
+    )
     assert {k: (v.dtype.name, v.shape) for k, v in one.items()} == {
-        "mean": ("float32", (1000, 20)), "logvar": ("float32", (1000, 20)), "z": ("float32", (1000, 20)),
-        "labels": ("int64", (1000,)), "index": ("int64", (1000,))}
+        "mean": ("float32", (1000, 20)),
+        "logvar": ("float32", (1000, 20)),
+        "z": ("float32", (1000, 20)),
+        "labels": ("int64", (1000,)),
+        "index": ("int64", (1000,)),
+    }
     data = MNISTDataModule()
     data.setup("test")
     batch = data.on_after_batch_transfer(data.datasets["test"].__getitems__(list(range(1000))), 0)
@@ -49,8 +65,16 @@ def test_predict_writes_the_encoders_posteriors_on_one_or_two_processes(tmp_path
     np.testing.assert_allclose(one["logvar"], logvar.numpy(), rtol=1e-6, atol=1e-6)
     # two processes (gloo), two batches of 250 each: every second example each, the same 1,000 in dataset order
     # (a limit of 1 would read as 1.0, all batches)
-    two = predict(tmp_path / "two", checkpoint, "--config", str(ROOT / "configs" / "ddp.yaml"),
-                  "--trainer.limit_predict_batches", "2", "--data.init_args.eval_batch_size", "250")
+    two = predict(
+        tmp_path / "two",
+        checkpoint,
+        "--config",
+        str(ROOT / "configs" / "ddp.yaml"),
+        "--trainer.limit_predict_batches",
+        "2",
+        "--data.init_args.eval_batch_size",
+        "250",
+    )
     for key in one:
         np.testing.assert_array_equal(two[key], one[key], err_msg=key)
     assert [p.name for p in (tmp_path / "two").glob("*.npz")] == ["posteriors.npz"]  # one file, no shards beside it
@@ -59,8 +83,18 @@ def test_predict_writes_the_encoders_posteriors_on_one_or_two_processes(tmp_path
 @pytest.mark.integration
 def test_diagnose_of_a_predicted_file_equals_the_test_metrics(tmp_path, checkpoint):
     posteriors = predict(tmp_path, checkpoint, "--trainer.limit_predict_batches", "2")
-    result = run_main(["test", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path / "test"), *FIRST_1000,
-                       "--trainer.limit_test_batches", "2", "--ckpt_path", str(checkpoint)])
+    result = run_main(
+        [
+            "test",
+            *config_args(MLP, "debug.yaml"),
+            *logging_args(tmp_path / "test"),
+            *FIRST_1000,
+            "--trainer.limit_test_batches",
+            "2",
+            "--ckpt_path",
+            str(checkpoint),
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     events = read_events(tmp_path / "test" / "run" / "version_0")
     tensors = {key: torch.from_numpy(value) for key, value in posteriors.items()}
@@ -87,14 +121,17 @@ def write(path, **arrays):
 GOOD = {"mean": np.zeros((4, 3), np.float32), "logvar": np.zeros((4, 3), np.float32)}
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("text", "is not an .npz file"),
-    ("missing", "lacks logvar (it holds: mean)"),
-    ("shapes", "mean and logvar must have the same shape"),
-    ("nan", "logvar must hold finite floating-point values"),
-    ("labels", "labels must be 4 integers, one per row"),
-    ("absent", "no such file"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("text", "is not an .npz file"),
+        ("missing", "lacks logvar (it holds: mean)"),
+        ("shapes", "mean and logvar must have the same shape"),
+        ("nan", "logvar must hold finite floating-point values"),
+        ("labels", "labels must be 4 integers, one per row"),
+        ("absent", "no such file"),
+    ],
+)
 def test_diagnose_bad_file_is_one_error_line(tmp_path, capsys, case, expected):
     path = tmp_path / "f.npz"
     if case == "text":
@@ -118,15 +155,25 @@ class TestPredictErrors:
     def test_unwritable_output(self, tmp_path, checkpoint):
         blocker = tmp_path / "file"
         blocker.write_text("")
-        result = run_main(["predict", *config_args(MLP), *logging_args(tmp_path), "--ckpt_path", str(checkpoint),
-                           "--posteriors.output", str(blocker / "out.npz")])
+        result = run_main(
+            [
+                "predict",
+                *config_args(MLP),
+                *logging_args(tmp_path),
+                "--ckpt_path",
+                str(checkpoint),
+                "--posteriors.output",
+                str(blocker / "out.npz"),
+            ]
+        )
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines()[-1].startswith(f"error: cannot write to {blocker}")
 
     @pytest.mark.integration
     def test_checkpoint_of_another_model(self, tmp_path, checkpoint):
-        result = run_main(["predict", *config_args("mnist_vae.yaml"), *logging_args(tmp_path), "--ckpt_path",
-                           str(checkpoint)])
+        result = run_main(
+            ["predict", *config_args("mnist_vae.yaml"), *logging_args(tmp_path), "--ckpt_path", str(checkpoint)]
+        )
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines()[-1].startswith("error: ")
         assert "model class SkipVAE (configured: VAE)" in result.stderr

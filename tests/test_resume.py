@@ -9,25 +9,39 @@ import time
 
 import pytest
 import torch
-
 from conftest import ROOT
 from helpers import MLP, config_args, logging_args, read_events, run_main
+
 from main import cli_main
 
 pytestmark = pytest.mark.integration  # every test here trains, tests or starts processes
 
 # Exercised across the resume point: KL warm-up (beta from the global step), Adam state, dynamic binarization and
 # the shuffled data order (global generators), the sample logger, best/last checkpoint bookkeeping.
-IMAGE_ARGS = ["--trainer.deterministic", "true", "--model.init_args.kl_start", "0.1",
-              "--model.init_args.kl_warmup_epochs", "3"]
+IMAGE_ARGS = [
+    "--trainer.deterministic",
+    "true",
+    "--model.init_args.kl_start",
+    "0.1",
+    "--model.init_args.kl_warmup_epochs",
+    "3",
+]
 TEXT_CALLBACKS = """
 lr_schedule: {monitor: val/au, start_epoch: 0}
 """
 # SGD with dropout, and the plateau schedule watching a value that hardly moves (the active-unit count, which must
 # fall to count as improving), so the learning rate is halved after epochs 2 and 3 and its state crosses the resume
 # point too.
-TEXT_ARGS = ["--trainer.deterministic", "true", "--model.init_args.embedding_dim", "32",
-             "--model.init_args.encoder_hidden", "32", "--model.init_args.decoder_hidden", "32"]
+TEXT_ARGS = [
+    "--trainer.deterministic",
+    "true",
+    "--model.init_args.embedding_dim",
+    "32",
+    "--model.init_args.encoder_hidden",
+    "32",
+    "--model.init_args.decoder_hidden",
+    "32",
+]
 
 
 def scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
@@ -47,8 +61,9 @@ def assert_same_run(full_dir, resumed_dir):
     assert full["optimizer_states"][0]["param_groups"] == resumed["optimizer_states"][0]["param_groups"]
     for name, tensor in full["state_dict"].items():
         assert torch.equal(tensor, resumed["state_dict"][name]), name
-    for state, other in zip(full["optimizer_states"][0]["state"].values(),
-                            resumed["optimizer_states"][0]["state"].values()):
+    for state, other in zip(
+        full["optimizer_states"][0]["state"].values(), resumed["optimizer_states"][0]["state"].values()
+    ):
         for key, value in state.items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(other[key])), key
     full_scalars, resumed_scalars = scalars(full_dir), scalars(resumed_dir)
@@ -78,9 +93,16 @@ class TestExactResume:
     @pytest.mark.parametrize("reverse_pass", ["exact", "official"])
     def test_savae_run(self, tmp_path, reverse_pass):
         # Automatic optimization on a surrogate loss, SVI seeds drawn from the global stream: the same run too.
-        args = [*config_args("mnist_skipsavae_mlp.yaml", "debug.yaml"), *IMAGE_ARGS,
-                "--model.init_args.svi_steps", "2", "--data.init_args.batch_size", "10",
-                "--model.init_args.svi_hessian_products", reverse_pass]
+        args = [
+            *config_args("mnist_skipsavae_mlp.yaml", "debug.yaml"),
+            *IMAGE_ARGS,
+            "--model.init_args.svi_steps",
+            "2",
+            "--data.init_args.batch_size",
+            "10",
+            "--model.init_args.svi_hessian_products",
+            reverse_pass,
+        ]
         full, resumed = fit_in_parts(tmp_path, args)
         assert_same_run(full, resumed)
         assert "train/elbo_svi" in scalars(resumed)
@@ -88,8 +110,16 @@ class TestExactResume:
     def test_text_run(self, tmp_path, fixture_data_dir):
         callbacks = tmp_path / "callbacks.yaml"
         callbacks.write_text(TEXT_CALLBACKS)
-        args = [*config_args("yahoo_skipvae.yaml", "debug.yaml"), "--config", str(callbacks), *TEXT_ARGS,
-                "--data.init_args.data_dir", str(fixture_data_dir), "--data.init_args.check_file", "false"]
+        args = [
+            *config_args("yahoo_skipvae.yaml", "debug.yaml"),
+            "--config",
+            str(callbacks),
+            *TEXT_ARGS,
+            "--data.init_args.data_dir",
+            str(fixture_data_dir),
+            "--data.init_args.check_file",
+            "false",
+        ]
         full, resumed = fit_in_parts(tmp_path, args)
         assert_same_run(full, resumed)
         assert dict(scalars(resumed)["train/lr"]).values() and scalars(resumed)["train/lr"][-1][1] < 1.0
@@ -115,8 +145,10 @@ def ddp_runs(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("ddp")
     base = ["fit", *config_args(MLP, "debug.yaml", "ddp.yaml"), "--trainer.accelerator", "cpu", *IMAGE_ARGS]
     logging = logging_args(tmp_path, "parts")[:4] + ["--trainer.enable_progress_bar", "false"]
-    runs = [[*base, *logging_args(tmp_path, "full"), "--trainer.max_epochs", "3"],
-            [*base, *logging, "--trainer.max_epochs", "1"]]
+    runs = [
+        [*base, *logging_args(tmp_path, "full"), "--trainer.max_epochs", "3"],
+        [*base, *logging, "--trainer.max_epochs", "1"],
+    ]
     for args in runs:
         result = run_main(args)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -132,25 +164,59 @@ class TestDistributedResume:
 
     def test_two_process_checkpoint_resumes_and_tests_on_one_process(self, ddp_runs, tmp_path):
         with pytest.warns(UserWarning, match="written by 2 process\\(es\\) and the run resumes on 1"):
-            fit = cli_main(["fit", *config_args(MLP, "debug.yaml"), *IMAGE_ARGS, *logging_args(tmp_path, "fit"),
-                            "--trainer.max_epochs", "2", "--ckpt_path", str(ddp_runs / "after_one_epoch.ckpt")])
+            fit = cli_main(
+                [
+                    "fit",
+                    *config_args(MLP, "debug.yaml"),
+                    *IMAGE_ARGS,
+                    *logging_args(tmp_path, "fit"),
+                    "--trainer.max_epochs",
+                    "2",
+                    "--ckpt_path",
+                    str(ddp_runs / "after_one_epoch.ckpt"),
+                ]
+            )
         assert fit.trainer.current_epoch == 2 and fit.trainer.world_size == 1
-        test = cli_main(["test", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path, "test"),
-                         "--ckpt_path", str(tmp_path / "fit" / "version_0" / "checkpoints" / "last.ckpt")])
+        test = cli_main(
+            [
+                "test",
+                *config_args(MLP, "debug.yaml"),
+                *logging_args(tmp_path, "test"),
+                "--ckpt_path",
+                str(tmp_path / "fit" / "version_0" / "checkpoints" / "last.ckpt"),
+            ]
+        )
         assert torch.isfinite(test.trainer.callback_metrics["test/nll_iw"])
 
     def test_one_process_checkpoint_resumes_and_tests_on_two(self, tmp_path):
         cli_main(["fit", *config_args(MLP, "debug.yaml"), *IMAGE_ARGS, *logging_args(tmp_path, "one")])
         checkpoint = tmp_path / "one" / "version_0" / "checkpoints" / "last.ckpt"
         ddp = [*config_args(MLP, "debug.yaml", "ddp.yaml"), "--trainer.accelerator", "cpu"]
-        result = run_main(["fit", *ddp, *IMAGE_ARGS, *logging_args(tmp_path, "two"), "--trainer.max_epochs", "2",
-                           "--ckpt_path", str(checkpoint)])
+        result = run_main(
+            [
+                "fit",
+                *ddp,
+                *IMAGE_ARGS,
+                *logging_args(tmp_path, "two"),
+                "--trainer.max_epochs",
+                "2",
+                "--ckpt_path",
+                str(checkpoint),
+            ]
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         assert "MEMBER: 2/2" in result.stderr  # the ddp preset started two processes
         resumed = torch.load(tmp_path / "two/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
         assert resumed["epoch"] == 1 and len(resumed["rng_states"]) == 2
-        result = run_main(["test", *ddp, *logging_args(tmp_path, "test"),
-                           "--ckpt_path", str(tmp_path / "two/version_0/checkpoints/last.ckpt")])
+        result = run_main(
+            [
+                "test",
+                *ddp,
+                *logging_args(tmp_path, "test"),
+                "--ckpt_path",
+                str(tmp_path / "two/version_0/checkpoints/last.ckpt"),
+            ]
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         assert "test/nll_iw" in scalars(tmp_path / "test" / "version_0")
 
@@ -158,15 +224,25 @@ class TestDistributedResume:
 def test_hard_kill_mid_epoch_then_resume(tmp_path):
     """SIGKILL the training process after its first checkpoint, in a later epoch; `--ckpt_path last` resumes from
     the last checkpoint written, and the finished run equals an uninterrupted one."""
-    args = [*config_args(MLP, "debug.yaml"), *IMAGE_ARGS, "--trainer.limit_train_batches", "30",
-            "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false",
-            "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    args = [
+        *config_args(MLP, "debug.yaml"),
+        *IMAGE_ARGS,
+        "--trainer.limit_train_batches",
+        "30",
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path),
+    ]
     reference = run_main(["fit", *args, "--trainer.logger.init_args.name", "reference"])
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     run = ["fit", *args, "--trainer.logger.init_args.name", "killed"]
-    process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *run], cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), *run], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     checkpoint = tmp_path / "killed" / "version_0" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:

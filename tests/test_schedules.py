@@ -9,8 +9,14 @@ from callbacks.schedules import HalveLearningRateAfterPlateau
 
 def run_schedule(values: list[float], start_epoch: int, min_lr: float = 0.0):
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    trainer = SimpleNamespace(sanity_checking=False, optimizers=[optimizer], logger=None, should_stop=False,
-                              callback_metrics={}, current_epoch=0)
+    trainer = SimpleNamespace(
+        sanity_checking=False,
+        optimizers=[optimizer],
+        logger=None,
+        should_stop=False,
+        callback_metrics={},
+        current_epoch=0,
+    )
     schedule = HalveLearningRateAfterPlateau(start_epoch=start_epoch, min_lr=min_lr)
     rates = []
     for epoch, value in enumerate(values):

@@ -7,10 +7,21 @@ import torch
 from models import SAVAE, VAE, SkipSAVAE
 from models.svi import seeded
 
-SMALL = {"mlp": dict(architecture="mlp", data_dims=[1, 4, 4], latent_dim=3, encoder_hidden=8, decoder_layers=1,
-                     decoder_hidden=8),
-         "lstm": dict(architecture="lstm", data_dims=[9], latent_dim=3, encoder_hidden=6, decoder_layers=2,
-                      decoder_hidden=6, embedding_dim=4, dropout=0.3)}
+SMALL = {
+    "mlp": dict(
+        architecture="mlp", data_dims=[1, 4, 4], latent_dim=3, encoder_hidden=8, decoder_layers=1, decoder_hidden=8
+    ),
+    "lstm": dict(
+        architecture="lstm",
+        data_dims=[9],
+        latent_dim=3,
+        encoder_hidden=6,
+        decoder_layers=2,
+        decoder_hidden=6,
+        embedding_dim=4,
+        dropout=0.3,
+    ),
+}
 
 
 def small_model(model_class, architecture: str, **overrides):
@@ -56,8 +67,9 @@ def unrolled_gradients(model: SAVAE, x: torch.Tensor, beta: float) -> tuple[list
 def test_gradients_equal_a_full_unroll(architecture, model_class, steps, hessian_products):
     """Exact products agree to rounding; one-sided finite differences (r = 1e-5) carry an O(r) error, which in
     float64 on these models is below 1e-7 (measured up to 3e-8)."""
-    model = small_model(model_class, architecture, svi_steps=steps, svi_max_grad_norm=0.05,
-                        svi_hessian_products=hessian_products)
+    model = small_model(
+        model_class, architecture, svi_steps=steps, svi_max_grad_norm=0.05, svi_hessian_products=hessian_products
+    )
     x = example_batch(architecture)
     torch.manual_seed(7)
     surrogate, logs = model.svi_training_loss(x, beta=0.7)
@@ -180,8 +192,9 @@ def model_gradients(model: SAVAE, x: torch.Tensor, beta: float) -> list[torch.Te
 @pytest.mark.parametrize("model_class", [SAVAE, SkipSAVAE])
 def test_official_mode_is_the_authors_reverse_pass(architecture, model_class):
     steps = 4
-    model = small_model(model_class, architecture, svi_steps=steps, svi_max_grad_norm=0.05,
-                        svi_hessian_products="official")
+    model = small_model(
+        model_class, architecture, svi_steps=steps, svi_max_grad_norm=0.05, svi_hessian_products="official"
+    )
     x = example_batch(architecture)
     ours = model_gradients(model, x, beta=0.7)
     torch.manual_seed(7)
@@ -189,10 +202,16 @@ def test_official_mode_is_the_authors_reverse_pass(architecture, model_class):
     assert fired == [steps, steps, steps]  # every extra clip was active at every reverse step
     for (name, _), a, b in zip(model.named_parameters(), ours, reference):
         assert float((a - b).norm() / b.norm().clamp_min(1e-30)) < 1e-6, name
-    exact = model_gradients(small_model(model_class, architecture, svi_steps=steps, svi_max_grad_norm=0.05,
-                                        svi_hessian_products="exact"), x, beta=0.7)
-    encoder_gap = max(float((a - b).norm() / b.norm()) for (name, _), a, b in
-                      zip(model.named_parameters(), ours, exact) if name.startswith("encoder"))
+    exact = model_gradients(
+        small_model(model_class, architecture, svi_steps=steps, svi_max_grad_norm=0.05, svi_hessian_products="exact"),
+        x,
+        beta=0.7,
+    )
+    encoder_gap = max(
+        float((a - b).norm() / b.norm())
+        for (name, _), a, b in zip(model.named_parameters(), ours, exact)
+        if name.startswith("encoder")
+    )
     assert encoder_gap > 0.1  # with the clips active it is not the exact gradient
 
 

@@ -4,11 +4,11 @@ from collections import Counter
 
 import pytest
 import torch
+from fixtures import write_documents, write_yahoo
 
 from datamodules import YahooDataModule
 from datamodules.files import DataError
 from datamodules.yahoo import BucketedDocuments, Vocabulary, read_documents
-from fixtures import write_documents, write_yahoo
 
 
 @pytest.fixture
@@ -46,20 +46,25 @@ class TestVocabulary:
         """The two formats the published Yahoo vocabularies use: `word<TAB>index` lines starting with the three
         specials (`_UNK` 3), and one word per line without specials."""
         words = ["_UNK", ".", "the", "?"]
-        (tmp_path / "indexed.txt").write_text("".join(f"{w}\t{i}\n" for i, w in enumerate(["<pad>", "<bos>", "<eos>", *words])))
+        (tmp_path / "indexed.txt").write_text(
+            "".join(f"{w}\t{i}\n" for i, w in enumerate(["<pad>", "<bos>", "<eos>", *words]))
+        )
         (tmp_path / "plain.txt").write_text("".join(f"{w}\n" for w in ["the", "_UNK", "?", "."]))
         indexed, plain = Vocabulary.read(tmp_path / "indexed.txt"), Vocabulary.read(tmp_path / "plain.txt")
         assert len(indexed) == 7 and indexed.words[3:5] == ["_UNK", "."]
         assert len(plain) == 7 and set(plain.words) == set(indexed.words)
 
-    @pytest.mark.parametrize("content, message", [
-        ("", "is empty"),
-        ("<pad>\t0\n<bos>\t1\n<eos>\t2\n_UNK\tx\n", "line 4: expected `word<TAB>3`"),
-        ("<pad>\t0\n<bos>\t1\n<eos>\t2\n_UNK\t5\n", "line 4"),
-        ("a b c\n", "line 1"),
-        ("<pad>\t0\n<bos>\t1\n<eos>\t2\n_UNK\t3\nx\t4\nx\t5\n", "twice"),
-        ("a\n<pad>\n<bos>\n<eos>\n", "must be its first three lines"),
-    ])
+    @pytest.mark.parametrize(
+        "content, message",
+        [
+            ("", "is empty"),
+            ("<pad>\t0\n<bos>\t1\n<eos>\t2\n_UNK\tx\n", "line 4: expected `word<TAB>3`"),
+            ("<pad>\t0\n<bos>\t1\n<eos>\t2\n_UNK\t5\n", "line 4"),
+            ("a b c\n", "line 1"),
+            ("<pad>\t0\n<bos>\t1\n<eos>\t2\n_UNK\t3\nx\t4\nx\t5\n", "twice"),
+            ("a\n<pad>\n<bos>\n<eos>\n", "must be its first three lines"),
+        ],
+    )
     def test_malformed_files(self, tmp_path, content, message):
         (tmp_path / "vocab.txt").write_text(content)
         with pytest.raises(DataError, match=message):
@@ -88,7 +93,9 @@ class TestDocuments:
             read_documents(tmp_path / "b.txt")
 
     def test_bucketed_batches_have_similar_lengths_and_padding(self):
-        docs = [torch.arange(1, n + 1) for n in torch.randint(3, 60, (101,), generator=torch.Generator().manual_seed(0))]
+        docs = [
+            torch.arange(1, n + 1) for n in torch.randint(3, 60, (101,), generator=torch.Generator().manual_seed(0))
+        ]
         dataset = BucketedDocuments(docs, batch_size=10)
         assert len(dataset) == 11
         seen = []
@@ -97,10 +104,12 @@ class TestDocuments:
             lengths = (batch["x"] != 0).sum(1)
             assert int(lengths.max()) == batch["x"].shape[1]
             for row, j in zip(batch["x"], batch["index"].tolist()):  # each row is its document, then padding
-                assert torch.equal(row[: len(docs[j])], docs[j]) and not row[len(docs[j]):].any()
+                assert torch.equal(row[: len(docs[j])], docs[j]) and not row[len(docs[j]) :].any()
             seen += batch["index"].tolist()
         assert sorted(seen) == list(range(101))  # every document exactly once
-        spans = [int((dataset[i]["x"] != 0).sum(1).max() - (dataset[i]["x"] != 0).sum(1).min()) for i in range(len(dataset))]
+        spans = [
+            int((dataset[i]["x"] != 0).sum(1).max() - (dataset[i]["x"] != 0).sum(1).min()) for i in range(len(dataset))
+        ]
         assert sum(spans) <= 60  # sorted by length: a batch's lengths differ little
 
 
