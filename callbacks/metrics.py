@@ -62,6 +62,9 @@ class KLDivergence(Metric):
 
     full_state_update = False
     higher_is_better = None
+    kl_sum: torch.Tensor
+    kl_dim_sum: torch.Tensor
+    count: torch.Tensor
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -89,6 +92,10 @@ class ActiveUnits(Metric):
 
     full_state_update = False
     higher_is_better = True
+
+    total: torch.Tensor
+    total_sq: torch.Tensor
+    count: torch.Tensor
 
     def __init__(self, threshold: float = 0.02, **kwargs):
         super().__init__(**kwargs)
@@ -124,6 +131,12 @@ class MutualInformation(Metric):
 
     full_state_update = False
     higher_is_better = None
+    means: list[torch.Tensor]
+    logvars: list[torch.Tensor]
+    z: list[torch.Tensor]
+    index: list[torch.Tensor]
+    mi_sum: torch.Tensor
+    count: torch.Tensor
 
     def __init__(self, estimator: Literal["full", "batch"] = "full", seed: int = 0, chunk_size: int = 1024, **kwargs):
         super().__init__(**kwargs)
@@ -174,6 +187,8 @@ class ImportanceWeightedNLL(Metric):
 
     full_state_update = False
     higher_is_better = False
+    nll_sum: torch.Tensor
+    count: torch.Tensor
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -201,6 +216,8 @@ class TokenPerplexity(Metric):
 
     full_state_update = False
     higher_is_better = False
+    nll_sum: torch.Tensor
+    tokens: torch.Tensor
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -6,10 +6,12 @@ sampler pads shards with repeated examples so all processes see the same number 
 some examples twice in KL, MI, AU and NLL).
 """
 
-from typing import ClassVar, Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 from jsonargparse.typing import NonNegativeInt, PositiveInt
+from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
@@ -28,6 +30,7 @@ class SkipVAEDataModule(L.LightningDataModule):
     dataset_name: ClassVar[str]  # the subfolder of the data folder
     example_name: ClassVar[str] = "examples"  # what one training example is called in messages
     prebatched: ClassVar[bool] = False  # whether an item of the datasets is already a whole batch
+    hparams: AttributeDict  # type: ignore[assignment]  # the saved init arguments, read as attributes
 
     def __init__(
         self,
@@ -54,9 +57,9 @@ class SkipVAEDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.folder = dataset_dir(data_dir, self.dataset_name)
-        self.datasets: dict[str, Dataset] = {}
+        self.datasets: dict[str, Any] = {}  # the splits, of the subclass's dataset type
 
-    def load_splits(self) -> dict[str, Dataset]:
+    def load_splits(self) -> Mapping[str, Dataset]:
         """The "train", "val" and "test" datasets, read from the data folder."""
         raise NotImplementedError
 
@@ -65,7 +68,7 @@ class SkipVAEDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if not self.datasets:
-            self.datasets = self.load_splits()
+            self.datasets = dict(self.load_splits())
 
     def _loader(self, split: str, training: bool = False) -> DataLoader:
         """Training: shuffled batches of `batch_size`. Evaluation: batches of `eval_batch_size` in order, under DDP

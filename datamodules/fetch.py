@@ -52,7 +52,7 @@ def fetch_file(folder: Path, remote: RemoteFile, mirror: str | None) -> str:
 def fetch_dataset(data_dir: str | None, dataset: str, mirror: str | None) -> list[tuple[str, str | None]]:
     """(path, None) for each file of `dataset` that is now in place and checked, (path, why) for each that is not."""
     folder = dataset_dir(data_dir, dataset)
-    outcomes = []
+    outcomes: list[tuple[str, str | None]] = []
     for remote in CATALOG[dataset]:
         path = folder / remote.name
         try:

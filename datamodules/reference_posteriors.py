@@ -79,9 +79,9 @@ def convert(pickle_path: Path, npz_path: Path, remote: RemoteFile | None = None)
     ):
         raise DataError(f"{pickle_path}: shapes {[a.shape for a in arrays]} are not [N], [N, D], [N, D], [N, D]")
     npz_path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        npz_path, labels=labels.astype(np.int64), **{key: a.astype(np.float32) for key, a in zip(KEYS[1:], posteriors)}
-    )
+    by_key: dict[str, np.ndarray] = {"labels": labels.astype(np.int64)}
+    by_key.update((key, a.astype(np.float32)) for key, a in zip(KEYS[1:], posteriors))
+    np.savez_compressed(npz_path, allow_pickle=False, **by_key)
     return npz_path
 
 

@@ -7,7 +7,7 @@ a Skip-VAE (Dieng et al., 2019) feeds it to every layer and to the output layer,
 """
 
 from abc import abstractmethod
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -90,23 +90,23 @@ class GatedMaskedConv2d(nn.Module):
         if kernel_size % 2 == 0:
             raise ValueError(f"PixelCNN kernel sizes must be odd, got {kernel_size}")
         self.mask_a = mask_a
-        self.half = kernel_size // 2
-        self.v_conv = nn.Conv2d(in_channels, 2 * channels, (self.half + 1, kernel_size))
-        self.h_conv = nn.Conv2d(in_channels, 2 * channels, (1, self.half + 1))
+        self.reach = kernel_size // 2  # rows above / columns left the kernel sees
+        self.v_conv = nn.Conv2d(in_channels, 2 * channels, (self.reach + 1, kernel_size))
+        self.h_conv = nn.Conv2d(in_channels, 2 * channels, (1, self.reach + 1))
         self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, 1)
         self.h_out = nn.Conv2d(channels, channels, 1)
         self.h_residual = None if mask_a else nn.Conv2d(in_channels, channels, 1)
 
     def vertical(self, v: torch.Tensor) -> torch.Tensor:
         """Pre-activation of the vertical stack; row i depends on rows < i of `v` only."""
-        k = self.half
+        k = self.reach
         # Negative padding crops: one extra row on top and one fewer at the bottom shifts the view down by one.
         return self.v_conv(F.pad(v, (k, k, k + 1, -1)))
 
     def horizontal(self, h: torch.Tensor, v_pre: torch.Tensor) -> torch.Tensor:
         """The horizontal stack's output from its input rows and the vertical pre-activation of the same rows;
         each row is computed from that row alone, so it can run on one row at a time (see `sample`)."""
-        k = self.half
+        k = self.reach
         h_pad = (k + 1, -1, 0, 0) if self.mask_a else (k, 0, 0, 0)
         h_pre = self.h_conv(F.pad(h, h_pad)) + self.v_to_h(v_pre)
         h_new = self.h_out(gate(h_pre))
@@ -146,6 +146,10 @@ class GatedPixelCNNDecoder(BernoulliImageDecoder):
             in_channels = channels
         self.output = nn.Conv2d(channels + self.latent_width(self.num_layers, 1), image_channels, 1)
 
+    @property
+    def gated_layers(self) -> list[GatedMaskedConv2d]:
+        return cast(list[GatedMaskedConv2d], list(self.layers))
+
     def maps_of(self, layer: int) -> int:
         """Latent maps of `layer` where z enters it: one at the output layer, `latent_feature_maps` elsewhere."""
         return 1 if layer == self.num_layers else self.maps
@@ -162,8 +166,8 @@ class GatedPixelCNNDecoder(BernoulliImageDecoder):
 
     def _vertical_stack(self, x: torch.Tensor, z: torch.Tensor) -> list[torch.Tensor]:
         """Every layer's vertical pre-activation over the rows of `x`."""
-        v, v_pres = self._with_latent(0, x, z), []
-        for i, layer in enumerate(self.layers):
+        v, v_pres = self._with_latent(0, x, z), list[torch.Tensor]()
+        for i, layer in enumerate(self.gated_layers):
             if i > 0:
                 v = self._with_latent(i, gate(v_pres[-1]), z)
             v_pres.append(layer.vertical(v))
@@ -174,7 +178,7 @@ class GatedPixelCNNDecoder(BernoulliImageDecoder):
     ) -> torch.Tensor:
         """Logits for the rows of `x` (image rows `first_row`..) given the vertical stack of the same rows."""
         h = self._with_latent(0, x, z, first_row)
-        for i, (layer, v_pre) in enumerate(zip(self.layers, v_pres)):
+        for i, (layer, v_pre) in enumerate(zip(self.gated_layers, v_pres)):
             if i > 0:
                 h = self._with_latent(i, h, z, first_row)
             h = layer.horizontal(h, v_pre)

@@ -7,6 +7,7 @@ Which hyper-parameters shape the networks is read from `build_networks`'s signat
 """
 
 import inspect
+from typing import Any
 
 import torch
 
@@ -60,6 +61,8 @@ def checkpoint_mismatches(model, checkpoint: dict) -> list[str]:
 class CheckpointIdentity:
     """LightningModule mixin: writes the model class and dataset into each checkpoint and refuses a checkpoint
     that does not match the configured model."""
+
+    hparams: Any  # the LightningModule's saved init arguments
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["skipvae_model"] = {"class": type(self).__name__, "datamodule": datamodule_name(self)}

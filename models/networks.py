@@ -46,7 +46,7 @@ def build_networks(
             "give one kernel size per layer"
         )
     kernels = list(kernel_sizes) if kernel_sizes is not None else [3] * decoder_layers
-    encoder = ResidualConvEncoder(dims, latent_dim, encoder_hidden)
-    decoder = GatedPixelCNNDecoder(dims, latent_dim, decoder_hidden, kernels, latent_feature_maps, latent_skip)
+    conv_encoder = ResidualConvEncoder(dims, latent_dim, encoder_hidden)
+    pixelcnn = GatedPixelCNNDecoder(dims, latent_dim, decoder_hidden, kernels, latent_feature_maps, latent_skip)
     # oneDNN's convolutions (CPU) and cuDNN's (tensor cores) are fastest on channels-last tensors.
-    return encoder.to(memory_format=torch.channels_last), decoder.to(memory_format=torch.channels_last)
+    return conv_encoder.to(memory_format=torch.channels_last), pixelcnn.to(memory_format=torch.channels_last)

@@ -44,7 +44,7 @@ so memory holds no graph of more than one step.
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 
@@ -209,14 +209,18 @@ class SVIRefinement:
         adjoint = [at_least_float32(grad_mean.detach()), at_least_float32(grad_logvar.detach())]
         adjoint_momentum = [torch.zeros_like(adjoint[0]), torch.zeros_like(adjoint[1])]
         count = len(trace.seeds)
+        stored: list[tuple[torch.Tensor, torch.Tensor] | None] = [*trace.gradients] or [None] * count
+        stored_params: list[list[torch.Tensor] | None] = [*trace.param_gradients] or [None] * count
         steps = zip(
             reversed(trace.means),
             reversed(trace.logvars),
             reversed(trace.seeds),
-            reversed(trace.gradients or [None] * count),
-            reversed(trace.param_gradients or [None] * count),
+            reversed(stored),
+            reversed(stored_params),
         )
-        perturbed_sum, param_grads = [], [torch.zeros_like(p) for p in params]
+        perturbed_sum: list[torch.Tensor] = []
+        param_grads = [torch.zeros_like(p) for p in params]
+        products: Sequence[torch.Tensor | None]
         with torch.enable_grad():
             for mean, logvar, seed, gradients, stored_param_grads in steps:
                 adjoint_momentum = [a_p + self.lr * a for a_p, a in zip(adjoint_momentum, adjoint)]
@@ -225,7 +229,7 @@ class SVIRefinement:
                     for total, product in zip(param_grads, products[2:]):
                         if product is not None:
                             total -= product
-                elif self.official:
+                elif self.official and stored_param_grads is not None:
                     products = self.official_products(
                         objective, mean, logvar, seed, adjoint_momentum, params, gradients, stored_param_grads
                     )
@@ -235,10 +239,10 @@ class SVIRefinement:
                     r = self.finite_difference_step
                     w = [clip_norm_vjp(g, a_p, self.max_grad_norm) for g, a_p in zip(gradients, adjoint_momentum)]
                     shifted = [(x + r * w_x).detach().requires_grad_() for x, w_x in zip((mean, logvar), w)]
-                    g_mean, g_logvar, *perturbed = self.raw_gradients(objective, *shifted, seed, params)
+                    g_mean, g_logvar, *perturbed = self.raw_gradients(objective, shifted[0], shifted[1], seed, params)
                     products = [(g_mean - gradients[0]) / r, (g_logvar - gradients[1]) / r]
                     add_float64(perturbed_sum, perturbed, params)
-                adjoint = [a - product for a, product in zip(adjoint, products[:2])]
+                adjoint = [a - cast(torch.Tensor, product) for a, product in zip(adjoint, products[:2])]
                 if self.official:
                     adjoint = clip_jointly(adjoint, self.max_grad_norm)
                 adjoint_momentum = [self.momentum * a_p for a_p in adjoint_momentum]
@@ -262,10 +266,9 @@ class SVIRefinement:
         """The authors' clipped difference quotients (H_lambda v, H_theta v) along v = `vector` at one step."""
         r = self.finite_difference_step
         shifted = [(x + r * v).detach().requires_grad_() for x, v in zip((mean, logvar), vector)]
-        perturbed = self.raw_gradients(objective, *shifted, seed, params)
+        raw = self.raw_gradients(objective, shifted[0], shifted[1], seed, params)
         perturbed = clip_jointly(
-            [torch.zeros_like(x) if g is None else g for x, g in zip((*shifted, *params), perturbed)],
-            self.max_grad_norm,
+            [torch.zeros_like(x) if g is None else g for x, g in zip((*shifted, *params), raw)], self.max_grad_norm
         )
         lambda_products = [(g - base) / r for g, base in zip(perturbed[:2], gradients)]
         param_products = clip_jointly(
@@ -285,6 +288,6 @@ class SVIRefinement:
         """J(g)^T vector with respect to (mean, logvar, *params) by double backward, g = clip(grad f) at a step."""
         mean, logvar = mean.detach().requires_grad_(), logvar.detach().requires_grad_()
         with torch.backends.cudnn.flags(enabled=False):
-            g = self.raw_gradients(objective, mean, logvar, seed, create_graph=True)
-            g = [clip_norm(part, self.max_grad_norm) for part in g]
-            return torch.autograd.grad(g, (mean, logvar, *params), vector, allow_unused=True)
+            raw = self.raw_gradients(objective, mean, logvar, seed, create_graph=True)
+            clipped = [clip_norm(part, self.max_grad_norm) for part in raw]
+            return torch.autograd.grad(clipped, (mean, logvar, *params), vector, allow_unused=True)

@@ -9,11 +9,12 @@ and random-state checkpointing (`callbacks/guards.py`, `callbacks/random_state.p
 
 import math
 from collections.abc import Sequence
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, cast
 
 import lightning as L
 import torch
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, PositiveFloat, PositiveInt
+from lightning.fabric.utilities.data import AttributeDict
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -30,6 +31,7 @@ class VAE(CheckpointIdentity, L.LightningModule):
     Logged `*/elbo` values are negative ELBOs (positive nats, an upper bound on the NLL; lower is better).
     """
 
+    hparams: AttributeDict  # type: ignore[assignment]  # the saved init arguments, read as attributes
     latent_skip: ClassVar[bool] = False
     eval_metric_names: ClassVar[tuple[str, ...]] = ("elbo", "recon", "kl")  # logged as val/<name>, test/<name>
 
@@ -159,9 +161,9 @@ class VAE(CheckpointIdentity, L.LightningModule):
         return self.decoder.sample(z, greedy=greedy)
 
     # ------------------------------------------------------------------ steps
-    def log_training(self, loss: torch.Tensor, beta: float, **terms: dict[str, torch.Tensor]) -> None:
+    def log_training(self, loss: torch.Tensor, beta: float, **terms: torch.Tensor) -> None:
         """`train/loss` and `train/beta`, and the batch means of the per-example `terms` as `train/<name>`."""
-        logs = {"loss": loss, **{name: value.mean() for name, value in terms.items()}, "beta": beta}
+        logs: dict[str, torch.Tensor | float] = {"loss": loss, **{n: v.mean() for n, v in terms.items()}, "beta": beta}
         batch_size = len(next(iter(terms.values())))
         for name, value in logs.items():
             self.log(f"train/{name}", value, prog_bar=name == "elbo", batch_size=batch_size)
@@ -185,7 +187,7 @@ class VAE(CheckpointIdentity, L.LightningModule):
     def _evaluation_step(self, batch: dict, stage: str) -> dict[str, torch.Tensor]:
         outputs = self.evaluate(batch)
         for name in self.eval_metric_names:
-            metric = self.eval_metrics[f"{stage}_{name}"]
+            metric = cast(MeanMetric, self.eval_metrics[f"{stage}_{name}"])
             metric.update(outputs[name].detach())
             self.log(f"{stage}/{name}", metric, prog_bar=name == "elbo", on_step=False, on_epoch=True)
         return outputs
