@@ -25,9 +25,10 @@ test: $(STAMP)  ## set up, then run the full test suite (what CI runs)
 test-fast: $(STAMP)  ## unit-level tests only, for the development loop (no data, no training runs, no subprocesses)
 	$(PYTHON) -m pytest -m "not integration and not real_data"
 
-lint: $(STAMP)  ## ruff lint and format check (what CI runs before the tests)
+lint: $(STAMP)  ## ruff lint and format check, mypy type check (what CI runs before the tests)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: $(STAMP)  ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff format .

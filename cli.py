@@ -136,5 +136,6 @@ class SkipVAECLI(LightningCLI):
     before_test = before_validate
 
     def before_predict(self) -> None:
-        writers = [c for c in self.trainer.callbacks if isinstance(c, PosteriorWriter) and c.output]
-        check_output_folders(self.trainer, 0, [Path(writer.output).parent for writer in writers])
+        callbacks = getattr(self.trainer, "callbacks", [])  # set by Lightning at run time
+        outputs = [Path(c.output) for c in callbacks if isinstance(c, PosteriorWriter) and c.output]
+        check_output_folders(self.trainer, 0, [output.parent for output in outputs])

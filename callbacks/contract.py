@@ -5,8 +5,9 @@ Every LightningModule of the project satisfies `LatentVariableModel` (a test che
 `TextData` (text samples) where they can; callbacks skip what a datamodule does not offer.
 """
 
-from typing import NotRequired, Protocol, TypedDict, runtime_checkable
+from typing import Any, NotRequired, Protocol, TypedDict, cast, runtime_checkable
 
+import lightning as L
 import torch
 
 
@@ -43,11 +44,25 @@ class EvaluationOutputs(TypedDict):
     logvar: torch.Tensor
     elbo: torch.Tensor
     recon: torch.Tensor
+    kl: torch.Tensor
+    elbo_svi: NotRequired[torch.Tensor]
+    kl_svi: NotRequired[torch.Tensor]
     proposal_mean: NotRequired[torch.Tensor]
     proposal_logvar: NotRequired[torch.Tensor]
     proposal_elbo: NotRequired[torch.Tensor]
     diagnostics_mean: NotRequired[torch.Tensor]
     diagnostics_logvar: NotRequired[torch.Tensor]
+
+
+def latent_model(pl_module: L.LightningModule) -> LatentVariableModel:
+    """The LightningModule a callback hook receives, as what the callbacks may use of it (every model class of the
+    project satisfies the protocol: `tests/test_models.py` checks it)."""
+    return cast(LatentVariableModel, pl_module)
+
+
+def datamodule_of(trainer: L.Trainer) -> Any:
+    """The trainer's datamodule (an attribute Lightning sets at run time), None when there is none."""
+    return getattr(trainer, "datamodule", None)
 
 
 @runtime_checkable

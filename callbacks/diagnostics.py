@@ -8,13 +8,15 @@ so the numbers under DDP equal those of a single process (evaluation loaders nev
 import json
 import warnings
 from pathlib import Path
+from typing import Any, cast
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 
+from callbacks.contract import EvaluationOutputs, latent_model
 from callbacks.metrics import ActiveUnits, ImportanceWeightedNLL, KLDivergence, MutualInformation, TokenPerplexity
 from models.distributions import log_importance_weights, per_example_normal
 
@@ -32,13 +34,13 @@ class EvaluationCallback(Callback):
     """Accumulates `self.metrics` over the batches of every test run and of every `every_n_epochs`-th validation
     epoch, then logs them. Subclasses write `update` (one batch) and `finish` (log the results)."""
 
-    def __init__(self, every_n_epochs: int, metrics: dict[str, nn.Module]):
+    def __init__(self, every_n_epochs: int, metrics: dict[str, Metric]):
         super().__init__()
         self.every_n_epochs = every_n_epochs
-        self.metrics = nn.ModuleDict(metrics)
+        self.metrics = nn.ModuleDict(metrics)  # moved to the model's device as one; subclasses keep typed references
         self._active = False
 
-    def update(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: dict, batch: dict) -> None:
+    def update(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: EvaluationOutputs, batch: dict) -> None:
         raise NotImplementedError
 
     def finish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -48,7 +50,7 @@ class EvaluationCallback(Callback):
         self._active = active
         self.metrics.to(pl_module.device)
         for metric in self.metrics.values():
-            metric.reset()
+            cast(Metric, metric).reset()
 
     def _batch_end(self, trainer, pl_module, outputs, batch) -> None:
         if self._active and outputs is not None:
@@ -80,7 +82,7 @@ class EvaluationCallback(Callback):
 
 def _log_bar_chart(trainer: L.Trainer, tag: str, values: torch.Tensor, ylabel: str) -> None:
     """A bar chart per latent dimension, as a TensorBoard figure (rank zero only)."""
-    experiment = getattr(trainer.logger, "experiment", None)
+    experiment: Any = getattr(trainer.logger, "experiment", None)
     if not trainer.is_global_zero or not hasattr(experiment, "add_figure"):
         return
     import matplotlib
@@ -113,36 +115,33 @@ class LatentDiagnostics(EvaluationCallback):
             seed: seed of the per-example z draws of the MI estimators.
             chunk_size: rows per block in the N x N aggregate-posterior computation.
         """
-        super().__init__(
-            every_n_epochs,
-            {
-                "kl": KLDivergence(),
-                "au": ActiveUnits(threshold=au_threshold),
-                "mi": MutualInformation("full", seed=seed, chunk_size=chunk_size),
-                "mi_batch": MutualInformation("batch", seed=seed, chunk_size=chunk_size),
-            },
-        )
+        self.kl, self.au = KLDivergence(), ActiveUnits(threshold=au_threshold)
+        self.mi = MutualInformation("full", seed=seed, chunk_size=chunk_size)
+        self.mi_batch = MutualInformation("batch", seed=seed, chunk_size=chunk_size)
+        super().__init__(every_n_epochs, {"kl": self.kl, "au": self.au, "mi": self.mi, "mi_batch": self.mi_batch})
 
-    def update(self, trainer, pl_module, outputs, batch) -> None:
-        mean, logvar = (outputs.get(f"diagnostics_{name}", outputs[name]).detach() for name in ("mean", "logvar"))
+    def update(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: EvaluationOutputs, batch: dict) -> None:
+        mean = outputs.get("diagnostics_mean", outputs["mean"]).detach()
+        logvar = outputs.get("diagnostics_logvar", outputs["logvar"]).detach()
         index = batch.get("index")
-        self.metrics["kl"].update(mean, logvar)
-        self.metrics["au"].update(mean)
-        self.metrics["mi"].update(mean, logvar, index)
-        self.metrics["mi_batch"].update(mean, logvar, index)
+        self.kl.update(mean, logvar)
+        self.au.update(mean)
+        self.mi.update(mean, logvar, index)
+        self.mi_batch.update(mean, logvar, index)
 
-    def finish(self, trainer, pl_module, stage) -> None:
-        values = {"kl": self.metrics["kl"].compute().item()}
-        for name in ("mi", "mi_batch", "au"):
-            value = self.metrics[name].compute()
+    def finish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        values = {"kl": self.kl.compute().item()}
+        for name, metric in (("mi", self.mi), ("mi_batch", self.mi_batch), ("au", self.au)):
+            value = metric.compute()
             values[name] = value.item()
             pl_module.log(f"{stage}/{name}", value.float())
+        kl_per_dimension, variances = cast(torch.Tensor, self.kl.per_dimension), cast(torch.Tensor, self.au.variances)
         per_dimension = {
-            "kl_per_dimension": self.metrics["kl"].per_dimension.tolist(),
-            "posterior_mean_variance": self.metrics["au"].variances.tolist(),
+            "kl_per_dimension": kl_per_dimension.tolist(),
+            "posterior_mean_variance": variances.tolist(),
         }
-        _log_bar_chart(trainer, f"{stage}/kl_per_dimension", self.metrics["kl"].per_dimension, "KL (nats)")
-        _log_bar_chart(trainer, f"{stage}/posterior_mean_variance", self.metrics["au"].variances, "Var_x E[z_d|x]")
+        _log_bar_chart(trainer, f"{stage}/kl_per_dimension", kl_per_dimension, "KL (nats)")
+        _log_bar_chart(trainer, f"{stage}/posterior_mean_variance", variances, "Var_x E[z_d|x]")
         log_dir = trainer.log_dir if stage == "test" else None  # a collective under DDP: asked on every process
         if log_dir is not None and trainer.is_global_zero:
             # The per-dimension numbers behind the charts, for tables and plots made outside TensorBoard.
@@ -178,23 +177,24 @@ class ImportanceWeightedEvaluation(EvaluationCallback):
             max_examples: evaluate only the examples whose dataset index is below this (a fixed subset, the
                 same for any batching or process count); None: every example.
         """
-        super().__init__(
-            every_n_epochs,
-            {
-                "nll_iw": ImportanceWeightedNLL(),
-                "ppl_iw": TokenPerplexity(),
-                "ppl_elbo": TokenPerplexity(),
-                "elbo_subset": MeanMetric(),
-            },
-        )
+        self.nll_iw, self.ppl_iw, self.ppl_elbo = ImportanceWeightedNLL(), TokenPerplexity(), TokenPerplexity()
+        self.elbo_subset = MeanMetric()
+        metrics = {
+            "nll_iw": self.nll_iw,
+            "ppl_iw": self.ppl_iw,
+            "ppl_elbo": self.ppl_elbo,
+            "elbo_subset": self.elbo_subset,
+        }
+        super().__init__(every_n_epochs, metrics)
         self.num_samples, self.chunk_size, self.seed = num_samples, chunk_size, seed
         self.max_examples = max_examples
 
-    def update(self, trainer, pl_module, outputs, batch) -> None:
+    def update(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: EvaluationOutputs, batch: dict) -> None:
         x = batch["x"]
-        mean, logvar, elbo = (
-            outputs.get(f"proposal_{name}", outputs[name]).detach() for name in ("mean", "logvar", "elbo")
-        )
+        mean = outputs.get("proposal_mean", outputs["mean"]).detach()
+        logvar = outputs.get("proposal_logvar", outputs["logvar"]).detach()
+        elbo = outputs.get("proposal_elbo", outputs["elbo"]).detach()
+        decoder = latent_model(pl_module).decoder
         index = batch["index"].cpu()
         if self.max_examples is not None:
             keep = index < self.max_examples
@@ -204,19 +204,19 @@ class ImportanceWeightedEvaluation(EvaluationCallback):
             x, mean, logvar, elbo = x[rows], mean[rows], logvar[rows], elbo[rows]
         noise = per_example_normal(index, (self.num_samples, mean.shape[1]), self.seed).to(mean)
         with trainer.precision_plugin.forward_context():
-            log_weights = log_importance_weights(pl_module.decoder.log_prob, x, mean, logvar, noise, self.chunk_size)
-        self.metrics["nll_iw"].update(log_weights)
-        self.metrics["elbo_subset"].update(elbo.detach().double())
-        tokens = pl_module.decoder.count_tokens(x)
+            log_weights = log_importance_weights(decoder.log_prob, x, mean, logvar, noise, self.chunk_size)
+        self.nll_iw.update(log_weights)
+        self.elbo_subset.update(elbo.detach().double())
+        tokens = decoder.count_tokens(x)
         if tokens is not None:
-            self.metrics["ppl_iw"].update(ImportanceWeightedNLL.per_example(log_weights), tokens)
-            self.metrics["ppl_elbo"].update(elbo.detach(), tokens)
+            self.ppl_iw.update(ImportanceWeightedNLL.per_example(log_weights), tokens)
+            self.ppl_elbo.update(elbo.detach(), tokens)
 
-    def finish(self, trainer, pl_module, stage) -> None:
-        pl_module.log(f"{stage}/nll_iw", self.metrics["nll_iw"].compute().float())
+    def finish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        pl_module.log(f"{stage}/nll_iw", self.nll_iw.compute().float())
         if self.max_examples is not None:  # the one-sample ELBO of the same examples, to compare with nll_iw
-            pl_module.log(f"{stage}/elbo_subset", self.metrics["elbo_subset"].compute().float())
+            pl_module.log(f"{stage}/elbo_subset", self.elbo_subset.compute().float())
         # Decided per model, not per batch: every process must take part in the same metric syncs.
-        if pl_module.decoder.count_tokens(torch.zeros(1, 2, dtype=torch.long)) is not None:
-            pl_module.log(f"{stage}/ppl_iw", self.metrics["ppl_iw"].compute().float())
-            pl_module.log(f"{stage}/ppl_elbo", self.metrics["ppl_elbo"].compute().float())
+        if latent_model(pl_module).decoder.count_tokens(torch.zeros(1, 2, dtype=torch.long)) is not None:
+            pl_module.log(f"{stage}/ppl_iw", self.ppl_iw.compute().float())
+            pl_module.log(f"{stage}/ppl_elbo", self.ppl_elbo.compute().float())

@@ -58,7 +58,7 @@ class NonFiniteGuard(Callback):
         checkpoints = [
             path
             for callback in trainer.checkpoint_callbacks
-            for path in (callback.last_model_path, callback.best_model_path)
+            for path in (getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", ""))
             if path
         ]
         last = (

@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.seed import isolate_rng
 from torchvision.utils import make_grid
 
-from callbacks.contract import TextData
+from callbacks.contract import TextData, datamodule_of, latent_model
 from callbacks.diagnostics import due_this_epoch
 from callbacks.modes import evaluation_mode
 
@@ -109,9 +109,10 @@ class LatentSpaceViews(Callback):
             pairs,
             weights,
         )
-        experiment, step = trainer.logger.experiment, trainer.global_step
-        if inputs.dtype == torch.long and isinstance(trainer.datamodule, TextData):
-            self._write_text(experiment, step, views, trainer.datamodule)
+        experiment, datamodule = getattr(trainer.logger, "experiment", None), datamodule_of(trainer)
+        step = trainer.global_step
+        if inputs.dtype == torch.long and isinstance(datamodule, TextData):
+            self._write_text(experiment, step, views, datamodule)
         else:
             self._write_images(experiment, step, views)
 
@@ -182,7 +183,7 @@ class LatentSpaceViews(Callback):
     def decode(trainer: L.Trainer, pl_module: L.LightningModule, z: torch.Tensor) -> torch.Tensor:
         """Greedy decodings of z, in eval mode, apart from the run's random streams."""
         with evaluation_mode(pl_module), trainer.precision_plugin.forward_context(), torch.no_grad(), isolate_rng():
-            return pl_module.decoder.sample(z.to(pl_module.device), greedy=True).cpu()
+            return latent_model(pl_module).decoder.sample(z.to(pl_module.device), greedy=True).cpu()
 
 
 @dataclass

@@ -10,11 +10,14 @@ Keys (N examples, D latent dimensions, in dataset order):
 """
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+from callbacks.contract import datamodule_of
 
 KEYS = ("mean", "logvar", "z", "labels", "index")
 
@@ -35,17 +38,17 @@ class PosteriorWriter(BasePredictionWriter):
     def target(self, trainer: L.Trainer) -> Path:
         if self.output is not None:
             return Path(self.output)
-        split = getattr(trainer.datamodule, "hparams", {}).get("predict_split", "test")
+        split = getattr(datamodule_of(trainer), "hparams", {}).get("predict_split", "test")
         return Path(trainer.log_dir or ".") / f"posteriors_{split}.npz"
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         target = self.target(trainer)  # trainer.log_dir is a collective under DDP: asked on every process
         shard = {key: torch.cat([p[key] for p in predictions]).numpy() for key in KEYS if key in predictions[0]}
-        shards = [shard]
+        shards: list[Any] | None = [shard]
         if trainer.world_size > 1:  # every process's shard to rank 0, through the process group
             shards = [None] * trainer.world_size if trainer.is_global_zero else None
             torch.distributed.gather_object(shard, shards, dst=0)
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and shards is not None:
             self.write(target, shards)
 
     def write(self, target: Path, shards: list[dict[str, np.ndarray]]) -> None:
@@ -55,5 +58,5 @@ class PosteriorWriter(BasePredictionWriter):
         if len(np.unique(merged["index"])) != len(order):
             raise RuntimeError("an example was predicted twice: the predict loader must not repeat examples")
         target.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(target, **merged)
+        np.savez(target, allow_pickle=False, **merged)
         print(f"wrote the posteriors of {len(order)} examples to {target}")

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.aggregation import CatMetric
 
-from callbacks.contract import LabeledData
+from callbacks.contract import LabeledData, datamodule_of, latent_model
 from callbacks.diagnostics import EvaluationCallback
 from callbacks.modes import evaluation_mode
 
@@ -82,33 +82,34 @@ class LatentProbe(EvaluationCallback):
             max_iter: L-BFGS iterations.
             batch_size: examples per encoder call when encoding the training set.
         """
-        super().__init__(0, {"means": CatMetric(), "labels": CatMetric()})  # test runs only
+        self.means, self.labels = CatMetric(), CatMetric()
+        super().__init__(0, {"means": self.means, "labels": self.labels})  # test runs only
         self.max_train_examples, self.l2, self.max_iter, self.batch_size = max_train_examples, l2, max_iter, batch_size
         self._has_labels = True
 
     def on_test_epoch_start(self, trainer, pl_module):
         super().on_test_epoch_start(trainer, pl_module)
-        self._has_labels = isinstance(trainer.datamodule, LabeledData)
+        self._has_labels = isinstance(datamodule_of(trainer), LabeledData)
 
     def update(self, trainer, pl_module, outputs, batch) -> None:
         if "label" not in batch:
             self._has_labels = False
             return
-        self.metrics["means"].update(outputs["mean"].detach().float())
-        self.metrics["labels"].update(batch["label"].float())
+        self.means.update(outputs["mean"].detach().float())
+        self.labels.update(batch["label"].float())
 
     @torch.no_grad()
     def finish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not self._has_labels:
             rank_zero_info("LatentProbe: the test data have no class labels; test/probe_acc is not computed.")
             return
-        test_means, test_labels = self.metrics["means"].compute(), self.metrics["labels"].compute().long()
-        x, labels = trainer.datamodule.probe_train_data(self.max_train_examples)
+        test_means, test_labels = self.means.compute(), self.labels.compute().long()
+        x, labels = datamodule_of(trainer).probe_train_data(self.max_train_examples)
         train_means = []
         with evaluation_mode(pl_module), trainer.precision_plugin.forward_context():
             for start in range(0, len(x), self.batch_size):
                 batch = x[start : start + self.batch_size].to(pl_module.device)
-                train_means.append(pl_module.encode(batch)[0].float())
+                train_means.append(latent_model(pl_module).encode(batch)[0].float())
         accuracy = probe_accuracy(
             torch.cat(train_means), labels.to(pl_module.device), test_means, test_labels, self.l2, self.max_iter
         )

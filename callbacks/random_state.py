@@ -9,6 +9,7 @@ checkpoints are written by all processes together) and each process gets its own
 
 import random
 import warnings
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -21,7 +22,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 def collect_rng_states() -> dict:
     """This process's torch (CPU and CUDA), NumPy and Python generator states, as tensors and plain Python values
     (so that checkpoints stay loadable with `torch.load(weights_only=True)`)."""
-    name, keys, position, has_gauss, cached = np.random.get_state()
+    name, keys, position, has_gauss, cached = cast(tuple, np.random.get_state())
     return {
         "torch": torch.get_rng_state(),
         "torch.cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -44,7 +45,7 @@ def gather_rng_states() -> list[dict]:
     mine = collect_rng_states()
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return [mine]
-    everyone = [None] * dist.get_world_size()
+    everyone: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)
     return everyone
 

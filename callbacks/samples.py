@@ -6,7 +6,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.seed import isolate_rng
 from torchvision.utils import make_grid
 
-from callbacks.contract import TextData
+from callbacks.contract import TextData, datamodule_of, latent_model
 from callbacks.diagnostics import due_this_epoch
 from callbacks.modes import evaluation_mode
 
@@ -38,17 +38,15 @@ class SampleLogger(Callback):
         with evaluation_mode(pl_module), trainer.precision_plugin.forward_context(), torch.no_grad(), isolate_rng():
             torch.manual_seed(self.seed)
             # One autoregressive decoding for both: z = posterior means of the inputs, then draws from p(z).
-            z = torch.cat(
-                [
-                    pl_module.encode(inputs)[0],
-                    torch.randn(self.num_examples, pl_module.latent_dim, device=pl_module.device),
-                ]
-            )
-            decoded = pl_module.decoder.sample(z)
+            model = latent_model(pl_module)
+            prior_z = torch.randn(self.num_examples, model.latent_dim, device=pl_module.device)
+            z = torch.cat([model.encode(inputs)[0], prior_z])
+            decoded = model.decoder.sample(z)
         reconstructions, samples = decoded[: len(inputs)], decoded[len(inputs) :]
         step = trainer.global_step  # TensorBoard's step slider follows training
-        if inputs.dtype == torch.long and isinstance(trainer.datamodule, TextData):
-            to_text = trainer.datamodule.decode
+        datamodule = datamodule_of(trainer)
+        if inputs.dtype == torch.long and isinstance(datamodule, TextData):
+            to_text = datamodule.decode
             pairs = [f"{a}  \n→ {b}" for a, b in zip(to_text(inputs), to_text(reconstructions))]
             experiment.add_text("val/reconstructions", "\n\n".join(pairs), step)
             experiment.add_text("val/samples", "\n\n".join(to_text(samples)), step)

@@ -7,6 +7,7 @@
   one table.
 """
 
+from collections.abc import Mapping
 from typing import Any
 
 from lightning.fabric.utilities.logger import _convert_params
@@ -18,13 +19,13 @@ class TensorBoardLogger(loggers.TensorBoardLogger):
     """`lightning.pytorch.loggers.TensorBoardLogger` with the changes of the module docstring; same arguments
     (`default_hp_metric` is False here)."""
 
-    def __init__(self, *args, default_hp_metric: bool = False, **kwargs):
-        super().__init__(*args, default_hp_metric=default_hp_metric, **kwargs)
+    def __init__(self, *args: Any, default_hp_metric: bool = False, **kwargs: Any):
+        super().__init__(*args, default_hp_metric=default_hp_metric, **kwargs)  # type: ignore[misc]
         self.test_metrics: dict[str, float] = {}
         self._hparams_only = False  # while the HParams summary is written: its metrics are scalars already
 
     @rank_zero_only
-    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         if self._hparams_only:
             return
         metrics = {name: value for name, value in metrics.items() if name != "epoch"}

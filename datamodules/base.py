@@ -30,7 +30,7 @@ class SkipVAEDataModule(L.LightningDataModule):
     dataset_name: ClassVar[str]  # the subfolder of the data folder
     example_name: ClassVar[str] = "examples"  # what one training example is called in messages
     prebatched: ClassVar[bool] = False  # whether an item of the datasets is already a whole batch
-    hparams: AttributeDict  # type: ignore[assignment]  # the saved init arguments, read as attributes
+    hparams: AttributeDict  # the saved init arguments, read as attributes
 
     def __init__(
         self,

@@ -141,7 +141,8 @@ def _execute(command: list[str], log: Path, quiet: bool, slot: Slot = Slot()) ->
     full = [sys.executable, *command, *(["--trainer.enable_progress_bar", "false"] if quiet else [])]
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **slot.env}
-    pin = (lambda: os.sched_setaffinity(0, slot.cpus)) if slot.cpus else None
+    cpus = slot.cpus
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     if quiet:
         with open(log, "w") as handle:
             result = subprocess.run(full, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=env, preexec_fn=pin)
@@ -248,7 +249,7 @@ def run_study(name: str, study: Study, out: Path, quiet: bool = False, jobs: int
             pending.append((number, run))
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(execute, number, run) for number, run in pending]
-    errors = [future.exception() for future in futures if future.exception() is not None]
+    errors = [error for future in futures if (error := future.exception()) is not None]
     if errors:
         raise errors[0]
     if only is None:

@@ -108,7 +108,7 @@ def depth_runs(
     depths: tuple[int, ...], seeds: tuple[int, ...], presets: tuple[str, ...], extra: tuple[str, ...] = ()
 ) -> tuple[Run, ...]:
     """VAE and SkipVAE pairs of the MNIST PixelCNN with `depth` layers of 3x3 kernels."""
-    runs = ()
+    runs: tuple[Run, ...] = ()
     for depth in depths:
         overrides = (
             "--model.init_args.decoder_layers",

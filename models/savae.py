@@ -12,6 +12,7 @@ from typing import ClassVar, Literal
 import torch
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveFloat
 
+from callbacks.contract import EvaluationOutputs
 from models.svi import HessianProducts, Objective, SVIRefinement, seeded
 from models.vae import VAE
 
@@ -101,26 +102,21 @@ class SAVAE(VAE):
         self.log_training(logs.pop("loss"), beta, **logs)
         return surrogate
 
-    def evaluate(self, batch: dict) -> dict[str, torch.Tensor]:
+    def evaluate(self, batch: dict) -> EvaluationOutputs:
         """The VAE's outputs at the encoder's posterior, `elbo_svi` and `kl_svi` at the refined one (same z noise),
         and the refined posterior as the IW proposal. The SVI steps need gradients, so they run outside inference
         mode, on random streams seeded by the batch's smallest example index (apart from the training streams)."""
         noise = self.evaluation_noise(batch)
-        outputs = self(batch["x"], noise)
+        outputs = super().evaluate(batch)  # the same noise
         with torch.inference_mode(False), seeded(int(batch["index"].min()), noise.device):
             x, mean, logvar = batch["x"].clone(), outputs["mean"].clone(), outputs["logvar"].clone()
             refined_mean, refined_logvar, _ = self.svi.refine(self.svi_objective(x, 1.0), mean, logvar)
         refined = self.elbo_terms(batch["x"], refined_mean, refined_logvar, noise)
-        outputs = {
-            **outputs,
-            "elbo_svi": refined["elbo"],
-            "kl_svi": refined["kl"],
-            "proposal_mean": refined_mean,
-            "proposal_logvar": refined_logvar,
-            "proposal_elbo": refined["elbo"],
-        }
+        outputs["elbo_svi"], outputs["kl_svi"] = refined["elbo"], refined["kl"]
+        outputs["proposal_mean"], outputs["proposal_logvar"] = refined_mean, refined_logvar
+        outputs["proposal_elbo"] = refined["elbo"]
         if self.hparams.diagnostics_posterior == "refined":
-            outputs.update(diagnostics_mean=refined_mean, diagnostics_logvar=refined_logvar)
+            outputs["diagnostics_mean"], outputs["diagnostics_logvar"] = refined_mean, refined_logvar
         return outputs
 
 

@@ -8,7 +8,7 @@ and random-state checkpointing (`callbacks/guards.py`, `callbacks/random_state.p
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar, Literal, cast
 
 import lightning as L
@@ -18,6 +18,7 @@ from lightning.fabric.utilities.data import AttributeDict
 from torch import nn
 from torchmetrics import MeanMetric
 
+from callbacks.contract import EvaluationOutputs
 from models.distributions import at_least_float32, gaussian_kl, per_example_normal
 from models.identity import CheckpointIdentity
 from models.networks import build_networks
@@ -31,7 +32,7 @@ class VAE(CheckpointIdentity, L.LightningModule):
     Logged `*/elbo` values are negative ELBOs (positive nats, an upper bound on the NLL; lower is better).
     """
 
-    hparams: AttributeDict  # type: ignore[assignment]  # the saved init arguments, read as attributes
+    hparams: AttributeDict  # the saved init arguments, read as attributes
     latent_skip: ClassVar[bool] = False
     eval_metric_names: ClassVar[tuple[str, ...]] = ("elbo", "recon", "kl")  # logged as val/<name>, test/<name>
 
@@ -179,16 +180,20 @@ class VAE(CheckpointIdentity, L.LightningModule):
         process count."""
         return per_example_normal(batch["index"].cpu(), (self.latent_dim,), seed=0).to(self.device)
 
-    def evaluate(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Evaluation outputs (`callbacks.contract.EvaluationOutputs`) and every per-example value of
-        `eval_metric_names`."""
-        return self(batch["x"], self.evaluation_noise(batch))
+    def evaluate(self, batch: dict) -> EvaluationOutputs:
+        """What the callbacks read of an evaluation batch (`callbacks.contract.EvaluationOutputs`), with every
+        per-example value of `eval_metric_names`."""
+        out = self(batch["x"], self.evaluation_noise(batch))
+        return EvaluationOutputs(
+            mean=out["mean"], logvar=out["logvar"], elbo=out["elbo"], recon=out["recon"], kl=out["kl"]
+        )
 
-    def _evaluation_step(self, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+    def _evaluation_step(self, batch: dict, stage: str) -> EvaluationOutputs:
         outputs = self.evaluate(batch)
+        values = cast(Mapping[str, torch.Tensor], outputs)
         for name in self.eval_metric_names:
             metric = cast(MeanMetric, self.eval_metrics[f"{stage}_{name}"])
-            metric.update(outputs[name].detach())
+            metric.update(values[name].detach())
             self.log(f"{stage}/{name}", metric, prog_bar=name == "elbo", on_step=False, on_epoch=True)
         return outputs
 
