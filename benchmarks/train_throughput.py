@@ -20,6 +20,7 @@ import argparse
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -122,9 +123,13 @@ def peak_memory_of(
     return float(result.stdout.split()[-1])
 
 
-def sa_gradients(name: str, steps: int, x, architecture: str, hessian_products: str) -> dict[str, torch.Tensor]:
-    """The encoder's and the decoder's gradient (flattened) of one SA-VAE step, on seeded random streams."""
+def sa_gradients(
+    name: str, steps: int, x, architecture: str, hessian_products: str, clip_counts: Counter | None = None
+) -> dict[str, torch.Tensor]:
+    """The encoder's and the decoder's gradient (flattened) of one SA-VAE step, on seeded random streams; the
+    reverse pass's clips are counted into `clip_counts` when given."""
     model = model_of(name, steps, architecture, hessian_products)
+    model.svi.clip_counts = clip_counts
     torch.manual_seed(1)
     surrogate, _ = model.svi_training_loss(x, beta=1.0)
     surrogate.backward()
@@ -135,8 +140,14 @@ def sa_gradients(name: str, steps: int, x, architecture: str, hessian_products: 
 
 
 def compare_svi_steps(x, steps: int, repeats: int, architecture: str, hessian_products: str | None) -> None:
-    """SA-VAE steps as multiples of the matching VAE step timed in this process; peak memory per fresh process;
-    finite-difference against exact gradients."""
+    """SA-VAE steps as multiples of the matching VAE step timed in this process (unless `repeats` is 0); peak
+    memory per fresh process; finite-difference and official against exact gradients."""
+    if repeats > 0:
+        time_svi_steps(x, steps, repeats, architecture, hessian_products)
+    compare_svi_gradients(x, steps, architecture)
+
+
+def time_svi_steps(x, steps: int, repeats: int, architecture: str, hessian_products: str | None) -> None:
     resolved = hessian_products or model_of("SAVAE", 1, architecture).svi.hessian_products
     print(
         f"\nSA-VAE steps ({architecture}, fp32, batch {len(x)}, {resolved} Hessian-vector products): "
@@ -154,22 +165,31 @@ def compare_svi_steps(x, steps: int, repeats: int, architecture: str, hessian_pr
                 f"{name:9s} K={k:<3d} {seconds:6.3f} s/step = {seconds / base_seconds:5.1f} x the {base} step "
                 f"({base_seconds:.3f} s); peak memory {peak:.2f} GiB ({base}: {base_peak:.2f} GiB)"
             )
+
+
+def compare_svi_gradients(x, steps: int, architecture: str) -> None:
+    """The finite-difference and official gradients of one step against the exact ones, and how often each clip of
+    the official reverse pass was active."""
     print(
-        f"\nfinite-difference and official vs exact gradients of one step (K={steps}, fp32): "
-        "|other - exact| / |exact| and cosine"
+        f"\nfinite-difference and official vs exact gradients of one step ({architecture}, K={steps}, fp32, a fresh "
+        "model): |other - exact| / |exact| and cosine"
     )
     for name in SA_MODELS:
         exact = sa_gradients(name, steps, x, architecture, "exact")
         for mode in ("finite_difference", "official"):
-            other = sa_gradients(name, steps, x, architecture, mode)
-            print(
-                f"{name:9s} {mode:17s} "
-                + ", ".join(
-                    f"{part} {float((other[part] - exact[part]).norm() / exact[part].norm()):.2e} "
-                    f"(cos {float(torch.nn.functional.cosine_similarity(other[part], exact[part], dim=0)):.3f})"
-                    for part in exact
-                )
+            counts: Counter = Counter()
+            other = sa_gradients(name, steps, x, architecture, mode, counts)
+            errors = ", ".join(
+                f"{part} {float((other[part] - exact[part]).norm() / exact[part].norm()):.2e} "
+                f"(cos {float(torch.nn.functional.cosine_similarity(other[part], exact[part], dim=0)):.3f})"
+                for part in exact
             )
+            active = "".join(
+                f"; {clip} clip active in {counts[clip]} of {counts[clip + ' (evaluated)']} reverse steps"
+                for clip in ("perturbed gradient", "H_theta v", "lambda adjoint")
+                if counts[clip + " (evaluated)"]
+            )
+            print(f"{name:9s} {mode:17s} {errors}{active}")
 
 
 def flops_per_step(model, x) -> int:
@@ -193,7 +213,9 @@ def main() -> None:
         "(its matmul peak alone can take minutes to measure there)",
     )
     parser.add_argument("--svi-steps", type=int, default=20, help="K of the SA-VAE comparison (0: skip it)")
-    parser.add_argument("--svi-repeats", type=int, default=3, help="timed SA-VAE steps per model")
+    parser.add_argument(
+        "--svi-repeats", type=int, default=3, help="timed SA-VAE steps per model (0: compare the gradients only)"
+    )
     parser.add_argument(
         "--svi-architecture",
         choices=["pixelcnn", "mlp"],

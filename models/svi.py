@@ -41,6 +41,7 @@ Each step is recomputed with the random seed it used (same eps, same dropout mas
 so memory holds no graph of more than one step.
 """
 
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -131,6 +132,16 @@ class SVIRefinement:
             raise ValueError(f"hessian_products must be one of {', '.join(HESSIAN_PRODUCTS)}, not {hessian_products!r}")
         self.steps, self.lr, self.momentum, self.max_grad_norm = steps, lr, momentum, max_grad_norm
         self.hessian_products, self.finite_difference_step = hessian_products, finite_difference_step
+        # When a Counter: how many times each clip of the reverse pass was active ("official" mode), for benchmarks.
+        self.clip_counts: Counter[str] | None = None
+
+    def counted_clip(self, name: str, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """`clip_jointly`, counted in `clip_counts` under `name` when it is active."""
+        clipped = clip_jointly(tensors, self.max_grad_norm)
+        if self.clip_counts is not None:
+            self.clip_counts[name] += int(any(a is not b for a, b in zip(clipped, tensors)))
+            self.clip_counts[f"{name} (evaluated)"] += 1
+        return clipped
 
     @property
     def official(self) -> bool:
@@ -244,7 +255,7 @@ class SVIRefinement:
                     add_float64(perturbed_sum, perturbed, params)
                 adjoint = [a - cast(torch.Tensor, product) for a, product in zip(adjoint, products[:2])]
                 if self.official:
-                    adjoint = clip_jointly(adjoint, self.max_grad_norm)
+                    adjoint = self.counted_clip("lambda adjoint", adjoint)
                 adjoint_momentum = [self.momentum * a_p for a_p in adjoint_momentum]
         if perturbed_sum:
             r = self.finite_difference_step
@@ -267,12 +278,12 @@ class SVIRefinement:
         r = self.finite_difference_step
         shifted = [(x + r * v).detach().requires_grad_() for x, v in zip((mean, logvar), vector)]
         raw = self.raw_gradients(objective, shifted[0], shifted[1], seed, params)
-        perturbed = clip_jointly(
-            [torch.zeros_like(x) if g is None else g for x, g in zip((*shifted, *params), raw)], self.max_grad_norm
+        perturbed = self.counted_clip(
+            "perturbed gradient", [torch.zeros_like(x) if g is None else g for x, g in zip((*shifted, *params), raw)]
         )
         lambda_products = [(g - base) / r for g, base in zip(perturbed[:2], gradients)]
-        param_products = clip_jointly(
-            [(g - base) / r for g, base in zip(perturbed[2:], param_gradients)], self.max_grad_norm
+        param_products = self.counted_clip(
+            "H_theta v", [(g - base) / r for g, base in zip(perturbed[2:], param_gradients)]
         )
         return [*lambda_products, *param_products]
 

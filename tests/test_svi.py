@@ -1,6 +1,8 @@
 """SA-VAE's SVI refinement: its gradients against a full autograd unroll, svi_steps 0 is the VAE, and the steps
 lower the batch loss of a trained model."""
 
+from collections import Counter
+
 import pytest
 import torch
 
@@ -196,10 +198,12 @@ def test_official_mode_is_the_authors_reverse_pass(architecture, model_class):
         model_class, architecture, svi_steps=steps, svi_max_grad_norm=0.05, svi_hessian_products="official"
     )
     x = example_batch(architecture)
+    model.svi.clip_counts = Counter()
     ours = model_gradients(model, x, beta=0.7)
     torch.manual_seed(7)
     reference, fired = official_reference(model, x, beta=0.7)
     assert fired == [steps, steps, steps]  # every extra clip was active at every reverse step
+    assert [model.svi.clip_counts[name] for name in ("perturbed gradient", "H_theta v", "lambda adjoint")] == fired
     for (name, _), a, b in zip(model.named_parameters(), ours, reference):
         assert float((a - b).norm() / b.norm().clamp_min(1e-30)) < 1e-6, name
     exact = model_gradients(
