@@ -1,5 +1,6 @@
-"""Scale-out: the README's multi-node commands run on one machine (two torchrun agents with node ranks 0 and 1;
-the sbatch script under a simulated SLURM allocation), and the study runner's parallel slots and SLURM array."""
+"""Scale-out: the documented multi-node commands (docs/scale-out.md) run on one machine (two torchrun agents with
+node ranks 0 and 1; the sbatch script under a simulated SLURM allocation), and the study runner's parallel slots and
+SLURM array."""
 
 import os
 import re
@@ -23,9 +24,9 @@ TEST_NAMES = ("test/kl", "test/au", "test/mi", "test/mi_batch", "test/nll_iw", "
 
 
 def readme_commands(block: str) -> list[str]:
-    """The command lines (continuations joined, comments dropped) of the README code block that follows the
-    marker `<!-- tested: {block} -->`."""
-    text = (ROOT / "README.md").read_text()
+    """The command lines (continuations joined, comments dropped) of the documented code block that follows the
+    marker `<!-- tested: {block} -->` (in docs/scale-out.md)."""
+    text = (ROOT / "docs" / "scale-out.md").read_text()
     start = text.index(f"<!-- tested: {block} -->")
     body = text[text.index("```", start) + 3 :]
     body = body[body.index("\n") + 1 : body.index("```")]
@@ -267,7 +268,7 @@ def test_gpu_check_says_why_it_skips_without_a_gpu():
 
 
 class TestStudyCommands:
-    """The README's study commands, with each run replaced by a stand-in that records where it ran."""
+    """The documented study commands, with each run replaced by a stand-in that records where it ran."""
 
     @pytest.fixture
     def executed(self, monkeypatch):

@@ -1,5 +1,5 @@
 """`main.py predict` writes the encoder's posteriors to an .npz (one process or two), and `experiments.diagnose`
-reads such files: the README's reference table, the test metrics of the same checkpoint, and clear errors."""
+reads such files: the reference table of docs/metrics.md, the test metrics of the same checkpoint, and clear errors."""
 
 import numpy as np
 import pytest
@@ -110,7 +110,7 @@ def test_reference_table_in_the_readme_is_the_commands_output(capsys):
     assert diagnose.main(files) == 0
     printed = capsys.readouterr().out.strip()
     assert printed.startswith("| file | examples | KL | MI | MI (batch 50) | AU (0.02) | probe |")
-    assert printed in (ROOT / "README.md").read_text()
+    assert printed in (ROOT / "docs" / "metrics.md").read_text()
 
 
 def write(path, **arrays):
