@@ -53,7 +53,9 @@ def test_bf16_mixed_matches_fp32(tmp_path, checkpoint):
     first_2000 = ("--trainer.limit_test_batches", "4")  # bf16 is emulated, hence slow, on CPUs without it
     fp32 = test_metrics(tmp_path / "fp32", checkpoint, extra=first_2000)
     bf16 = test_metrics(tmp_path / "bf16", checkpoint, "bf16.yaml", extra=first_2000)
-    assert bf16["test/au"] == fp32["test/au"]
+    # A dimension whose posterior-mean variance sits at the 0.02 threshold may count on one side in bf16 and on the
+    # other in fp32 (measured on a CPU with native bfloat16: 6 against 7 active units).
+    assert abs(bf16["test/au"] - fp32["test/au"]) <= 1
     assert bf16["test/kl"] == pytest.approx(fp32["test/kl"], rel=0.02)
     assert bf16["test/mi"] == pytest.approx(fp32["test/mi"], abs=0.05)
     assert bf16["test/nll_iw"] == pytest.approx(fp32["test/nll_iw"], rel=0.01)

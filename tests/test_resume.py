@@ -24,7 +24,7 @@ IMAGE_ARGS = [
     "--model.init_args.kl_start",
     "0.1",
     "--model.init_args.kl_warmup_epochs",
-    "3",
+    "4",
 ]
 TEXT_CALLBACKS = """
 lr_schedule: {monitor: val/au, start_epoch: 0}
