@@ -2,6 +2,7 @@
 
 import sys
 
+from callbacks.checkpoint_step import CheckpointStep
 from callbacks.random_state import RandomStateCheckpoint
 from cli import USER_ERRORS, SkipVAECLI
 from models import VAE
@@ -14,7 +15,7 @@ def cli_main(args: list[str] | None = None) -> SkipVAECLI:
         VAE,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        trainer_defaults={"callbacks": [RandomStateCheckpoint()]},  # exact resume, in every run
+        trainer_defaults={"callbacks": [RandomStateCheckpoint(), CheckpointStep()]},  # in every run
         save_config_kwargs={"overwrite": True},
         args=args,
     )

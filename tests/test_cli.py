@@ -293,7 +293,11 @@ class TestRunOutputs:
             assert math.isfinite(float(metrics[name])), name
         assert float(metrics["test/nll_iw"]) <= float(metrics["test/elbo"]) + 1e-3
         events = read_events(tmp_path / "run" / "version_0")
-        assert all(len(events.Scalars(tag)) == 1 for tag in events.Tags()["scalars"] if tag.startswith("test/"))
+        tags = [tag for tag in events.Tags()["scalars"] if tag.startswith("test/")]
+        assert tags and all(len(events.Scalars(tag)) == 1 for tag in tags)
+        # stamped at the checkpoint's training step (4 steps with the debug preset), like the run's validation
+        assert {events.Scalars(tag)[0].step for tag in tags} == {4}
+        assert [event.step for event in events.Images("test/kl_per_dimension")] == [4]
 
     def test_tensorboard_holds_scalars_and_image_grids(self, tmp_path):
         fit(tmp_path, "mnist_skipvae.yaml")
