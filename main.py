@@ -21,9 +21,16 @@ def cli_main(args: list[str] | None = None) -> SkipVAECLI:
     )
 
 
-if __name__ == "__main__":
+def main(args: list[str] | None = None) -> int:
+    """What `python main.py` runs: the CLI, with bad input reported as one `error: ...` line and exit code 1
+    (a bad config key or value exits with 2 from the parser, also as one line)."""
     try:
-        cli_main()
+        cli_main(args)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
@@ -43,6 +44,27 @@ def run_main(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess
         text=True,
         timeout=timeout,
     )
+
+
+@dataclass
+class Exit:
+    """How a `main.py` command ended: its exit code and what it wrote to stderr."""
+
+    returncode: int
+    stderr: str
+
+
+def main_exit(args: list[str], capsys) -> Exit:
+    """`main.py`'s `main(args)` in this process, for commands that end early with an error: the exit code and
+    stderr of `python main.py ...` without the seconds a fresh process spends importing torch and Lightning."""
+    from main import main
+
+    capsys.readouterr()
+    try:
+        code = main(args)
+    except SystemExit as exit:  # the parser's errors
+        code = exit.code if isinstance(exit.code, int) else 1
+    return Exit(code, capsys.readouterr().err)
 
 
 def read_events(log_dir: Path) -> EventAccumulator:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 from conftest import EXPERIMENT_CONFIGS, fixture_args
-from helpers import MLP, config_args, last_scalar, logging_args, read_events, run_main
+from helpers import MLP, config_args, last_scalar, logging_args, main_exit, read_events, run_main
 
 from datamodules.files import DataError
 from main import cli_main
@@ -374,10 +374,10 @@ class TestPresets:
 
 class TestBadInput:
     @pytest.mark.integration
-    def test_unknown_config_key(self, tmp_path):
+    def test_unknown_config_key(self, tmp_path, capsys):
         bad = tmp_path / "bad.yaml"
         bad.write_text("model:\n  init_args:\n    latent_dimm: 3\n")
-        result = run_main(["fit", *config_args(MLP), "--config", str(bad)])
+        result = main_exit(["fit", *config_args(MLP), "--config", str(bad)], capsys)
         assert result.returncode != 0
         assert "latent_dimm" in result.stderr
         assert "Traceback" not in result.stderr

@@ -6,7 +6,7 @@ from collections import namedtuple
 
 import pytest
 import torch
-from helpers import MLP, callbacks_config, config_args, logging_args, read_events, run_main
+from helpers import MLP, callbacks_config, config_args, logging_args, main_exit, read_events
 
 from callbacks.guards import NonFiniteGuard, NonFiniteLossError
 from datamodules.files import DataError
@@ -79,9 +79,9 @@ class TestNonFinite:
         logged = {e.step: e.value for e in events.Scalars("train/skipped_steps")}
         assert logged[0] == 0 and logged[1] == 1 and logged[4] == 1 and logged[5] == 2 and logged[7] == 2
 
-    def test_cli_prints_one_line(self, tmp_path):
-        result = run_main(
-            ["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path), "--model.init_args.lr", "1e30"]
+    def test_cli_prints_one_line(self, tmp_path, capsys):
+        result = main_exit(
+            ["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path), "--model.init_args.lr", "1e30"], capsys
         )
         assert error_line(result).startswith("error: the training loss is not finite at global step")
 
@@ -149,11 +149,11 @@ class TestBadConfig:
 
     @pytest.mark.integration
     @pytest.mark.parametrize("content", [b"not a checkpoint", b"\x80\x04\x95" + bytes(64)])
-    def test_unreadable_checkpoint(self, tmp_path, content):
+    def test_unreadable_checkpoint(self, tmp_path, content, capsys):
         path = tmp_path / "broken.ckpt"
         path.write_bytes(content)
         logs = tmp_path / "logs"
-        result = run_main(
+        result = main_exit(
             [
                 "test",
                 *config_args(MLP, "debug.yaml"),
@@ -161,7 +161,8 @@ class TestBadConfig:
                 str(path),
                 "--trainer.logger.init_args.save_dir",
                 str(logs),
-            ]
+            ],
+            capsys,
         )
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -170,15 +171,16 @@ class TestBadConfig:
         assert not logs.exists()
 
     @pytest.mark.integration
-    def test_checkpoint_of_another_architecture(self, tmp_path, mlp_checkpoint):
-        result = run_main(
+    def test_checkpoint_of_another_architecture(self, tmp_path, mlp_checkpoint, capsys):
+        result = main_exit(
             [
                 "test",
                 *config_args("mnist_skipvae.yaml", "debug.yaml"),
                 *logging_args(tmp_path),
                 "--ckpt_path",
                 str(mlp_checkpoint),
-            ]
+            ],
+            capsys,
         )
         line = error_line(result)
         assert line.startswith("error: checkpoint does not match the configured model:")
@@ -234,8 +236,8 @@ class TestBadConfig:
         assert checkpoints(tmp_path) == []
 
     @pytest.mark.integration
-    def test_more_cpu_devices_than_cores(self, tmp_path):
-        result = run_main(
+    def test_more_cpu_devices_than_cores(self, tmp_path, capsys):
+        result = main_exit(
             [
                 "fit",
                 *config_args(MLP, "debug.yaml"),
@@ -244,7 +246,8 @@ class TestBadConfig:
                 "cpu",
                 "--trainer.devices",
                 "4096",
-            ]
+            ],
+            capsys,
         )
         assert error_line(result).startswith("error: --trainer.devices 4096 on CPU starts 4096 processes")
         assert not (tmp_path / "run").exists()

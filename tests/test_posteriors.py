@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import DATA_DIR, ROOT
-from helpers import MLP, config_args, logging_args, read_events, run_main
+from helpers import MLP, config_args, logging_args, main_exit, read_events, run_main
 
 from experiments import diagnose
 from main import cli_main
@@ -154,10 +154,10 @@ def test_diagnose_bad_file_is_one_error_line(tmp_path, capsys, case, expected):
 
 class TestPredictErrors:
     @pytest.mark.integration
-    def test_unwritable_output(self, tmp_path, checkpoint):
+    def test_unwritable_output(self, tmp_path, checkpoint, capsys):
         blocker = tmp_path / "file"
         blocker.write_text("")
-        result = run_main(
+        result = main_exit(
             [
                 "predict",
                 *config_args(MLP),
@@ -166,15 +166,16 @@ class TestPredictErrors:
                 str(checkpoint),
                 "--posteriors.output",
                 str(blocker / "out.npz"),
-            ]
+            ],
+            capsys,
         )
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines()[-1].startswith(f"error: cannot write to {blocker}")
 
     @pytest.mark.integration
-    def test_checkpoint_of_another_model(self, tmp_path, checkpoint):
-        result = run_main(
-            ["predict", *config_args("mnist_vae.yaml"), *logging_args(tmp_path), "--ckpt_path", str(checkpoint)]
+    def test_checkpoint_of_another_model(self, tmp_path, checkpoint, capsys):
+        result = main_exit(
+            ["predict", *config_args("mnist_vae.yaml"), *logging_args(tmp_path), "--ckpt_path", str(checkpoint)], capsys
         )
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines()[-1].startswith("error: ")

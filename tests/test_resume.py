@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 from conftest import ROOT
-from helpers import MLP, config_args, logging_args, read_events, run_main
+from helpers import MLP, config_args, logging_args, main_exit, read_events, run_main
 
 from main import cli_main
 
@@ -133,8 +133,10 @@ class TestExactResume:
         with pytest.raises(AssertionError):
             assert_same_run(full, resumed)
 
-    def test_resume_last_with_nothing_to_resume(self, tmp_path):
-        result = run_main(["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path)[:4], "--ckpt_path", "last"])
+    def test_resume_last_with_nothing_to_resume(self, tmp_path, capsys):
+        result = main_exit(
+            ["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path)[:4], "--ckpt_path", "last"], capsys
+        )
         assert result.returncode == 1
         assert result.stderr.strip().splitlines()[-1].startswith("error: --ckpt_path last: there is no last checkpoint")
 
