@@ -15,6 +15,7 @@ from conftest import DATA_DIR, ROOT
 from callbacks.probe import probe_accuracy
 from experiments.report import markdown_table, mean_std
 from experiments.run import fit_command
+from experiments.run import main as run_study
 from experiments.studies import STUDIES, Run, Study
 
 
@@ -24,7 +25,7 @@ def runner(out, *extra) -> list[str]:
 
 class TestStudyRunner:
     @pytest.mark.integration
-    def test_interrupted_study_resumes_and_reports_one_by_one_or_in_parallel(self, tmp_path):
+    def test_interrupted_study_resumes_and_reports_one_by_one_or_in_parallel(self, tmp_path, capsys):
         # One thread per run throughout, as a run gets in a slot of `--jobs 2` on 2 cores: float sums over another
         # number of threads may differ in the last bits, and the debug models' probe accuracy amplifies that.
         env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
@@ -65,19 +66,14 @@ class TestStudyRunner:
         assert record["metrics"]["test/nll_iw"] <= record["metrics"]["test/elbo"] + 0.5
         assert "test/probe_acc" in record["metrics"] and len(record["kl_per_dimension"]) == 20
 
-        again = subprocess.run(runner(tmp_path), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-        assert again.returncode == 0 and again.stdout.count("finished earlier, reusing") == 2
-
-        other = subprocess.run(
-            [*runner(tmp_path), "--precision", "bf16-mixed"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert other.returncode == 1 and "runs/vae_seed1 holds a run made with other arguments" in other.stderr
-        assert "Pass another --out folder" in other.stderr and first.stat().st_mtime == finished_at
+        # run again (in this process: nothing is trained) with the same and with other arguments
+        capsys.readouterr()
+        assert run_study(runner(tmp_path)[3:]) == 0
+        assert capsys.readouterr().out.count("finished earlier, reusing") == 2
+        assert run_study([*runner(tmp_path)[3:], "--precision", "bf16-mixed"]) == 1
+        other = capsys.readouterr().err
+        assert "runs/vae_seed1 holds a run made with other arguments" in other
+        assert "Pass another --out folder" in other and first.stat().st_mtime == finished_at
 
         # The same study with two runs at once (one CPU core each), interrupted when the first fit is done, then
         # resumed: the same table as one by one (each run seeded, alone in its slot, with the same thread count).
