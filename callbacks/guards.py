@@ -13,11 +13,11 @@ class NonFiniteLossError(FloatingPointError):
 
 class NonFiniteGuard(Callback):
     """Checks every optimizer step, before gradient clipping and the update: the step's training loss (the model's
-    logged `train/loss`) and every gradient norm, in one device-to-host sync. `action="stop"` ends training with an
-    error naming the step, the loss parts and the last good checkpoint; `"skip"` drops the step (no update, no
-    optimizer state change) and counts it in `train/skipped_steps`. Under DDP the processes agree, so they all
-    stop or all skip. Works for manual optimization too: Lightning runs `on_before_optimizer_step` inside
-    `optimizer.step()`.
+    logged `train/loss`, once there is one: a training procedure may take optimizer steps before it logs) and every
+    gradient norm, in one device-to-host sync. `action="stop"` ends training with an error naming the step, the
+    loss parts and the last good checkpoint; `"skip"` drops the step (no update, no optimizer state change) and
+    counts it in `train/skipped_steps`. Under DDP the processes agree, so they all stop or all skip. Works for
+    manual optimization too: Lightning runs `on_before_optimizer_step` inside `optimizer.step()`.
     """
 
     def __init__(self, action: Literal["stop", "skip"] = "stop"):
@@ -35,7 +35,8 @@ class NonFiniteGuard(Callback):
             for name, value in trainer.callback_metrics.items()
             if name.startswith("train/") and name != "train/skipped_steps"
         }
-        values = [torch.as_tensor(parts["loss"], dtype=torch.float32, device=pl_module.device).reshape(1)]
+        loss = parts.get("loss", 0.0)  # none logged yet (an optimizer step before the model's first): gradients only
+        values = [torch.as_tensor(loss, dtype=torch.float32, device=pl_module.device).reshape(1)]
         if getattr(trainer.precision_plugin, "scaler", None) is None:  # fp16 loss scaling handles inf grads itself
             grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
             if grads:

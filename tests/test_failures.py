@@ -4,6 +4,7 @@ checkpoint behind; non-finite steps stop training (or are skipped) without touch
 import shutil
 from collections import namedtuple
 
+import lightning as L
 import pytest
 import torch
 from helpers import MLP, callbacks_config, config_args, logging_args, main_exit, read_events
@@ -84,6 +85,63 @@ class TestNonFinite:
             ["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path), "--model.init_args.lr", "1e30"], capsys
         )
         assert error_line(result).startswith("error: the training loss is not finite at global step")
+
+
+class EncoderStepsFirst(L.LightningModule):
+    """A training procedure with an optimizer step before the model logs anything (as encoder-only updates would
+    take): manual optimization, one unlogged step per batch, then the logged one. `bad_step`: the global step
+    whose gradient is made infinite."""
+
+    def __init__(self, bad_step: int | None = None):
+        super().__init__()
+        self.automatic_optimization = False
+        self.layer, self.bad_step = torch.nn.Linear(3, 1), bad_step
+
+    def training_step(self, batch, batch_idx):
+        optimizer = self.optimizers()
+        for logged in (False, True):
+            loss = self.layer(batch[0]).pow(2).mean()
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            if self.global_step == self.bad_step:
+                self.layer.weight.grad[0, 0] = float("inf")
+            optimizer.step()
+            if logged:
+                self.log("train/loss", loss)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class TestGuardWithoutALoggedLoss:
+    @staticmethod
+    def train(model, tmp_path, action="stop"):
+        data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 3)), batch_size=4)
+        trainer = L.Trainer(
+            max_epochs=1,
+            callbacks=[NonFiniteGuard(action)],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
+        trainer.fit(model, data)
+        return trainer
+
+    def test_steps_before_the_first_logged_loss_are_checked(self, tmp_path):
+        assert self.train(EncoderStepsFirst(), tmp_path).global_step == 4  # two steps per batch
+        model = EncoderStepsFirst(bad_step=0)  # the very first step: nothing logged yet
+        before = model.layer.weight.detach().clone()
+        with pytest.raises(NonFiniteLossError, match="a gradient is not finite at global step 0"):
+            self.train(model, tmp_path)
+        assert torch.equal(model.layer.weight, before)  # not updated from it
+
+    def test_skip_drops_such_a_step(self, tmp_path):
+        model = EncoderStepsFirst(bad_step=0)
+        trainer = self.train(model, tmp_path, action="skip")
+        guard = next(c for c in trainer.callbacks if isinstance(c, NonFiniteGuard))
+        assert guard.skipped_steps == 1 and torch.isfinite(model.layer.weight).all()
 
 
 class TestBadConfig:
