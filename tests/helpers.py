@@ -63,7 +63,7 @@ def main_exit(args: list[str], capsys) -> Exit:
     try:
         code = main(args)
     except SystemExit as exit:  # the parser's errors
-        code = exit.code if isinstance(exit.code, int) else 1
+        code = 0 if exit.code is None else exit.code if isinstance(exit.code, int) else 1  # as the interpreter
     return Exit(code, capsys.readouterr().err)
 
 
