@@ -59,6 +59,17 @@ RUN_CALLBACKS = {
 USER_ERRORS = (DataError, CheckpointMismatchError, NonFiniteLossError, RunSetupError, MisconfigurationException)
 
 
+def user_error(error: BaseException) -> BaseException | None:
+    """The user error behind `error`: itself, or the one a class's `__init__` raised while jsonargparse built it
+    (jsonargparse reports it as a ValueError caused by it); None when there is none."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, USER_ERRORS):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 # Lines of jsonargparse's messages that describe its own machinery (the model and data are `Union[class, None]`
 # arguments), not the user's mistake.
 _PARSER_NOISE = (

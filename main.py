@@ -4,7 +4,7 @@ import sys
 
 from callbacks.checkpoint_step import CheckpointStep
 from callbacks.random_state import RandomStateCheckpoint
-from cli import USER_ERRORS, SkipVAECLI
+from cli import USER_ERRORS, SkipVAECLI, user_error
 from models import VAE
 from run_setup import keep_freed_memory
 
@@ -26,8 +26,11 @@ def main(args: list[str] | None = None) -> int:
     (a bad config key or value exits with 2 from the parser, also as one line)."""
     try:
         cli_main(args)
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (*USER_ERRORS, ValueError) as error:
+        reported = user_error(error)
+        if reported is None:
+            raise
+        print(f"error: {reported}", file=sys.stderr)
         return 1
     return 0
 

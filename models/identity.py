@@ -45,12 +45,17 @@ def checkpoint_mismatches(model, checkpoint: dict) -> list[str]:
     problems = []
     if saved["class"] != type(model).__name__:
         problems.append(f"model class {saved['class']} (configured: {type(model).__name__})")
-    if _shapes(checkpoint.get("state_dict", {})) != _shapes(model.state_dict()):
+    saved_shapes, configured_shapes = _shapes(checkpoint.get("state_dict", {})), _shapes(model.state_dict())
+    if saved_shapes != configured_shapes:
         hparams = checkpoint.get("hyper_parameters", {})
-        problems += [
+        settings = [
             f"{key}={hparams[key]!r} (configured: {model.hparams.get(key)!r})"
             for key in NETWORK_SETTINGS
             if key in hparams and _plain(hparams[key]) != _plain(model.hparams.get(key))
+        ]
+        differing = sorted({name.split(".")[0] for name in saved_shapes.keys() ^ configured_shapes.keys()})
+        problems += settings or [
+            f"the weights of {', '.join(differing) or 'the networks'} (a part configured differently)"
         ]
     configured = datamodule_name(model)
     if configured is not None and saved.get("datamodule", configured) != configured:

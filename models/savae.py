@@ -27,6 +27,7 @@ class SAVAE(VAE):
     """
 
     eval_metric_names: ClassVar[tuple[str, ...]] = (*VAE.eval_metric_names, "elbo_svi", "kl_svi")
+    refines_posterior: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -57,10 +58,12 @@ class SAVAE(VAE):
         self.svi = SVIRefinement(svi_steps, svi_lr, svi_momentum, svi_max_grad_norm, svi_hessian_products)
 
     def svi_objective(self, x: torch.Tensor, beta: float) -> Objective:
-        """f(mean, logvar): the batch mean of -log p(x|z) + beta KL, z drawn with fresh noise on each call."""
+        """f(mean, logvar): the batch mean of -log p(x|z) + beta KL, z drawn with fresh noise on each call; always
+        the ELBO's KL, whatever KL term the training loss uses."""
 
         def objective(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-            return self.training_loss(self.elbo_terms(x, mean, logvar, torch.randn_like(mean)), beta)
+            terms = self.elbo_terms(x, mean, logvar, torch.randn_like(mean))
+            return (terms["recon"] + beta * terms["kl"]).mean()
 
         return objective
 
@@ -97,6 +100,7 @@ class SAVAE(VAE):
         return surrogate, logs
 
     def training_step(self, batch: dict, batch_idx: int):
+        self.procedure.before_step(self, batch)
         beta = self.kl_weight()
         surrogate, logs = self.svi_training_loss(batch["x"], beta)
         self.log_training(logs.pop("loss"), beta, **logs)

@@ -1,14 +1,17 @@
 """The VAE and Skip-VAE LightningModules: the wiring of encoder, decoder, ELBO, logging and optimiser.
 
 The two classes are identical except for `latent_skip`, which the decoder reads in one place
-(`SkipDecoder.takes_latent`). Networks are built from plain hyper-parameters (`models/networks.py`), so that
-checkpoints reload with `load_from_checkpoint` and every value can be set from the command line. What applies to
-every model of the project lives elsewhere: checkpoint identity (`models/identity.py`), the non-finite-step guard
-and random-state checkpointing (`callbacks/guards.py`, `callbacks/random_state.py`).
+(`SkipDecoder.takes_latent`). Networks are built from plain hyper-parameters (`models/networks.py`). The parts
+that posterior-collapse remedies change are `__init__` arguments chosen in the config by `class_path`: the KL
+weight schedule (`models/kl_schedule.py`), the KL term of the training loss (`models/kl_term.py`), a normalisation
+of the posterior means and the training procedure (`models/procedure.py`); LightningCLI stores their configs in
+the hyper-parameters, so checkpoints reload with `load_from_checkpoint`. What applies to every model of the
+project lives elsewhere: checkpoint identity (`models/identity.py`), the non-finite-step guard and random-state
+checkpointing (`callbacks/guards.py`, `callbacks/random_state.py`).
 """
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar, Literal, cast
 
 import lightning as L
@@ -19,21 +22,26 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from callbacks.contract import EvaluationOutputs
-from models.distributions import at_least_float32, gaussian_kl, per_example_normal
+from models.distributions import at_least_float32, gaussian_kl_per_dim, per_example_normal
 from models.identity import CheckpointIdentity
+from models.kl_schedule import KLSchedule, LinearWarmup
+from models.kl_term import KLTerm
 from models.networks import build_networks
+from models.procedure import TrainingProcedure
 
 
 class VAE(CheckpointIdentity, L.LightningModule):
     """Gaussian-latent VAE whose decoder sees z at its first layer only.
 
     Loss: the negative ELBO in nats per example, -E_q[log p(x|z)] + beta * KL(q(z|x) || p(z)), with the KL in
-    closed form and beta warmed up linearly from `kl_start` to 1 (see `kl_weight`).
+    closed form and beta from the KL schedule (by default warmed up linearly from `kl_start` to 1); a `kl_term`
+    part may replace the KL in the loss (never in what is logged).
     Logged `*/elbo` values are negative ELBOs (positive nats, an upper bound on the NLL; lower is better).
     """
 
     hparams: AttributeDict  # the saved init arguments, read as attributes
     latent_skip: ClassVar[bool] = False
+    refines_posterior: ClassVar[bool] = False  # whether the decoder sees a posterior refined beyond the encoder's
     eval_metric_names: ClassVar[tuple[str, ...]] = ("elbo", "recon", "kl")  # logged as val/<name>, test/<name>
 
     def __init__(
@@ -54,6 +62,10 @@ class VAE(CheckpointIdentity, L.LightningModule):
         kl_warmup_epochs: NonNegativeFloat = 0.0,
         param_init: NonNegativeFloat = 0.0,
         linear_init: Literal["he_normal", "default"] = "he_normal",
+        kl_schedule: KLSchedule | None = None,
+        kl_term: KLTerm | None = None,
+        mean_normalisation: Callable[[int], nn.Module] | None = None,
+        procedure: TrainingProcedure | None = None,
     ):
         """
         Args:
@@ -79,9 +91,18 @@ class VAE(CheckpointIdentity, L.LightningModule):
             linear_init: "he_normal": the weights of every linear layer start N(0, 2 / fan_in), as in the paper
                 code's image models (biases keep PyTorch's default); "default": PyTorch's initialisation (the
                 paper code's MLP model).
+            kl_schedule: the KL weight beta at each step (`models/kl_schedule.py`); default: the linear warm-up of
+                `kl_start` and `kl_warmup_epochs`, which are ignored when a schedule is given.
+            kl_term: the KL term of the training loss (`models/kl_term.py`); default: the exact KL.
+            mean_normalisation: a module applied to the encoder's posterior means, built with the latent dimension
+                (e.g. BN-VAE's batch normalisation, `models/remedies/bn_vae.py`); default: none.
+            procedure: the training procedure (`models/procedure.py`); default: standard training.
         """
         super().__init__()
         self.save_hyperparameters()
+        self.kl_schedule = kl_schedule if kl_schedule is not None else LinearWarmup(kl_start, kl_warmup_epochs)
+        self.kl_term = kl_term if kl_term is not None else KLTerm()
+        self.procedure = procedure if procedure is not None else TrainingProcedure()
         self.encoder, self.decoder = build_networks(
             architecture,
             data_dims,
@@ -96,6 +117,9 @@ class VAE(CheckpointIdentity, L.LightningModule):
             self.latent_skip,
         )
         self.initialise(param_init, linear_init)
+        # after the networks' initialisation, which would overwrite the normalisation's fixed parameters
+        self.mean_normalisation = mean_normalisation(latent_dim) if mean_normalisation is not None else None
+        self.procedure.setup(self)
         self.eval_metrics = nn.ModuleDict(
             {f"{stage}_{name}": MeanMetric() for stage in ("val", "test") for name in self.eval_metric_names}
         )
@@ -116,36 +140,49 @@ class VAE(CheckpointIdentity, L.LightningModule):
 
     # ------------------------------------------------------------------ model
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log-variance of q(z|x), in float32 at least (also under mixed precision)."""
+        """Mean and log-variance of q(z|x), in float32 at least (also under mixed precision), the means through
+        `mean_normalisation` when there is one."""
         mean, logvar = self.encoder(x)
-        return at_least_float32(mean), at_least_float32(logvar)
+        mean, logvar = at_least_float32(mean), at_least_float32(logvar)
+        if self.mean_normalisation is not None:
+            mean = at_least_float32(self.mean_normalisation(mean))
+        return mean, logvar
+
+    def inference_parameters(self) -> list[nn.Parameter]:
+        """The parameters of q(z|x): the encoder's and the mean normalisation's."""
+        modules = [self.encoder] + ([self.mean_normalisation] if self.mean_normalisation is not None else [])
+        return [p for module in modules for p in module.parameters()]
 
     def kl_weight(self) -> float:
-        """beta at the current optimizer step t (from 0): min(1, kl_start + (t + 1) / (kl_warmup_epochs x steps per
-        epoch)), the paper code's schedule (it adds the increment before each batch); derived from global_step,
-        so a resumed run continues it."""
-        hp = self.hparams
-        if hp.kl_warmup_epochs <= 0 or self._trainer is None:
+        """beta at the current optimizer step (from the KL schedule); 1 without a trainer. Derived from
+        global_step, so a resumed run continues it."""
+        if self._trainer is None:
             return 1.0
-        steps_per_epoch = self.trainer.num_training_batches / self.trainer.accumulate_grad_batches
-        if not math.isfinite(steps_per_epoch) or steps_per_epoch <= 0:
-            return 1.0
-        return min(1.0, hp.kl_start + (self.global_step + 1) / (hp.kl_warmup_epochs * steps_per_epoch))
+        trainer = self.trainer
+        steps_per_epoch = trainer.num_training_batches / trainer.accumulate_grad_batches
+        if getattr(trainer, "max_steps", -1) not in (-1, None):
+            total_steps = float(trainer.max_steps)
+        else:
+            max_epochs = getattr(trainer, "max_epochs", None)
+            total_steps = steps_per_epoch * max_epochs if max_epochs not in (-1, None) else math.inf
+        return self.kl_schedule.weight(self.global_step, steps_per_epoch, total_steps)
 
     def elbo_terms(
         self, x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """One-sample ELBO terms per example at the posterior (mean, logvar), z = mean + std * noise:
-        recon = -log p(x|z), kl = KL(q(z|x)||p(z)) and elbo = recon + kl (the negative ELBO), each (batch,)."""
+        recon = -log p(x|z), kl = KL(q(z|x)||p(z)) and elbo = recon + kl (the negative ELBO), each (batch,), and
+        kl_per_dimension (batch, latent)."""
         z = mean + torch.exp(0.5 * logvar) * noise
         recon = -self.decoder.log_prob(x, z)
-        kl = gaussian_kl(mean, logvar)
-        return {"recon": recon, "kl": kl, "elbo": recon + kl}
+        kl_per_dimension = gaussian_kl_per_dim(mean, logvar)
+        kl = kl_per_dimension.sum(-1)
+        return {"recon": recon, "kl": kl, "elbo": recon + kl, "kl_per_dimension": kl_per_dimension}
 
-    @staticmethod
-    def training_loss(terms: dict[str, torch.Tensor], beta: float) -> torch.Tensor:
-        """The batch mean of recon + beta * kl: the negative ELBO with the KL warm-up's weight."""
-        return (terms["recon"] + beta * terms["kl"]).mean()
+    def training_loss(self, terms: dict[str, torch.Tensor], beta: float) -> torch.Tensor:
+        """The batch mean of recon + beta x the KL term (by default the exact KL: the negative ELBO with the KL
+        schedule's weight)."""
+        return terms["recon"].mean() + beta * self.kl_term(terms["kl_per_dimension"])
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The ELBO terms at the encoder's posterior, with its `mean` and `logvar`; noise defaults to a fresh
@@ -170,6 +207,7 @@ class VAE(CheckpointIdentity, L.LightningModule):
             self.log(f"train/{name}", value, prog_bar=name == "elbo", batch_size=batch_size)
 
     def training_step(self, batch: dict, batch_idx: int):
+        self.procedure.before_step(self, batch)
         out, beta = self(batch["x"]), self.kl_weight()
         loss = self.training_loss(out, beta)
         self.log_training(loss, beta, elbo=out["elbo"], recon=out["recon"], kl=out["kl"])
@@ -212,6 +250,30 @@ class VAE(CheckpointIdentity, L.LightningModule):
         if "label" in batch:
             outputs["labels"] = batch["label"]
         return {key: value.detach().cpu() for key, value in outputs.items()}
+
+    # ------------------------------------------------------------------ the training procedure's hooks
+    def on_fit_start(self) -> None:
+        self.procedure.on_fit_start(self)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """A procedure that holds the encoder for this step: its gradients are dropped before clipping and the
+        step (DDP has already synchronised them)."""
+        if not self.procedure.updates_encoder():
+            for parameter in self.inference_parameters():
+                parameter.grad = None
+
+    def on_validation_epoch_end(self) -> None:
+        """After the callbacks' epoch end (MI and AU are logged by then): the procedure reads the metrics."""
+        if self._trainer is not None and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self.procedure.after_validation(self, self.trainer.callback_metrics)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["training_procedure"] = self.procedure.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.procedure.load_state_dict(checkpoint.get("training_procedure", {}))
 
     def configure_optimizers(self):
         if self.hparams.optimizer == "sgd":
