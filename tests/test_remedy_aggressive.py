@@ -1,0 +1,91 @@
+"""Aggressive inference-network training: the inner loop updates the encoder only and stops by its rule; the phase
+ends when the validation MI falls; its state survives a checkpoint."""
+
+import itertools
+
+import pytest
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+from models import SAVAE, VAE
+from models.remedies.aggressive import AggressiveInference
+
+
+def small_model(procedure: AggressiveInference) -> VAE:
+    torch.manual_seed(0)
+    return VAE(
+        architecture="mlp", latent_dim=3, encoder_hidden=16, decoder_hidden=16, decoder_layers=1, procedure=procedure
+    )
+
+
+def batches(scales):
+    torch.manual_seed(1)
+    for scale in scales:
+        yield {"x": torch.bernoulli(torch.full((8, 1, 28, 28), 0.3)), "scale": scale}
+
+
+def scaled_loss(model):
+    return lambda batch: model.training_loss(model(batch["x"]), 1.0) * batch["scale"]
+
+
+def test_inner_loop_updates_the_encoder_only():
+    procedure = AggressiveInference(max_inner_steps=20, check_every=5)
+    model = small_model(procedure)
+    decoder = {k: v.clone() for k, v in model.decoder.state_dict().items()}
+    encoder = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    procedure.run_inner_loop(model, batches(itertools.repeat(1.0)), scaled_loss(model))
+    assert all(torch.equal(decoder[k], v) for k, v in model.decoder.state_dict().items())
+    assert all(p.grad is None for p in model.decoder.parameters())
+    assert any(not torch.equal(encoder[k], v) for k, v in model.encoder.state_dict().items())
+
+
+def test_inner_loop_stops_when_the_window_loss_rises():
+    """Windows of 5: the losses of steps 11-15 are ten times those of 6-10, so the loop stops after step 15."""
+    procedure = AggressiveInference(max_inner_steps=100, check_every=5)
+    model = small_model(procedure)
+    steps = procedure.run_inner_loop(model, batches([1.0] * 10 + [10.0] * 100), scaled_loss(model))
+    assert steps == 15
+
+
+def test_inner_loop_stops_at_its_maximum_while_the_loss_falls():
+    procedure = AggressiveInference(max_inner_steps=12, check_every=3)
+    model = small_model(procedure)
+    steps = procedure.run_inner_loop(model, batches([2.0**-k for k in range(100)]), scaled_loss(model))
+    assert steps == 12
+
+
+def test_phase_ends_when_validation_mi_falls():
+    procedure = AggressiveInference()
+    model = small_model(procedure)
+    for mi, active in ((0.5, True), (0.9, True), (0.95, True), (0.94, False), (2.0, False)):
+        procedure.after_validation(model, {"val/mi": torch.tensor(mi)})
+        assert procedure.active is active and procedure.updates_encoder() is not active
+    with pytest.raises(MisconfigurationException, match="val/mi"):
+        AggressiveInference().after_validation(model, {})
+
+
+def test_state_round_trips_with_the_inner_optimizer():
+    procedure = AggressiveInference(max_inner_steps=4, check_every=2)
+    model = small_model(procedure)
+    procedure.run_inner_loop(model, batches(itertools.repeat(1.0)), scaled_loss(model))
+    procedure.after_validation(model, {"val/mi": torch.tensor(-1.0)})
+    state = procedure.state_dict()
+    restored = AggressiveInference()
+    restored.load_state_dict(state)
+    assert restored.active is False and restored.previous_mi == -1.0
+    restored_optimizer = restored.encoder_optimizer(model)
+    assert restored_optimizer.state_dict()["state"].keys() == procedure.optimizer.state_dict()["state"].keys()
+    first = next(iter(restored_optimizer.state_dict()["state"].values()))["exp_avg"]
+    torch.testing.assert_close(first, next(iter(procedure.optimizer.state_dict()["state"].values()))["exp_avg"])
+
+
+def test_sa_models_are_refused():
+    with pytest.raises(MisconfigurationException, match="not apply to SAVAE"):
+        SAVAE(
+            architecture="mlp",
+            latent_dim=2,
+            encoder_hidden=4,
+            decoder_hidden=4,
+            decoder_layers=1,
+            procedure=AggressiveInference(),
+        )
