@@ -1,0 +1,112 @@
+"""The remedies together keep what every run has: exact resume (with the aggressive phase's state), DDP with
+identical replicas, bf16-mixed and the non-finite guard."""
+
+import math
+
+import pytest
+import torch
+from helpers import MLP, callbacks_config, config_args, logging_args, read_events, run_main
+from lightning.pytorch.callbacks import Callback
+from test_resume import assert_same_run, scalars
+
+from callbacks.guards import NonFiniteLossError
+from main import cli_main
+
+pytestmark = pytest.mark.integration
+
+# Every part a remedy sets, at once: free bits, cyclical annealing, BN-VAE and aggressive training (3 inner steps).
+ALL_PARTS = [
+    *config_args(
+        MLP,
+        "debug.yaml",
+        "remedies/free_bits.yaml",
+        "remedies/cyclical_annealing.yaml",
+        "remedies/bn_vae.yaml",
+        "remedies/aggressive.yaml",
+    ),
+    "--model.init_args.procedure.init_args.max_inner_steps",
+    "3",
+    "--model.init_args.procedure.init_args.check_every",
+    "2",
+]
+
+
+class StopAfterFirstEpoch(Callback):
+    """Ends a run after its first epoch without changing its length (cyclical annealing's cycles depend on it)."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.should_stop = True
+
+
+def run_in_parts(tmp_path):
+    """3 epochs uninterrupted, and the same 3-epoch run stopped after its first epoch and resumed."""
+    args = ["fit", *ALL_PARTS, "--trainer.deterministic", "true", "--trainer.max_epochs", "3"]
+    cli_main([*args, *logging_args(tmp_path, "full")])
+    stop = callbacks_config(tmp_path / "stop.yaml", "class_path: test_remedy_combinations.StopAfterFirstEpoch")
+    cli_main([*args, *logging_args(tmp_path, "parts"), *stop])
+    assert torch.load(tmp_path / "parts/version_0/checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
+    cli_main([*args, *logging_args(tmp_path, "parts"), "--ckpt_path", "last"])
+    return tmp_path / "full" / "version_0", tmp_path / "parts" / "version_0"
+
+
+def test_without_the_procedure_state_the_resumed_run_would_differ(tmp_path, monkeypatch):
+    """Guards the test below: a resumed run that restarts the inner optimizer is another run."""
+    from models.remedies.aggressive import AggressiveInference
+
+    monkeypatch.setattr(AggressiveInference, "state_dict", lambda self: {})
+    with pytest.raises(AssertionError):
+        assert_same_run(*run_in_parts(tmp_path))
+
+
+def test_exact_resume_with_every_part(tmp_path):
+    full, resumed = run_in_parts(tmp_path)
+    assert_same_run(full, resumed)
+    states = [
+        torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["training_procedure"]
+        for run in (full, resumed)
+    ]
+    assert states[0]["active"] == states[1]["active"] and states[0]["previous_mi"] == states[1]["previous_mi"]
+    for a, b in zip(states[0]["optimizer"]["state"].values(), states[1]["optimizer"]["state"].values()):
+        assert all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a)
+    logged = scalars(resumed)
+    phase = dict(logged["train/aggressive_phase"])
+    assert phase[4] == 1.0  # the aggressive phase ran across the resume point (after epoch 0's 4 steps)
+    assert {step for step, _ in logged["train/inner_steps"]} >= {0, 4}
+    beta = dict(logged["train/beta"])
+    assert beta[0] == 0.0 and max(beta.values()) == 1.0  # cycles of 3 steps over the 12
+
+
+def test_two_processes_keep_the_replicas_identical(tmp_path):
+    extra = callbacks_config(tmp_path / "cb.yaml", "class_path: helpers.AssertReplicasAgree")
+    result = run_main(
+        [
+            "fit",
+            *ALL_PARTS,
+            *config_args("ddp.yaml"),
+            *extra,
+            *logging_args(tmp_path),
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.max_epochs",
+            "2",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MEMBER: 2/2" in result.stderr
+    events = read_events(tmp_path / "run" / "version_0")
+    assert {"train/inner_steps", "train/aggressive_phase", "val/mi"} <= set(events.Tags()["scalars"])
+
+
+def test_bf16_mixed(tmp_path):
+    cli = cli_main(["fit", *ALL_PARTS, *config_args("bf16.yaml"), *logging_args(tmp_path)])
+    metrics = cli.trainer.callback_metrics
+    assert cli.trainer.precision == "bf16-mixed"
+    assert all(math.isfinite(float(metrics[name])) for name in ("val/elbo", "val/mi", "train/loss"))
+
+
+def test_the_guard_stops_a_nan_batch_during_the_aggressive_phase(tmp_path):
+    extra = callbacks_config(tmp_path / "cb.yaml", "class_path: helpers.InjectNonFinite\n      init_args: {steps: [5]}")
+    with pytest.raises(NonFiniteLossError, match="^the training loss is not finite at global step 5 "):
+        cli_main(["fit", *ALL_PARTS, *extra, *logging_args(tmp_path), "--trainer.max_epochs", "2"])
+    saved = torch.load(tmp_path / "run/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert saved["global_step"] == 4 and all(torch.isfinite(w).all() for w in saved["state_dict"].values())
