@@ -53,10 +53,10 @@ def checkpoint_mismatches(model, checkpoint: dict) -> list[str]:
             for key in NETWORK_SETTINGS
             if key in hparams and _plain(hparams[key]) != _plain(model.hparams.get(key))
         ]
-        differing = sorted({name.split(".")[0] for name in saved_shapes.keys() ^ configured_shapes.keys()})
-        problems += settings or [
-            f"the weights of {', '.join(differing) or 'the networks'} (a part configured differently)"
-        ]
+        problems += settings
+        if not problems:  # neither the class nor a network setting explains the shapes: a part does
+            differing = sorted({name.split(".")[0] for name in saved_shapes.keys() ^ configured_shapes.keys()})
+            problems.append(f"the weights of {', '.join(differing) or 'the networks'} (a part configured differently)")
     configured = datamodule_name(model)
     if configured is not None and saved.get("datamodule", configured) != configured:
         problems.append(f"data {saved['datamodule']} (configured: {configured})")
