@@ -4,6 +4,7 @@ import math
 from types import SimpleNamespace
 
 import pytest
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from models import VAE
 from models.remedies.cyclical_annealing import CyclicalAnnealing
@@ -44,6 +45,6 @@ def test_the_model_reads_the_run_length_from_its_trainer():
     model._trainer.global_step = 25
     assert model.kl_weight() == pytest.approx(0.5)
     model._trainer.max_epochs = -1
-    with pytest.raises(ValueError, match="max_epochs or trainer.max_steps"):
+    with pytest.raises(MisconfigurationException, match="max_epochs or trainer.max_steps"):
         model.kl_weight()
     assert not math.isnan(CyclicalAnnealing().weight(0, math.inf, 8))

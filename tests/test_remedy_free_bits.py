@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from models import VAE
 from models.remedies.free_bits import FreeBits
@@ -21,7 +22,7 @@ def test_no_kl_gradient_below_lambda():
 def test_groups_are_held_as_a_whole():
     kl = torch.tensor([[0.1, 0.3, 2.0, 0.0]])  # groups of two: 0.4 (held at 1) and 2.0
     assert FreeBits(lambda_=1.0, group_size=2)(kl).item() == pytest.approx(3.0)
-    with pytest.raises(ValueError, match="does not divide"):
+    with pytest.raises(MisconfigurationException, match="does not divide"):
         FreeBits(group_size=3)(kl)
 
 

@@ -12,6 +12,7 @@ rounding of step indices. T is the run's total: `trainer.max_steps`, else `max_e
 import math
 
 from jsonargparse.typing import ClosedUnitInterval, OpenUnitInterval, PositiveInt
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from models.kl_schedule import KLSchedule
 
@@ -30,7 +31,7 @@ class CyclicalAnnealing(KLSchedule):
 
     def weight(self, step: int, steps_per_epoch: float, total_steps: float) -> float:
         if not 0 < total_steps < math.inf:
-            raise ValueError(
+            raise MisconfigurationException(
                 "cyclical KL annealing needs the run's length: set trainer.max_epochs or trainer.max_steps"
             )
         period = total_steps / self.cycles

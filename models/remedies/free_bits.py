@@ -12,6 +12,7 @@ dimension per group (the default) it is the "KL thresholding" of Li et al. (2019
 
 import torch
 from jsonargparse.typing import NonNegativeFloat, PositiveInt
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from models.kl_term import KLTerm
 
@@ -30,6 +31,8 @@ class FreeBits(KLTerm):
     def __call__(self, kl_per_dimension: torch.Tensor) -> torch.Tensor:
         batch, latent = kl_per_dimension.shape
         if latent % self.group_size:
-            raise ValueError(f"free bits: group_size {self.group_size} does not divide the latent dimension {latent}")
+            raise MisconfigurationException(
+                f"free bits: group_size {self.group_size} does not divide the latent dimension {latent}"
+            )
         per_group = kl_per_dimension.mean(0).view(latent // self.group_size, self.group_size).sum(-1)
         return torch.clamp(per_group, min=self.lambda_).sum()
