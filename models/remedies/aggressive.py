@@ -19,7 +19,7 @@ SA models are refused: their encoder is trained through the SVI steps, not on th
 """
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -116,7 +116,8 @@ class AggressiveInference(TrainingProcedure):
             for p in params:
                 p.grad = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
                 offset += p.numel()
-            self.clip(trainer, params)
+            if trainer is not None:
+                model.clip_gradients(optimizer)  # the run's gradient clipping (trainer settings), on the encoder's
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             window += float(flat[0])
@@ -126,17 +127,6 @@ class AggressiveInference(TrainingProcedure):
                     break
                 previous, window = current, 0.0
         return steps
-
-    @staticmethod
-    def clip(trainer, params: Sequence[torch.Tensor]) -> None:
-        """The run's gradient clipping, on the encoder's gradients."""
-        value = getattr(trainer, "gradient_clip_val", None) if trainer is not None else None
-        if not value:
-            return
-        if getattr(trainer, "gradient_clip_algorithm", "norm") == "value":
-            torch.nn.utils.clip_grad_value_(params, value)
-        else:
-            torch.nn.utils.clip_grad_norm_(params, value)
 
     def training_batches(self, model: "VAE", first: dict) -> Iterator[dict]:
         """The step's batch, then random training batches (with the datamodule's transfer, e.g. binarization)."""
