@@ -5,12 +5,33 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP = "mnist_skipvae_mlp.yaml"  # the fastest experiment: the tests' model when any trained model will do
+
+
+def small(model_class=None, **overrides):
+    """A seeded MLP model of a few units (latent 3), for tests without a Trainer; `overrides` are init arguments."""
+    import torch
+
+    from models import VAE
+
+    torch.manual_seed(0)
+    settings = dict(architecture="mlp", latent_dim=3, encoder_hidden=8, decoder_layers=1, decoder_hidden=8)
+    return (model_class or VAE)(**{**settings, **overrides})
+
+
+def on_fake_trainer(model, step: int, batches: int = 10, max_epochs: int = -1):
+    """`model` attached to a stand-in for a trainer that knows what `VAE.kl_weight` reads: the optimizer step, the
+    batches per epoch and the run's length (-1: unknown)."""
+    model._trainer = SimpleNamespace(
+        num_training_batches=batches, accumulate_grad_batches=1, global_step=step, max_steps=-1, max_epochs=max_epochs
+    )
+    return model
 
 
 def config_args(*names: str) -> list[str]:

@@ -1,10 +1,9 @@
 """Encoders, the KL warm-up, sampling from the MLP and LSTM decoders, the callbacks' contract and checkpoint identity,
 each on small networks without a Trainer."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
+from helpers import on_fake_trainer, small
 
 from callbacks.contract import LabeledData, LatentVariableModel, TextData
 from datamodules import MNISTDataModule, OmniglotDataModule, YahooDataModule
@@ -47,18 +46,7 @@ class TestEncoders:
 class TestKLWeight:
     @staticmethod
     def model_at(step: int, kl_start: float = 0.1, warmup_epochs: float = 2, batches: int = 10) -> VAE:
-        model = VAE(
-            architecture="mlp",
-            latent_dim=2,
-            encoder_hidden=4,
-            decoder_hidden=4,
-            decoder_layers=1,
-            kl_start=kl_start,
-            kl_warmup_epochs=warmup_epochs,
-        )
-        trainer = SimpleNamespace(num_training_batches=batches, accumulate_grad_batches=1, global_step=step)
-        model._trainer = trainer  # global_step and trainer read it
-        return model
+        return on_fake_trainer(small(kl_start=kl_start, kl_warmup_epochs=warmup_epochs), step, batches)
 
     def test_the_paper_codes_increment_per_step(self):
         """beta = min(1, kl_start + (step + 1) / (warm-up epochs x batches)): the paper's code adds 1 / (2 x 10)
@@ -166,12 +154,6 @@ class TestContract:
     def test_datamodules_offer_labels_or_text(self):
         assert issubclass(MNISTDataModule, LabeledData) and issubclass(OmniglotDataModule, LabeledData)
         assert issubclass(YahooDataModule, TextData) and not issubclass(YahooDataModule, LabeledData)
-
-
-def small(model_class=VAE, **overrides):
-    torch.manual_seed(0)
-    settings = dict(architecture="mlp", latent_dim=3, encoder_hidden=8, decoder_layers=1, decoder_hidden=8)
-    return model_class(**{**settings, **overrides})
 
 
 def checkpoint_of(model) -> dict:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 from conftest import CONFIGS, EXPERIMENT_CONFIGS, fixture_args
-from helpers import config_args, logging_args, main_exit
+from helpers import config_args, logging_args, main_exit, small
 
 from main import cli_main
 from models import VAE, SkipVAE
@@ -112,13 +112,9 @@ def test_remedy_with_sa_models(tmp_path, fixture_data_dir, capsys, remedy):
         assert fit(tmp_path, fixture_data_dir, "mnist_savae_mlp.yaml", remedy, *args).exists()
 
 
-def tiny(**parts) -> VAE:
-    return VAE(architecture="mlp", latent_dim=2, encoder_hidden=4, decoder_hidden=4, decoder_layers=1, **parts)
-
-
 def test_a_checkpoint_of_the_layout_before_parts_loads(tmp_path):
     """Hyper-parameters without the part keys (checkpoints written before the parts existed) build the defaults."""
-    model = tiny()
+    model = small()
     hparams = {key: value for key, value in model.hparams.items() if key not in PART_KEYS}
     path = tmp_path / "old.ckpt"
     torch.save(
@@ -136,8 +132,8 @@ def test_a_checkpoint_of_the_layout_before_parts_loads(tmp_path):
 
 
 def test_a_checkpoint_with_other_parts_is_refused():
-    normalised = tiny(mean_normalisation=lambda dim: torch.nn.BatchNorm1d(dim))
+    normalised = small(mean_normalisation=lambda dim: torch.nn.BatchNorm1d(dim))
     checkpoint = {"skipvae_model": {"class": "VAE"}, "state_dict": normalised.state_dict(), "hyper_parameters": {}}
-    assert checkpoint_mismatches(tiny(), checkpoint) == [
+    assert checkpoint_mismatches(small(), checkpoint) == [
         "the weights of mean_normalisation (a part configured differently)"
     ]

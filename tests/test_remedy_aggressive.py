@@ -5,6 +5,7 @@ import itertools
 
 import pytest
 import torch
+from helpers import small
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from models import SAVAE, VAE
@@ -12,10 +13,7 @@ from models.remedies.aggressive import AggressiveInference
 
 
 def small_model(procedure: AggressiveInference) -> VAE:
-    torch.manual_seed(0)
-    return VAE(
-        architecture="mlp", latent_dim=3, encoder_hidden=16, decoder_hidden=16, decoder_layers=1, procedure=procedure
-    )
+    return small(encoder_hidden=16, decoder_hidden=16, procedure=procedure)
 
 
 def batches(scales):
@@ -81,11 +79,4 @@ def test_state_round_trips_with_the_inner_optimizer():
 
 def test_sa_models_are_refused():
     with pytest.raises(MisconfigurationException, match="not apply to SAVAE"):
-        SAVAE(
-            architecture="mlp",
-            latent_dim=2,
-            encoder_hidden=4,
-            decoder_hidden=4,
-            decoder_layers=1,
-            procedure=AggressiveInference(),
-        )
+        small(SAVAE, procedure=AggressiveInference())

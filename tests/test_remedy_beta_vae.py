@@ -1,29 +1,16 @@
 """beta-VAE: the constant schedule's value is the loss's KL weight at every step, and the reported ELBO stays."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
+from helpers import on_fake_trainer, small
 
-from models import VAE
 from models.kl_schedule import ConstantWeight
 
 
 def test_constant_weight_at_every_step_and_in_the_loss():
-    model = VAE(
-        architecture="mlp",
-        latent_dim=2,
-        encoder_hidden=4,
-        decoder_hidden=4,
-        decoder_layers=1,
-        kl_start=0.1,
-        kl_warmup_epochs=5,
-        kl_schedule=ConstantWeight(beta=0.4),
-    )
+    model = small(kl_start=0.1, kl_warmup_epochs=5, kl_schedule=ConstantWeight(beta=0.4))
     for step in (0, 7, 10_000):
-        model._trainer = SimpleNamespace(
-            num_training_batches=10, accumulate_grad_batches=1, global_step=step, max_steps=-1, max_epochs=3
-        )
+        on_fake_trainer(model, step, max_epochs=3)
         assert model.kl_weight() == 0.4  # the warm-up keys are ignored once a schedule is set
     out = model(torch.bernoulli(torch.full((4, 1, 28, 28), 0.3)))
     expected = (out["recon"] + 0.4 * out["kl"]).mean()

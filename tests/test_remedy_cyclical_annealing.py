@@ -1,12 +1,11 @@
 """Cyclical KL annealing: beta at chosen steps, and as the model reads it from its trainer."""
 
 import math
-from types import SimpleNamespace
 
 import pytest
+from helpers import on_fake_trainer, small
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from models import VAE
 from models.remedies.cyclical_annealing import CyclicalAnnealing
 
 
@@ -30,17 +29,8 @@ def test_fractional_periods_restart_on_time():
 
 
 def test_the_model_reads_the_run_length_from_its_trainer():
-    model = VAE(
-        architecture="mlp",
-        latent_dim=2,
-        encoder_hidden=4,
-        decoder_hidden=4,
-        decoder_layers=1,
-        kl_schedule=CyclicalAnnealing(cycles=2, ratio=0.5),
-    )
-    model._trainer = SimpleNamespace(
-        num_training_batches=10, accumulate_grad_batches=1, global_step=15, max_steps=-1, max_epochs=4
-    )  # T = 40: cycles of 20, beta rises over 10 steps
+    # T = 40 steps: cycles of 20, beta rises over 10 steps
+    model = on_fake_trainer(small(kl_schedule=CyclicalAnnealing(cycles=2, ratio=0.5)), 15, max_epochs=4)
     assert model.kl_weight() == 1.0
     model._trainer.global_step = 25
     assert model.kl_weight() == pytest.approx(0.5)

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from helpers import small
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from models import VAE
 from models.remedies.free_bits import FreeBits
 
 
@@ -30,14 +30,7 @@ def test_zero_lambda_is_the_elbo_and_reported_kl_is_exact():
     torch.manual_seed(1)
     kl = torch.rand(4, 5)
     assert FreeBits(lambda_=0.0)(kl).item() == pytest.approx(kl.sum(-1).mean().item())
-    model = VAE(
-        architecture="mlp",
-        latent_dim=3,
-        encoder_hidden=8,
-        decoder_hidden=8,
-        decoder_layers=1,
-        kl_term=FreeBits(lambda_=5.0),
-    )
+    model = small(kl_term=FreeBits(lambda_=5.0))
     x = torch.bernoulli(torch.full((4, 1, 28, 28), 0.3))
     out = model(x)
     assert model.training_loss(out, 1.0).item() == pytest.approx(out["recon"].mean().item() + 15.0)
