@@ -122,6 +122,13 @@ def callbacks_config(path: Path, *callbacks: str) -> list[str]:
     return ["--config", str(path)]
 
 
+class StopAfterFirstEpoch(Callback):
+    """Ends a run after its first epoch without changing its length (`max_epochs`), as an interrupted run ends."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.should_stop = True
+
+
 class AssertReplicasAgree(Callback):
     """Test check under DDP: at the end of training every process holds the same weights (the gradients were
     synchronised); raises otherwise, which fails the run."""

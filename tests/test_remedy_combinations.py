@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 from helpers import MLP, callbacks_config, config_args, logging_args, read_events, run_main
-from lightning.pytorch.callbacks import Callback
-from test_resume import assert_same_run, scalars
+from test_resume import assert_same_run, fit_in_parts, scalars
 
 from callbacks.guards import NonFiniteLossError
 from main import cli_main
@@ -30,23 +29,7 @@ ALL_PARTS = [
     "2",
 ]
 
-
-class StopAfterFirstEpoch(Callback):
-    """Ends a run after its first epoch without changing its length (cyclical annealing's cycles depend on it)."""
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        trainer.should_stop = True
-
-
-def run_in_parts(tmp_path):
-    """3 epochs uninterrupted, and the same 3-epoch run stopped after its first epoch and resumed."""
-    args = ["fit", *ALL_PARTS, "--trainer.deterministic", "true", "--trainer.max_epochs", "3"]
-    cli_main([*args, *logging_args(tmp_path, "full")])
-    stop = callbacks_config(tmp_path / "stop.yaml", "class_path: test_remedy_combinations.StopAfterFirstEpoch")
-    cli_main([*args, *logging_args(tmp_path, "parts"), *stop])
-    assert torch.load(tmp_path / "parts/version_0/checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
-    cli_main([*args, *logging_args(tmp_path, "parts"), "--ckpt_path", "last"])
-    return tmp_path / "full" / "version_0", tmp_path / "parts" / "version_0"
+ALL_PARTS_DETERMINISTIC = [*ALL_PARTS, "--trainer.deterministic", "true"]
 
 
 def test_without_the_procedure_state_the_resumed_run_would_differ(tmp_path, monkeypatch):
@@ -55,11 +38,11 @@ def test_without_the_procedure_state_the_resumed_run_would_differ(tmp_path, monk
 
     monkeypatch.setattr(AggressiveInference, "state_dict", lambda self: {})
     with pytest.raises(AssertionError):
-        assert_same_run(*run_in_parts(tmp_path))
+        assert_same_run(*fit_in_parts(tmp_path, ALL_PARTS_DETERMINISTIC))
 
 
 def test_exact_resume_with_every_part(tmp_path):
-    full, resumed = run_in_parts(tmp_path)
+    full, resumed = fit_in_parts(tmp_path, ALL_PARTS_DETERMINISTIC)
     assert_same_run(full, resumed)
     states = [
         torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["training_procedure"]

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 from conftest import ROOT
-from helpers import MLP, config_args, logging_args, main_exit, read_events, run_main
+from helpers import MLP, callbacks_config, config_args, logging_args, main_exit, read_events, run_main
 
 from main import cli_main
 
@@ -73,12 +73,15 @@ def assert_same_run(full_dir, resumed_dir):
 
 
 def fit_in_parts(tmp_path, args: list[str], epochs: int = 3):
-    """The same run twice: uninterrupted for `epochs`, and stopped after 1 epoch then resumed with
-    `--ckpt_path last` (which continues the newest version folder)."""
-    cli_main(["fit", *args, *logging_args(tmp_path, "full"), "--trainer.max_epochs", str(epochs)])
+    """The same run twice: uninterrupted for `epochs`, and stopped after its first epoch (the same `max_epochs`)
+    then resumed with `--ckpt_path last` (which continues the newest version folder)."""
+    full = [*args, "--trainer.max_epochs", str(epochs)]
+    cli_main(["fit", *full, *logging_args(tmp_path, "full")])
     logging = logging_args(tmp_path, "parts")[:4] + ["--trainer.enable_progress_bar", "false"]  # no fixed version
-    cli_main(["fit", *args, *logging, "--trainer.max_epochs", "1"])
-    resumed = cli_main(["fit", *args, *logging, "--trainer.max_epochs", str(epochs), "--ckpt_path", "last"])
+    stop = callbacks_config(tmp_path / "stop.yaml", "class_path: helpers.StopAfterFirstEpoch")
+    stopped = cli_main(["fit", *full, *logging, *stop])
+    assert stopped.trainer.current_epoch == 1  # ended after its first epoch
+    resumed = cli_main(["fit", *full, *logging, "--ckpt_path", "last"])
     assert resumed.trainer.logger.version == 0  # continued in the first run's folder
     return tmp_path / "full" / "version_0", tmp_path / "parts" / "version_0"
 
