@@ -368,8 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.list or args.study is None:
+        width = max(map(len, STUDIES))
         for name, study in STUDIES.items():
-            print(f"{name:18s} {len(study.runs):2d} runs  {study.description}")
+            print(f"{name:{width}s} {len(study.runs):2d} runs  {study.description}")
         return 0
     study = STUDIES[args.study]
     if args.precision:
