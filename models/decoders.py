@@ -4,9 +4,13 @@ Every decoder is a stack of layers numbered 0..L-1 followed by an output layer (
 code enters is decided in exactly one place, `SkipDecoder.takes_latent`: a plain VAE feeds z to layer 0 only,
 a Skip-VAE (Dieng et al., 2019) feeds it to every layer and to the output layer, so that the decoder cannot
 "forget" z on its way up and the posterior is harder to collapse.
+
+Each is built as `Decoder(data_dims, latent_dim, latent_skip, **settings)`, the form a model's `decoder` part takes
+(`models/networks.py`): a new decoder subclasses `SkipDecoder` and sizes its layers with `latent_width`.
 """
 
 from abc import abstractmethod
+from collections.abc import Sequence
 from typing import ClassVar, cast
 
 import torch
@@ -121,13 +125,14 @@ class GatedPixelCNNDecoder(BernoulliImageDecoder):
 
     def __init__(
         self,
-        image_shape: list[int],
+        image_shape: Sequence[int],
         latent_dim: int,
-        channels: int,
-        kernel_sizes: list[int],
-        latent_feature_maps: int,
         latent_skip: bool,
+        channels: int = 32,
+        kernel_sizes: Sequence[int] = (3,) * 8,
+        latent_feature_maps: int = 1,
     ):
+        """The defaults are the paper code's decoder: 8 gated layers of 32 channels, 3x3 kernels, one z map."""
         super().__init__(latent_skip, output_layer=len(kernel_sizes))
         self.image_shape = list(image_shape)
         self.num_layers = len(kernel_sizes)
@@ -145,6 +150,8 @@ class GatedPixelCNNDecoder(BernoulliImageDecoder):
             )
             in_channels = channels
         self.output = nn.Conv2d(channels + self.latent_width(self.num_layers, 1), image_channels, 1)
+        # oneDNN's convolutions (CPU) and cuDNN's (tensor cores) are fastest on channels-last tensors.
+        self.to(memory_format=torch.channels_last)
 
     @property
     def gated_layers(self) -> list[GatedMaskedConv2d]:
@@ -211,7 +218,10 @@ class MLPDecoder(BernoulliImageDecoder):
 
     latent_into_output: ClassVar[bool] = False
 
-    def __init__(self, image_shape: list[int], latent_dim: int, hidden: int, num_layers: int, latent_skip: bool):
+    def __init__(
+        self, image_shape: Sequence[int], latent_dim: int, latent_skip: bool, hidden: int = 1024, num_layers: int = 2
+    ):
+        """The defaults are the paper code's MLP decoder: two hidden layers of 1024 units."""
         super().__init__(latent_skip, output_layer=num_layers + 1)
         self.image_shape = list(image_shape)
         size = image_shape[0] * image_shape[1] * image_shape[2]
@@ -248,17 +258,20 @@ class LSTMDecoder(SkipDecoder):
 
     def __init__(
         self,
-        vocab_size: int,
+        data_dims: Sequence[int],
         latent_dim: int,
-        embedding_dim: int,
-        hidden: int,
-        num_layers: int,
-        dropout: float,
         latent_skip: bool,
+        embedding_dim: int = 512,
+        hidden: int = 1024,
+        num_layers: int = 1,
+        dropout: float = 0.5,
         pad_id: int = 0,
         bos_id: int = 1,
         eos_id: int = 2,
     ):
+        """`data_dims` is [vocab_size]; the defaults are the paper code's text decoder: embedding 512, one LSTM layer
+        of 1024 units, dropout 0.5."""
+        (vocab_size,) = data_dims
         super().__init__(latent_skip, output_layer=num_layers)
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.num_layers = num_layers

@@ -1,4 +1,10 @@
-"""Inference networks q(z|x): each maps a batch to the mean and log-variance of a diagonal Gaussian."""
+"""Inference networks q(z|x): each maps a batch to the mean and log-variance of a diagonal Gaussian.
+
+Each is built as `Encoder(data_dims, latent_dim, **settings)`, the form a model's `encoder` part takes
+(`models/networks.py`).
+"""
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -25,7 +31,8 @@ class ResidualBlock(nn.Module):
 class ResidualConvEncoder(nn.Module):
     """Stages of [residual block -> 2x2 stride-2 conv] (28 -> 14 -> 7 -> 3), then linear mean and log-variance."""
 
-    def __init__(self, image_shape: list[int], latent_dim: int, channels: int = 64, stages: int = 3):
+    def __init__(self, image_shape: Sequence[int], latent_dim: int, channels: int = 64, stages: int = 3):
+        """The defaults are the paper code's image encoder: three stages of 64 channels."""
         super().__init__()
         in_channels, height, width = image_shape
         layers: list[nn.Module] = []
@@ -35,6 +42,8 @@ class ResidualConvEncoder(nn.Module):
         self.features = nn.Sequential(*layers)
         self.mean = nn.Linear(channels * height * width, latent_dim)
         self.logvar = nn.Linear(channels * height * width, latent_dim)
+        # oneDNN's convolutions (CPU) and cuDNN's (tensor cores) are fastest on channels-last tensors.
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.features(x.contiguous(memory_format=torch.channels_last)).flatten(1)
@@ -44,7 +53,7 @@ class ResidualConvEncoder(nn.Module):
 class MLPEncoder(nn.Module):
     """Two ReLU hidden layers on the flattened image: the encoder of the simple (MLP) model."""
 
-    def __init__(self, image_shape: list[int], latent_dim: int, hidden: int = 1024):
+    def __init__(self, image_shape: Sequence[int], latent_dim: int, hidden: int = 1024):
         super().__init__()
         size = image_shape[0] * image_shape[1] * image_shape[2]
         self.features = nn.Sequential(nn.Linear(size, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
@@ -59,8 +68,12 @@ class MLPEncoder(nn.Module):
 class LSTMEncoder(nn.Module):
     """Reads a padded token batch (`<bos> w_1 .. w_n <eos> <pad>..`); the last non-pad LSTM state gives q(z|x)."""
 
-    def __init__(self, vocab_size: int, latent_dim: int, embedding_dim: int = 512, hidden: int = 1024, pad_id: int = 0):
+    def __init__(
+        self, data_dims: Sequence[int], latent_dim: int, embedding_dim: int = 512, hidden: int = 1024, pad_id: int = 0
+    ):
+        """`data_dims` is [vocab_size]; the defaults are the paper code's text encoder (embedding 512, LSTM 1024)."""
         super().__init__()
+        (vocab_size,) = data_dims
         self.pad_id = pad_id
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
         self.lstm = nn.LSTM(embedding_dim, hidden, batch_first=True)

@@ -3,7 +3,8 @@ for, and a refusal names the settings that differ.
 
 A mixin of the project's LightningModules (rather than a Trainer callback) because `Model.load_from_checkpoint`
 must check too, and a callback's checkpoint hook runs only after the weights are loaded, and only when fitting.
-Which hyper-parameters shape the networks is read from `build_networks`'s signature: nothing is listed twice.
+Which hyper-parameters shape the networks (the flat settings and the network parts) is read from `build_networks`'s
+signature: nothing is listed twice.
 """
 
 import inspect
@@ -77,7 +78,7 @@ class CheckpointIdentity:
         if not problems:
             return
         hint = ""
-        if any(problem.startswith("data_dims=") for problem in problems) and self.hparams.architecture == "lstm":
+        if any(problem.startswith("data_dims=") for problem in problems) and len(self.hparams.data_dims) == 1:
             hint = (
                 " For text, data_dims is the vocabulary size: pass the training run's vocabulary "
                 "(vocab.txt in its log folder) as --data.init_args.vocab_file."

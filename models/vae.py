@@ -1,13 +1,14 @@
 """The VAE and Skip-VAE LightningModules: the wiring of encoder, decoder, ELBO, logging and optimiser.
 
 The two classes are identical except for `latent_skip`, which the decoder reads in one place
-(`SkipDecoder.takes_latent`). Networks are built from plain hyper-parameters (`models/networks.py`). The parts
-that posterior-collapse remedies change are `__init__` arguments chosen in the config by `class_path`: the KL
-weight schedule (`models/kl_schedule.py`), the KL term of the training loss (`models/kl_term.py`), a normalisation
-of the posterior means and the training procedure (`models/procedure.py`); LightningCLI stores their configs in
-the hyper-parameters, so checkpoints reload with `load_from_checkpoint`. What applies to every model of the
-project lives elsewhere: checkpoint identity (`models/identity.py`), the non-finite-step guard and random-state
-checkpointing (`callbacks/guards.py`, `callbacks/random_state.py`).
+(`SkipDecoder.takes_latent`). The model's parts are `__init__` arguments chosen in the config by `class_path`: the
+encoder and the decoder (`models/networks.py`; by default the networks an `architecture` name stands for) and
+those posterior-collapse remedies change: the KL weight schedule (`models/kl_schedule.py`), the KL term of the
+training loss (`models/kl_term.py`), a normalisation of the posterior means and the training procedure
+(`models/procedure.py`). LightningCLI stores their configs in the hyper-parameters, so checkpoints reload with
+`load_from_checkpoint`. What applies to every model of the project lives elsewhere: checkpoint identity
+(`models/identity.py`), the non-finite-step guard and random-state checkpointing (`callbacks/guards.py`,
+`callbacks/random_state.py`).
 """
 
 import math
@@ -26,7 +27,7 @@ from models.distributions import at_least_float32, gaussian_kl_per_dim, per_exam
 from models.identity import CheckpointIdentity
 from models.kl_schedule import KLSchedule, LinearWarmup
 from models.kl_term import KLTerm
-from models.networks import build_networks
+from models.networks import DecoderPart, EncoderPart, build_networks
 from models.procedure import TrainingProcedure
 
 
@@ -66,6 +67,8 @@ class VAE(CheckpointIdentity, L.LightningModule):
         kl_term: KLTerm | None = None,
         mean_normalisation: Callable[[int], nn.Module] | None = None,
         procedure: TrainingProcedure | None = None,
+        encoder: EncoderPart | None = None,
+        decoder: DecoderPart | None = None,
     ):
         """
         Args:
@@ -97,6 +100,10 @@ class VAE(CheckpointIdentity, L.LightningModule):
             mean_normalisation: a module applied to the encoder's posterior means, built with the latent dimension
                 (e.g. BN-VAE's batch normalisation, `models/remedies/bn_vae.py`); default: none.
             procedure: the training procedure (`models/procedure.py`); default: standard training.
+            encoder: the inference network, a class built with (data_dims, latent_dim) and its own settings
+                (`models/networks.py`); default: the architecture's, from the flat settings above.
+            decoder: the generative network, a `SkipDecoder` built with (data_dims, latent_dim, latent_skip) and its
+                own settings; default: the architecture's, from the flat settings above.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -115,6 +122,8 @@ class VAE(CheckpointIdentity, L.LightningModule):
             embedding_dim,
             dropout,
             self.latent_skip,
+            encoder,
+            decoder,
         )
         self.initialise(param_init, linear_init)
         # after the networks' initialisation, which would overwrite the normalisation's fixed parameters

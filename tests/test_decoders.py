@@ -140,7 +140,7 @@ class TestLSTMDecoder:
     def decoder(self, skip: bool, layers: int = 2) -> LSTMDecoder:
         torch.manual_seed(0)
         return LSTMDecoder(
-            vocab_size=11, latent_dim=3, embedding_dim=5, hidden=7, num_layers=layers, dropout=0.0, latent_skip=skip
+            data_dims=[11], latent_dim=3, embedding_dim=5, hidden=7, num_layers=layers, dropout=0.0, latent_skip=skip
         ).double()
 
     @pytest.mark.parametrize("skip", [False, True])

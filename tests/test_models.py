@@ -35,7 +35,7 @@ class TestEncoders:
 
     def test_lstm_encoder_reads_up_to_the_last_real_token(self):
         torch.manual_seed(0)
-        encoder = LSTMEncoder(vocab_size=11, latent_dim=3, embedding_dim=5, hidden=7).double()
+        encoder = LSTMEncoder(data_dims=[11], latent_dim=3, embedding_dim=5, hidden=7).double()
         short = torch.tensor([[1, 4, 5, 2]])
         padded = torch.tensor([[1, 4, 5, 2, 0, 0], [1, 6, 7, 8, 9, 2]])
         torch.testing.assert_close(encoder(padded)[0][:1], encoder(short)[0])
@@ -111,7 +111,7 @@ class TestSampling:
     def test_lstm_greedy_tokens_are_the_argmax_of_teacher_forced_logits(self, skip):
         torch.manual_seed(0)
         decoder = LSTMDecoder(
-            vocab_size=9, latent_dim=3, embedding_dim=5, hidden=7, num_layers=2, dropout=0.0, latent_skip=skip
+            data_dims=[9], latent_dim=3, embedding_dim=5, hidden=7, num_layers=2, dropout=0.0, latent_skip=skip
         ).eval()
         z = torch.randn(4, 3) * 3
         tokens = decoder.sample(z, greedy=True, max_length=12)
@@ -126,7 +126,7 @@ class TestSampling:
 
     def test_lstm_sampling_stops_when_every_row_has_ended(self):
         decoder = LSTMDecoder(
-            vocab_size=5, latent_dim=2, embedding_dim=3, hidden=4, num_layers=1, dropout=0.0, latent_skip=False
+            data_dims=[5], latent_dim=2, embedding_dim=3, hidden=4, num_layers=1, dropout=0.0, latent_skip=False
         )
         with torch.no_grad():  # every step predicts <eos>
             decoder.output.weight.zero_()
