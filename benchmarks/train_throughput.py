@@ -56,7 +56,7 @@ def train_step(model, optimizer, x, dtype):
 
 def svi_train_step(model, optimizer, x):
     """One SA-VAE training step as Lightning runs it: surrogate backward, gradient clipping, Adam."""
-    surrogate, _ = model.svi_training_loss(x, beta=1.0)
+    surrogate, _ = model.refinement.training_loss(model, x, beta=1.0)
     optimizer.zero_grad(set_to_none=True)
     surrogate.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -129,9 +129,9 @@ def sa_gradients(
     """The encoder's and the decoder's gradient (flattened) of one SA-VAE step, on seeded random streams; the
     reverse pass's clips are counted into `clip_counts` when given."""
     model = model_of(name, steps, architecture, hessian_products)
-    model.svi.clip_counts = clip_counts
+    model.refinement.svi.clip_counts = clip_counts
     torch.manual_seed(1)
-    surrogate, _ = model.svi_training_loss(x, beta=1.0)
+    surrogate, _ = model.refinement.training_loss(model, x, beta=1.0)
     surrogate.backward()
     return {
         part: torch.cat([p.grad.flatten() for p in getattr(model, part).parameters() if p.grad is not None])
@@ -148,7 +148,7 @@ def compare_svi_steps(x, steps: int, repeats: int, architecture: str, hessian_pr
 
 
 def time_svi_steps(x, steps: int, repeats: int, architecture: str, hessian_products: str | None) -> None:
-    resolved = hessian_products or model_of("SAVAE", 1, architecture).svi.hessian_products
+    resolved = hessian_products or model_of("SAVAE", 1, architecture).refinement.svi.hessian_products
     print(
         f"\nSA-VAE steps ({architecture}, fp32, batch {len(x)}, {resolved} Hessian-vector products): "
         f"median of {repeats} after a warm-up; peak {'GPU' if DEVICE.type == 'cuda' else 'resident'} memory of a "

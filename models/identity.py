@@ -28,6 +28,12 @@ def datamodule_name(model) -> str | None:
     return type(datamodule).__name__ if datamodule is not None else None
 
 
+def refinement_name(model) -> str:
+    """The class name of the model's posterior refinement part, or "none"."""
+    refinement = getattr(model, "refinement", None)
+    return type(refinement).__name__ if refinement is not None else "none"
+
+
 def _plain(value):
     """Lists and tuples compare equal when their items do (YAML gives lists, defaults are tuples)."""
     return list(value) if isinstance(value, (list, tuple)) else value
@@ -46,6 +52,8 @@ def checkpoint_mismatches(model, checkpoint: dict) -> list[str]:
     problems = []
     if saved["class"] != type(model).__name__:
         problems.append(f"model class {saved['class']} (configured: {type(model).__name__})")
+    elif "refinement" in saved and saved["refinement"] != refinement_name(model):
+        problems.append(f"posterior refinement {saved['refinement']} (configured: {refinement_name(model)})")
     saved_shapes, configured_shapes = _shapes(checkpoint.get("state_dict", {})), _shapes(model.state_dict())
     if saved_shapes != configured_shapes:
         hparams = checkpoint.get("hyper_parameters", {})
@@ -71,7 +79,11 @@ class CheckpointIdentity:
     hparams: Any  # the LightningModule's saved init arguments
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["skipvae_model"] = {"class": type(self).__name__, "datamodule": datamodule_name(self)}
+        checkpoint["skipvae_model"] = {
+            "class": type(self).__name__,
+            "datamodule": datamodule_name(self),
+            "refinement": refinement_name(self),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         problems = checkpoint_mismatches(self, checkpoint)

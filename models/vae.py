@@ -5,8 +5,9 @@ The two classes are identical except for `latent_skip`, which the decoder reads 
 encoder and the decoder (`models/networks.py`; by default the networks an `architecture` name stands for) and
 those posterior-collapse remedies change: the KL weight schedule (`models/kl_schedule.py`), the KL term of the
 training loss (`models/kl_term.py`), a normalisation of the posterior means and the training procedure
-(`models/procedure.py`). LightningCLI stores their configs in the hyper-parameters, so checkpoints reload with
-`load_from_checkpoint`. What applies to every model of the project lives elsewhere: checkpoint identity
+(`models/procedure.py`); and the posterior refinement (`models/refinement.py`: none, or SA-VAE's SVI).
+LightningCLI stores their configs in the hyper-parameters, so checkpoints reload with `load_from_checkpoint`.
+What applies to every model of the project lives elsewhere: checkpoint identity
 (`models/identity.py`), the non-finite-step guard and random-state checkpointing (`callbacks/guards.py`,
 `callbacks/random_state.py`).
 """
@@ -29,6 +30,7 @@ from models.kl_schedule import KLSchedule, LinearWarmup
 from models.kl_term import KLTerm
 from models.networks import DecoderPart, EncoderPart, build_networks
 from models.procedure import TrainingProcedure
+from models.refinement import PosteriorRefinement
 
 
 class VAE(CheckpointIdentity, L.LightningModule):
@@ -42,8 +44,7 @@ class VAE(CheckpointIdentity, L.LightningModule):
 
     hparams: AttributeDict  # the saved init arguments, read as attributes
     latent_skip: ClassVar[bool] = False
-    refines_posterior: ClassVar[bool] = False  # whether the decoder sees a posterior refined beyond the encoder's
-    eval_metric_names: ClassVar[tuple[str, ...]] = ("elbo", "recon", "kl")  # logged as val/<name>, test/<name>
+    eval_metric_names: tuple[str, ...]  # logged as val/<name>, test/<name>: elbo, recon, kl and the refinement's
 
     def __init__(
         self,
@@ -69,6 +70,7 @@ class VAE(CheckpointIdentity, L.LightningModule):
         procedure: TrainingProcedure | None = None,
         encoder: EncoderPart | None = None,
         decoder: DecoderPart | None = None,
+        refinement: PosteriorRefinement | None = None,
     ):
         """
         Args:
@@ -104,12 +106,16 @@ class VAE(CheckpointIdentity, L.LightningModule):
                 (`models/networks.py`); default: the architecture's, from the flat settings above.
             decoder: the generative network, a `SkipDecoder` built with (data_dims, latent_dim, latent_skip) and its
                 own settings; default: the architecture's, from the flat settings above.
+            refinement: a posterior refined beyond the encoder's, on which the decoder is trained
+                (`models/refinement.py`, e.g. SA-VAE's SVI); default: none (the SA classes: their SVI settings).
         """
         super().__init__()
         self.save_hyperparameters()
         self.kl_schedule = kl_schedule if kl_schedule is not None else LinearWarmup(kl_start, kl_warmup_epochs)
         self.kl_term = kl_term if kl_term is not None else KLTerm()
         self.procedure = procedure if procedure is not None else TrainingProcedure()
+        self.refinement = refinement if refinement is not None else self.default_refinement()
+        self.eval_metric_names = ("elbo", "recon", "kl") + (self.refinement.metric_names if self.refinement else ())
         self.encoder, self.decoder = build_networks(
             architecture,
             data_dims,
@@ -143,9 +149,18 @@ class VAE(CheckpointIdentity, L.LightningModule):
                 if isinstance(module, nn.Linear):
                     nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / module.in_features))
 
+    def default_refinement(self) -> PosteriorRefinement | None:
+        """The refinement when none is configured: none (the SA classes build theirs from their settings)."""
+        return None
+
     @property
     def latent_dim(self) -> int:
         return self.hparams.latent_dim
+
+    @property
+    def refines_posterior(self) -> bool:
+        """Whether the decoder is trained on a posterior refined beyond the encoder's."""
+        return self.refinement is not None
 
     # ------------------------------------------------------------------ model
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,7 +232,12 @@ class VAE(CheckpointIdentity, L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int):
         self.procedure.before_step(self, batch)
-        out, beta = self(batch["x"]), self.kl_weight()
+        beta = self.kl_weight()
+        if self.refinement is not None:
+            backward_on, logs = self.refinement.training_loss(self, batch["x"], beta)
+            self.log_training(logs.pop("loss"), beta, **logs)
+            return backward_on
+        out = self(batch["x"])
         loss = self.training_loss(out, beta)
         self.log_training(loss, beta, elbo=out["elbo"], recon=out["recon"], kl=out["kl"])
         return loss
@@ -229,11 +249,13 @@ class VAE(CheckpointIdentity, L.LightningModule):
 
     def evaluate(self, batch: dict) -> EvaluationOutputs:
         """What the callbacks read of an evaluation batch (`callbacks.contract.EvaluationOutputs`), with every
-        per-example value of `eval_metric_names`."""
-        out = self(batch["x"], self.evaluation_noise(batch))
-        return EvaluationOutputs(
+        per-example value of `eval_metric_names`: at the encoder's posterior, completed by the refinement."""
+        noise = self.evaluation_noise(batch)
+        out = self(batch["x"], noise)
+        outputs = EvaluationOutputs(
             mean=out["mean"], logvar=out["logvar"], elbo=out["elbo"], recon=out["recon"], kl=out["kl"]
         )
+        return self.refinement.evaluate(self, batch, outputs, noise) if self.refinement is not None else outputs
 
     def _evaluation_step(self, batch: dict, stage: str) -> EvaluationOutputs:
         outputs = self.evaluate(batch)

@@ -15,7 +15,7 @@ from models import VAE, SkipVAE
 from models.identity import checkpoint_mismatches
 
 GOLDEN = Path(__file__).parent / "golden" / "print_config"
-PART_KEYS = ("kl_schedule", "kl_term", "mean_normalisation", "procedure", "encoder", "decoder")
+PART_KEYS = ("kl_schedule", "kl_term", "mean_normalisation", "procedure", "encoder", "decoder", "refinement")
 REMEDIES = sorted(p.name for p in (CONFIGS / "remedies").glob("*.yaml"))
 # Per architecture: a VAE and a SkipVAE experiment.
 ARCHITECTURES = {

@@ -44,10 +44,10 @@ def example_batch(architecture: str) -> torch.Tensor:
 def unrolled_gradients(model: SAVAE, x: torch.Tensor, beta: float) -> tuple[list[torch.Tensor], list[float]]:
     """d L(lambda_K) / d parameters by autograd through every SVI step (create_graph), drawing the random numbers
     in the order the implementation does; also the norms of the unclipped SVI gradients."""
-    svi, norms = model.svi, []
+    svi, norms = model.refinement.svi, []
     mean, logvar = model.encode(x)
     momentum = [torch.zeros_like(mean), torch.zeros_like(logvar)]
-    objective = model.svi_objective(x, beta)
+    objective = model.refinement.objective(model, x, beta)
     for _ in range(svi.steps):
         seed = int(torch.randint(2**62, ()))
         with seeded(seed, mean.device):
@@ -74,7 +74,7 @@ def test_gradients_equal_a_full_unroll(architecture, model_class, steps, hessian
     )
     x = example_batch(architecture)
     torch.manual_seed(7)
-    surrogate, logs = model.svi_training_loss(x, beta=0.7)
+    surrogate, logs = model.refinement.training_loss(model, x, beta=0.7)
     exact = torch.autograd.grad(surrogate, list(model.parameters()), allow_unused=True)
     torch.manual_seed(7)
     reference, norms = unrolled_gradients(model, x, beta=0.7)
@@ -92,7 +92,7 @@ def test_zero_steps_is_the_vae(architecture):
     savae, vae = small_model(SAVAE, architecture, svi_steps=0), small_model(VAE, architecture)
     x = example_batch(architecture)
     torch.manual_seed(3)
-    surrogate, logs = savae.svi_training_loss(x, beta=0.4)
+    surrogate, logs = savae.refinement.training_loss(savae, x, beta=0.4)
     ours = torch.autograd.grad(surrogate, list(savae.parameters()))
     torch.manual_seed(3)
     out = vae(x)
@@ -121,8 +121,8 @@ def test_svi_lowers_the_batch_loss_of_a_trained_model(mnist_dir):
     batch = x[:50]
     with torch.no_grad():
         mean, logvar = model.encode(batch)
-    objective = model.svi_objective(batch, beta=1.0)
-    refined_mean, refined_logvar, _ = model.svi.refine(objective, mean, logvar)
+    objective = model.refinement.objective(model, batch, beta=1.0)
+    refined_mean, refined_logvar, _ = model.refinement.svi.refine(objective, mean, logvar)
 
     def expected_loss(m, lv):  # f with the same 200 noise draws for both posteriors
         with torch.no_grad(), seeded(11, m.device):
@@ -142,10 +142,10 @@ def authors_clip(tensors: list[torch.Tensor], max_norm: float) -> tuple[list[tor
 def official_reference(model: SAVAE, x: torch.Tensor, beta: float) -> tuple[list[torch.Tensor], list[int]]:
     """The authors' SA-VAE gradients (optim_n2n.py's forward_mom and backward_mom) as a plain loop, drawing the
     random numbers in the order the implementation does; also how many reverse steps had each extra clip active."""
-    svi, r = model.svi, 1e-5
+    svi, r = model.refinement.svi, 1e-5
     c = svi.max_grad_norm
     decoder = list(model.decoder.parameters())
-    objective = model.svi_objective(x, beta)
+    objective = model.refinement.objective(model, x, beta)
 
     def gradients_at(point: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
         mean, logvar = (t.detach().clone().requires_grad_() for t in point)
@@ -186,7 +186,7 @@ def official_reference(model: SAVAE, x: torch.Tensor, beta: float) -> tuple[list
 
 def model_gradients(model: SAVAE, x: torch.Tensor, beta: float) -> list[torch.Tensor]:
     torch.manual_seed(7)
-    surrogate, _ = model.svi_training_loss(x, beta)
+    surrogate, _ = model.refinement.training_loss(model, x, beta)
     return list(torch.autograd.grad(surrogate, list(model.parameters())))
 
 
@@ -198,12 +198,14 @@ def test_official_mode_is_the_authors_reverse_pass(architecture, model_class):
         model_class, architecture, svi_steps=steps, svi_max_grad_norm=0.05, svi_hessian_products="official"
     )
     x = example_batch(architecture)
-    model.svi.clip_counts = Counter()
+    model.refinement.svi.clip_counts = Counter()
     ours = model_gradients(model, x, beta=0.7)
     torch.manual_seed(7)
     reference, fired = official_reference(model, x, beta=0.7)
     assert fired == [steps, steps, steps]  # every extra clip was active at every reverse step
-    assert [model.svi.clip_counts[name] for name in ("perturbed gradient", "H_theta v", "lambda adjoint")] == fired
+    assert [
+        model.refinement.svi.clip_counts[name] for name in ("perturbed gradient", "H_theta v", "lambda adjoint")
+    ] == fired
     for (name, _), a, b in zip(model.named_parameters(), ours, reference):
         assert float((a - b).norm() / b.norm().clamp_min(1e-30)) < 1e-6, name
     exact = model_gradients(
