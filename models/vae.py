@@ -115,7 +115,8 @@ class VAE(CheckpointIdentity, L.LightningModule):
         self.kl_term = kl_term if kl_term is not None else KLTerm()
         self.procedure = procedure if procedure is not None else TrainingProcedure()
         self.refinement = refinement if refinement is not None else self.default_refinement()
-        self.eval_metric_names = ("elbo", "recon", "kl") + (self.refinement.metric_names if self.refinement else ())
+        refined_metrics = self.refinement.metric_names if self.refinement is not None else ()
+        self.eval_metric_names = ("elbo", "recon", "kl", *refined_metrics)
         self.encoder, self.decoder = build_networks(
             architecture,
             data_dims,

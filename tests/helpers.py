@@ -88,6 +88,14 @@ def main_exit(args: list[str], capsys) -> Exit:
     return Exit(code, capsys.readouterr().err)
 
 
+def error_line(result) -> str:
+    """The last stderr line of a failed `python main.py` run (a process or `main_exit`), checked to be a message
+    and not a traceback."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    return result.stderr.strip().splitlines()[-1]
+
+
 def read_events(log_dir: Path) -> EventAccumulator:
     events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     events.Reload()

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 from conftest import EXPERIMENT_CONFIGS, fixture_args
-from helpers import MLP, config_args, last_scalar, logging_args, main_exit, read_events, run_main
+from helpers import MLP, config_args, error_line, last_scalar, logging_args, main_exit, read_events, run_main
 
 from datamodules.files import DataError
 from main import cli_main
@@ -396,8 +396,7 @@ class TestBadInput:
             ]
         )
         assert result.returncode == 1
-        assert "Traceback" not in result.stderr
-        message = result.stderr.strip().splitlines()[-1]
+        message = error_line(result)
         assert message.startswith("error: missing data file")
         assert str(tmp_path / "nowhere" / "mnist") in message and "http" in message
 

@@ -7,7 +7,7 @@ from collections import namedtuple
 import lightning as L
 import pytest
 import torch
-from helpers import MLP, callbacks_config, config_args, logging_args, main_exit, read_events
+from helpers import MLP, callbacks_config, config_args, error_line, logging_args, main_exit, read_events
 
 from callbacks.guards import NonFiniteGuard, NonFiniteLossError
 from datamodules.files import DataError
@@ -18,13 +18,6 @@ from run_setup import RunSetupError
 
 def checkpoints(folder) -> list:
     return sorted(folder.rglob("*.ckpt"))
-
-
-def error_line(result) -> str:
-    """The last stderr line of a failed `python main.py` run, checked to be a message and not a traceback."""
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    return result.stderr.strip().splitlines()[-1]
 
 
 def fit(tmp_path, *extra: str, presets=("debug.yaml",)):

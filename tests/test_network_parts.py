@@ -7,7 +7,7 @@ from functools import partial
 import pytest
 import torch
 from conftest import fixture_args
-from helpers import config_args, logging_args, main_exit
+from helpers import config_args, error_line, logging_args, main_exit
 from torch import nn
 
 from main import cli_main
@@ -103,7 +103,7 @@ def test_a_network_from_outside_the_project_by_class_path(tmp_path, capsys):
 
     exit = main_exit(["test", *args, *PARTS[:-1], "10", "--ckpt_path", str(checkpoint)], capsys)
     assert exit.returncode == 1
-    line = exit.stderr.strip().splitlines()[-1]
+    line = error_line(exit)
     assert line.startswith("error: checkpoint does not match the configured model: decoder=") and "'hidden': 12" in line
 
 

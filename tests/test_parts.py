@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 from conftest import CONFIGS, EXPERIMENT_CONFIGS, fixture_args
-from helpers import config_args, logging_args, main_exit, small
+from helpers import config_args, error_line, logging_args, main_exit, small
 
 from main import cli_main
 from models import VAE, SkipVAE
@@ -105,7 +105,7 @@ def test_remedy_with_sa_models(tmp_path, fixture_data_dir, capsys, remedy):
             ["fit", *config_args("mnist_savae_mlp.yaml", "debug.yaml", f"remedies/{remedy}"), *logging_args(tmp_path)],
             capsys,
         )
-        assert exit.returncode == 1 and exit.stderr.strip().splitlines()[-1].startswith("error: ")
+        assert exit.returncode == 1 and error_line(exit).startswith("error: ")
         assert SA_REFUSED[remedy] in exit.stderr
         assert not (tmp_path / "run").exists()
     else:

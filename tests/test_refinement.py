@@ -3,7 +3,7 @@ class_path, rebuilt from checkpoints and checked by them, and an SA class refuse
 
 import pytest
 import torch
-from helpers import MLP, config_args, logging_args, main_exit, read_events
+from helpers import MLP, config_args, error_line, logging_args, main_exit, read_events
 
 from main import cli_main
 from models import SAVAE, VAE, SkipSAVAE, SkipVAE
@@ -79,8 +79,18 @@ def test_an_sa_model_refuses_a_second_refinement(tmp_path, capsys):
         ["fit", *config_args("mnist_savae_mlp.yaml", "debug.yaml"), *logging_args(tmp_path), *REFINEMENT, "2"], capsys
     )
     assert exit.returncode == 1
-    assert exit.stderr.strip().splitlines()[-1] == (
+    assert error_line(exit) == (
         "error: SAVAE refines its posterior with its svi_* settings; to choose a refinement part, use VAE or "
         "SkipVAE with model.init_args.refinement"
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_aggressive_training_is_refused_with_the_svi_part():
+    """The refusal follows the part, not the class name: VAE with SVI is an SA model."""
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    from models.remedies.aggressive import AggressiveInference
+
+    with pytest.raises(MisconfigurationException, match="encoder is trained through the SVI steps"):
+        VAE(**SETTINGS, refinement=SVI(steps=2), procedure=AggressiveInference())

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 from conftest import ROOT
-from helpers import MLP, callbacks_config, config_args, logging_args, main_exit, read_events, run_main
+from helpers import MLP, callbacks_config, config_args, error_line, logging_args, main_exit, read_events, run_main
 
 from main import cli_main
 
@@ -141,7 +141,7 @@ class TestExactResume:
             ["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path)[:4], "--ckpt_path", "last"], capsys
         )
         assert result.returncode == 1
-        assert result.stderr.strip().splitlines()[-1].startswith("error: --ckpt_path last: there is no last checkpoint")
+        assert error_line(result).startswith("error: --ckpt_path last: there is no last checkpoint")
 
 
 @pytest.fixture(scope="module")
