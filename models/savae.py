@@ -15,7 +15,8 @@ from models.vae import VAE
 
 class SAVAE(VAE):
     """VAE whose posterior is refined by `svi_steps` SVI steps (`models.refinement.SVI`, which says what is trained
-    and logged); with `svi_steps: 0` it is exactly the VAE."""
+    and logged, and describes each setting: `svi_<name>` here is its `<name>`); with `svi_steps: 0` it is exactly
+    the VAE."""
 
     def __init__(
         self,
@@ -30,17 +31,11 @@ class SAVAE(VAE):
         """
         Args:
             svi_steps: K, SVI steps per batch (0: the VAE).
-            svi_lr: SVI learning rate of the mean and the log-variance, on the batch-mean loss.
+            svi_lr: SVI learning rate.
             svi_momentum: heavy-ball momentum of the SVI steps.
-            svi_max_grad_norm: the gradients of the mean and of the log-variance are each clipped to this norm over
-                the batch at every step (0: no clipping).
-            svi_hessian_products: how the reverse pass through the steps is computed (see `models/svi.py`):
-                "exact" (double backward: the gradient of the forward algorithm; recommended for new work),
-                "official" (the SA-VAE authors' finite differences with their three extra clips, which produced the
-                published SA-VAE and Skip-SA-VAE numbers; the experiment configs of the paper use it) or
-                "finite_difference" (finite differences of the exact products, r = 1e-5, float32).
-            diagnostics_posterior: the posterior of the latent diagnostics (MI, AU, per-dimension KL): the
-                encoder's (the paper code's image models) or the refined one (its text models).
+            svi_max_grad_norm: clip norm of the mean's and the log-variance's gradients (0: no clipping).
+            svi_hessian_products: the reverse pass: "exact", "official" (the SA-VAE authors') or "finite_difference".
+            diagnostics_posterior: the posterior of MI, AU and the per-dimension KL: "encoder" or "refined".
         """
         if kwargs.get("refinement") is not None:
             raise MisconfigurationException(
