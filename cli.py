@@ -19,7 +19,7 @@ from callbacks.probe import LatentProbe
 from callbacks.samples import SampleLogger
 from callbacks.schedules import HalveLearningRateAfterPlateau
 from datamodules.files import DataError
-from models.identity import CheckpointMismatchError
+from models.identity import CheckpointMismatchError, refuse_unloadable
 from run_setup import (
     RunSetupError,
     check_checkpoint_file,
@@ -118,6 +118,7 @@ class SkipVAECLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.data_dims", "model.init_args.data_dims", apply_on="instantiate")
+        parser.link_arguments("data.text_format", "model.init_args.text_format", apply_on="instantiate")
         for key, callback in RUN_CALLBACKS.items():
             parser.add_lightning_class_args(callback, key)
 
@@ -126,12 +127,14 @@ class SkipVAECLI(LightningCLI):
         self.configured = self.config  # what the config files and the command line say
         subcommand = self.config.get("subcommand")
         if subcommand:  # before LightningCLI reads the checkpoint's hyper-parameters
-            check_checkpoint_file(self.config[subcommand].get("ckpt_path"))
+            checkpoint = check_checkpoint_file(self.config[subcommand].get("ckpt_path"))
+            if checkpoint is not None:
+                refuse_unloadable(checkpoint)
 
     def before_instantiate_classes(self) -> None:
         # LightningCLI (2.6) merges the hyper-parameters stored in a --ckpt_path file over the parsed config. Here
-        # the config wins (a resumed run takes e.g. a new `--model.init_args.kl_warmup_epochs`), and the checkpoint
-        # is checked against the configured model when it is loaded (models/identity.py).
+        # the config wins (a resumed run takes e.g. a new `--model.init_args.kl_schedule.init_args.epochs`), and the
+        # checkpoint is checked against the configured model when it is loaded (models/identity.py).
         self.config = self.configured
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_devices(config.trainer.accelerator, config.trainer.devices)

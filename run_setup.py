@@ -122,11 +122,12 @@ def keep_freed_memory() -> bool:
     return bool(mmap_ok and mallopt(m_trim_threshold, 2**31 - 1))
 
 
-def check_checkpoint_file(ckpt_path) -> None:
+def check_checkpoint_file(ckpt_path) -> dict | None:
     """A `--ckpt_path` that names a file must be a readable PyTorch checkpoint (LightningCLI reads its
-    hyper-parameters, with torch's safe loader, before anything else); special values (`last`, `best`) pass."""
+    hyper-parameters, with torch's safe loader, before anything else); returns it. Special values (`last`, `best`)
+    pass, returning None."""
     if ckpt_path is None or str(ckpt_path) in ("last", "best", "hpc", "registry"):
-        return
+        return None
     path = Path(ckpt_path)
     if not path.is_file():
         raise RunSetupError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
@@ -147,3 +148,4 @@ def check_checkpoint_file(ckpt_path) -> None:
         ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise RunSetupError(f"--ckpt_path {ckpt_path} is not a Lightning checkpoint (it holds no state_dict)")
+    return checkpoint

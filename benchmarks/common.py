@@ -6,32 +6,27 @@ import time
 
 import torch
 
-from models import SAVAE, VAE, SkipSAVAE, SkipVAE
+from models import VAE, SkipVAE
+from models.decoders import GatedPixelCNNDecoder, MLPDecoder
+from models.encoders import MLPEncoder, ResidualConvEncoder
 from run_setup import keep_freed_memory
 
-OFFICIAL_MNIST = dict(
-    architecture="pixelcnn",
-    data_dims=(1, 28, 28),
-    latent_dim=20,
-    encoder_hidden=64,
-    decoder_layers=8,
-    decoder_hidden=32,
-    kernel_sizes=[3] * 8,
-    latent_feature_maps=1,
-)
+# The MNIST networks of the experiment configs (configs/parts/): each class's defaults are the authors' settings.
+NETWORKS = {
+    "pixelcnn": dict(encoder=ResidualConvEncoder, decoder=GatedPixelCNNDecoder),
+    "mlp": dict(encoder=MLPEncoder, decoder=MLPDecoder),
+}
+MNIST_DIMS = (1, 28, 28)
 
 
-# The MLP encoder/decoder of configs/parts/mlp.yaml, on top of the official MNIST settings.
-MLP = dict(architecture="mlp", encoder_hidden=1024, decoder_layers=2, decoder_hidden=1024, kernel_sizes=None)
-
-
-def build(model_class, **overrides):
+def build(model_class, networks: str = "pixelcnn", **overrides):
+    """The official MNIST model (latent 20) of `model_class` with the "pixelcnn" or "mlp" networks, seeded."""
     torch.manual_seed(0)
-    return model_class(**{**OFFICIAL_MNIST, **overrides})
+    return model_class(**{**NETWORKS[networks], "data_dims": MNIST_DIMS, "latent_dim": 20, **overrides})
 
 
 MODELS = {"VAE": VAE, "SkipVAE": SkipVAE}
-SA_MODELS = {"SAVAE": (SAVAE, VAE), "SkipSAVAE": (SkipSAVAE, SkipVAE)}  # each with the model it is compared to
+SA_MODELS = {"SAVAE": "VAE", "SkipSAVAE": "SkipVAE"}  # the SVI part on each model, compared with the model alone
 
 
 def synchronize(device: torch.device) -> None:

@@ -33,10 +33,10 @@ for devices in "${device_counts[@]}"; do
         budget=(--trainer.max_epochs 1 --trainer.limit_train_batches "$BATCHES" --trainer.limit_val_batches 20
                 --trainer.limit_test_batches 20 --data.init_args.eval_batch_size 500 --nll_iw.max_examples 500)
         start=$(date +%s.%N)
-        "$PYTHON" main.py fit --config "configs/mnist_$model.yaml" --config configs/bf16.yaml \
+        "$PYTHON" main.py fit --config "configs/mnist_$model.yaml" --config configs/presets/bf16.yaml \
             --trainer.accelerator gpu --trainer.devices "$devices" "${budget[@]}" "${logging[@]}" > "$OUT/$name.fit.log" 2>&1
         end=$(date +%s.%N)
-        "$PYTHON" main.py test --config "configs/mnist_$model.yaml" --config configs/bf16.yaml \
+        "$PYTHON" main.py test --config "configs/mnist_$model.yaml" --config configs/presets/bf16.yaml \
             --trainer.accelerator gpu --trainer.devices 1 "${budget[@]}" "${logging[@]}" \
             --trainer.logger.init_args.version test \
             --ckpt_path "$OUT/$name/0/checkpoints/last.ckpt" > "$OUT/$name.test.log" 2>&1

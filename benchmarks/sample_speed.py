@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import OFFICIAL_MNIST  # noqa: E402
+from benchmarks.common import MNIST_DIMS  # noqa: E402
 from models.decoders import GatedPixelCNNDecoder  # noqa: E402
+from models.networks import DataSpec  # noqa: E402
 
 DECODERS = {
     "paper (8 x 3x3, latent 20)": dict(latent_dim=20, kernel_sizes=[3] * 8, latent_feature_maps=1),
@@ -53,12 +54,7 @@ def main() -> None:
     for name, settings in DECODERS.items():
         torch.manual_seed(0)
         decoder = (
-            GatedPixelCNNDecoder(
-                list(OFFICIAL_MNIST["data_dims"]),
-                channels=OFFICIAL_MNIST["decoder_hidden"],
-                latent_skip=True,
-                **settings,
-            )
+            GatedPixelCNNDecoder(DataSpec(MNIST_DIMS), latent_skip=True, **settings)
             .to(memory_format=torch.channels_last)
             .eval()
         )

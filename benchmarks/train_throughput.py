@@ -28,7 +28,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (  # noqa: E402
-    MLP,
     MODELS,
     SA_MODELS,
     add_allocator_option,
@@ -40,6 +39,7 @@ from benchmarks.common import (  # noqa: E402
     peak_memory_gib,
     synchronize,
 )
+from models.refinement import SVI  # noqa: E402
 
 DEVICE = torch.device("cpu")  # --device
 
@@ -77,14 +77,12 @@ def median_seconds(step, repeats: int) -> float:
 
 
 def model_of(name: str, svi_steps: int, architecture: str = "pixelcnn", hessian_products: str | None = None):
-    """The MNIST model `name` (fp32): the official PixelCNN model, or the MLP model of configs/parts/mlp.yaml."""
-    model_class = {**MODELS, **{sa: classes[0] for sa, classes in SA_MODELS.items()}}[name]
-    overrides = {
-        **(MLP if architecture == "mlp" else {}),
-        **({"svi_steps": svi_steps} if name in SA_MODELS else {}),
-        **({"svi_hessian_products": hessian_products} if name in SA_MODELS and hessian_products else {}),
-    }
-    return build(model_class, **overrides).to(DEVICE)
+    """The MNIST model `name` (fp32) with the "pixelcnn" (official) or "mlp" networks; the SA models with the SVI part
+    of `svi_steps` steps."""
+    if name not in SA_MODELS:
+        return build(MODELS[name], architecture).to(DEVICE)
+    svi = SVI(steps=svi_steps, **({"hessian_products": hessian_products} if hessian_products else {}))
+    return build(MODELS[SA_MODELS[name]], architecture, refinement=svi).to(DEVICE)
 
 
 def training_step_of(name: str, svi_steps: int, x, architecture: str = "pixelcnn", hessian_products: str | None = None):
@@ -154,8 +152,7 @@ def time_svi_steps(x, steps: int, repeats: int, architecture: str, hessian_produ
         f"median of {repeats} after a warm-up; peak {'GPU' if DEVICE.type == 'cuda' else 'resident'} memory of a "
         "process running two steps"
     )
-    for name, (_, base_class) in SA_MODELS.items():
-        base = base_class.__name__
+    for name, base in SA_MODELS.items():
         base_seconds = median_seconds(training_step_of(base, 0, x, architecture), max(repeats, 5))
         base_peak = peak_memory_of(base, 0, len(x), architecture, hessian_products)
         for k in sorted({5, steps}):
@@ -220,7 +217,7 @@ def main() -> None:
         "--svi-architecture",
         choices=["pixelcnn", "mlp"],
         default="pixelcnn",
-        help="model of the SA-VAE comparison: the official PixelCNN or the MLP of configs/parts/mlp.yaml",
+        help="networks of the SA-VAE comparison: the official PixelCNN or the MLP of configs/parts/mlp_*.yaml",
     )
     parser.add_argument(
         "--svi-hessian-products",

@@ -1,6 +1,6 @@
 """Callbacks that turn the posteriors computed by the validation/test steps into latent diagnostics.
 
-They reuse the outputs of `validation_step`/`test_step` (`callbacks.contract.EvaluationOutputs`: no second pass
+They reuse the outputs of `validation_step`/`test_step` (`models.contract.EvaluationOutputs`: no second pass
 over the data) and accumulate them in torchmetrics, which gather their states across processes before computing,
 so the numbers under DDP equal those of a single process (evaluation loaders never repeat an example).
 """
@@ -12,12 +12,14 @@ from typing import Any, cast
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torchmetrics import MeanMetric, Metric
 
-from callbacks.contract import EvaluationOutputs, latent_model
+from callbacks.contract import TextData, datamodule_of, latent_model
 from callbacks.metrics import ActiveUnits, ImportanceWeightedNLL, KLDivergence, MutualInformation, TokenPerplexity
+from models.contract import EvaluationOutputs
 from models.distributions import log_importance_weights, per_example_normal
 
 # The values logged here are computed from states gathered across processes, so they are already the same on
@@ -120,6 +122,16 @@ class LatentDiagnostics(EvaluationCallback):
         self.mi_batch = MutualInformation("batch", seed=seed, chunk_size=chunk_size)
         super().__init__(every_n_epochs, {"kl": self.kl, "au": self.au, "mi": self.mi, "mi_batch": self.mi_batch})
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A training procedure that reads MI or AU after every validation epoch (`needed_validation_metrics`) needs
+        them logged at every one: refuse the run otherwise."""
+        needed = set(getattr(pl_module, "needed_validation_metrics", ())) & {"val/mi", "val/mi_batch", "val/au"}
+        if needed and self.every_n_epochs != 1:
+            raise MisconfigurationException(
+                f"the model's training procedure reads {', '.join(sorted(needed))} after every validation epoch: keep "
+                "diagnostics.every_n_epochs at 1"
+            )
+
     def update(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: EvaluationOutputs, batch: dict) -> None:
         mean = outputs.get("diagnostics_mean", outputs["mean"]).detach()
         logvar = outputs.get("diagnostics_logvar", outputs["logvar"]).detach()
@@ -207,8 +219,9 @@ class ImportanceWeightedEvaluation(EvaluationCallback):
             log_weights = log_importance_weights(decoder.log_prob, x, mean, logvar, noise, self.chunk_size)
         self.nll_iw.update(log_weights)
         self.elbo_subset.update(elbo.detach().double())
-        tokens = decoder.count_tokens(x)
-        if tokens is not None:
+        datamodule = datamodule_of(trainer)
+        if isinstance(datamodule, TextData):
+            tokens = datamodule.count_tokens(x)
             self.ppl_iw.update(ImportanceWeightedNLL.per_example(log_weights), tokens)
             self.ppl_elbo.update(elbo.detach(), tokens)
 
@@ -216,7 +229,7 @@ class ImportanceWeightedEvaluation(EvaluationCallback):
         pl_module.log(f"{stage}/nll_iw", self.nll_iw.compute().float())
         if self.max_examples is not None:  # the one-sample ELBO of the same examples, to compare with nll_iw
             pl_module.log(f"{stage}/elbo_subset", self.elbo_subset.compute().float())
-        # Decided per model, not per batch: every process must take part in the same metric syncs.
-        if latent_model(pl_module).decoder.count_tokens(torch.zeros(1, 2, dtype=torch.long)) is not None:
+        # Decided per run, not per batch: every process must take part in the same metric syncs.
+        if isinstance(datamodule_of(trainer), TextData):
             pl_module.log(f"{stage}/ppl_iw", self.ppl_iw.compute().float())
             pl_module.log(f"{stage}/ppl_elbo", self.ppl_elbo.compute().float())

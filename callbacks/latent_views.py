@@ -38,7 +38,7 @@ class LatentSpaceViews(Callback):
     ):
         """
         Args:
-            num_points: examples in the projector (and among which the most active dimensions are chosen).
+            num_points: examples in the projector (and among which the most active dimensions are chosen); 0: no views.
             num_dims: dimensions traversed, the most active first (at most the latent size).
             steps: values per traversal row and points per interpolation.
             span: a traversal sweeps z_d over [-span, span] (the prior's standard deviations).

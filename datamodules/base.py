@@ -1,6 +1,7 @@
 """What every datamodule shares: the common arguments, set-up done once, and the loaders.
 
-Subclasses name their data folder (`dataset_name`) and build their three splits in `load_splits`. Evaluation
+Subclasses name their data folder (`dataset_name`), build their three splits in `load_splits` and say what the model's
+networks are told of the data (`data_dims`, `text_format`; the CLI links them to the model). Evaluation
 loaders never repeat an example: under DDP each process gets a disjoint shard (Lightning's default distributed
 sampler pads shards with repeated examples so all processes see the same number of batches, which would count
 some examples twice in KL, MI, AU and NLL).
@@ -62,6 +63,17 @@ class SkipVAEDataModule(L.LightningDataModule):
     def load_splits(self) -> Mapping[str, Dataset]:
         """The "train", "val" and "test" datasets, read from the data folder."""
         raise NotImplementedError
+
+    @property
+    def data_dims(self) -> list[int]:
+        """The shape of one example, [channels, height, width] for images or [vocabulary size] for text."""
+        raise NotImplementedError
+
+    @property
+    def text_format(self) -> dict[str, int] | None:
+        """For text, the ids of the `pad`, `bos` and `eos` tokens and `longest`, the most tokens a decoder predicts in
+        any document (its words and `<eos>`); None for other data."""
+        return None
 
     def num_training_examples(self) -> int:
         return len(self.datasets["train"])

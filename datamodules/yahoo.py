@@ -133,7 +133,7 @@ class Vocabulary:
 class BucketedDocuments(Dataset):
     """Item i is the i-th batch of documents of similar length (sorted by length, cut every `batch_size`)."""
 
-    def __init__(self, documents: list[torch.Tensor], batch_size: int, pad_id: int = 0):
+    def __init__(self, documents: list[torch.Tensor], batch_size: int, pad_id: int):
         self.documents, self.pad_id = documents, pad_id
         lengths = torch.tensor([len(doc) for doc in documents])
         order = torch.sort(lengths, stable=True).indices
@@ -213,6 +213,19 @@ class YahooDataModule(SkipVAEDataModule):
         """[vocabulary size], linked to the model's `data_dims`."""
         return [len(self.vocabulary)]
 
+    @property
+    def text_format(self) -> dict[str, int]:
+        """The ids of `<pad>`, `<bos>` and `<eos>`, and the most tokens a decoder predicts in a document of any split
+        (its words and `<eos>`), linked to the model's `text_format`."""
+        ids, hp = self.vocabulary.ids, self.hparams
+        files = dict.fromkeys([hp.train_file, *([] if hp.val_split else [hp.val_file]), hp.test_file])
+        longest = max(len(doc) for name in files for doc in self._read(name)[0]) + 1
+        return {"pad": ids[PAD], "bos": ids[BOS], "eos": ids[EOS], "longest": longest}
+
+    def count_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The tokens a decoder predicts in each row of a batch: the words and `<eos>`, not `<bos>` or `<pad>`."""
+        return (tokens[:, 1:] != self.vocabulary.ids[PAD]).sum(1)
+
     def prepare_data(self) -> None:
         hp = self.hparams
         for name in dict.fromkeys([hp.train_file, *([] if hp.val_split else [hp.val_file]), hp.test_file]):
@@ -250,10 +263,11 @@ class YahooDataModule(SkipVAEDataModule):
         else:
             val = self._encode(hp.val_file, *self._read(hp.val_file))
         test = self._encode(hp.test_file, *self._read(hp.test_file))
+        pad = self.vocabulary.ids[PAD]
         datasets = {
-            "train": BucketedDocuments(train, hp.batch_size),
-            "val": BucketedDocuments(val, hp.eval_batch_size),
-            "test": BucketedDocuments(test, hp.eval_batch_size),
+            "train": BucketedDocuments(train, hp.batch_size, pad),
+            "val": BucketedDocuments(val, hp.eval_batch_size, pad),
+            "test": BucketedDocuments(test, hp.eval_batch_size, pad),
         }
         for split, dataset in datasets.items():
             if len(dataset) == 0:

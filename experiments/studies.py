@@ -110,13 +110,7 @@ def depth_runs(
     """VAE and SkipVAE pairs of the MNIST PixelCNN with `depth` layers of 3x3 kernels."""
     runs: tuple[Run, ...] = ()
     for depth in depths:
-        overrides = (
-            "--model.init_args.decoder_layers",
-            str(depth),
-            "--model.init_args.kernel_sizes",
-            str([3] * depth).replace(" ", ""),
-            *extra,
-        )
+        overrides = ("--model.init_args.decoder.init_args.kernel_sizes", str([3] * depth).replace(" ", ""), *extra)
         runs += pair("mnist_{}", seeds, presets, overrides, suffix=f"_depth{depth}", label=f" depth {depth}")
     return runs
 
@@ -144,7 +138,7 @@ REMEDIES_TEXT_BUDGET = (
     "2",
     "--trainer.limit_train_batches",
     "70",
-    "--model.init_args.kl_warmup_epochs",
+    "--model.init_args.kl_schedule.init_args.epochs",
     "1",
     "--nll_iw.num_samples",
     "100",
@@ -193,33 +187,34 @@ SA_TEXT_METRICS = (
 )
 SA_CURVES = ("val/elbo", "val/elbo_svi", "val/kl", "val/mi", "val/au")
 
-CPU_MNIST = ("configs/cpu_study.yaml",)
+CPU_MNIST = ("configs/presets/cpu_study.yaml",)
 
 STUDIES: dict[str, Study] = {
     "debug": Study(
-        "Pipeline check: VAE vs SkipVAE on MNIST with the debug preset (a few batches), 1 seed. About a minute.",
-        pair("mnist_{}", (1,), ("configs/debug.yaml",)),
+        "Pipeline check: VAE vs SkipVAE on MNIST with the MLP networks and the debug preset (a few batches), 1 seed. "
+        "Under a minute.",
+        pair("mnist_{}_mlp", (1,), ("configs/presets/debug.yaml",)),
         IMAGE_METRICS,
     ),
     "mnist_cpu": Study(
         "MNIST, the paper code's architecture (gated PixelCNN 8 x 32, latent 20), VAE vs SkipVAE, 2 seeds, on the "
-        "reduced CPU budget of configs/cpu_study.yaml (50,000 training images). About 1.5 h on 2 cores.",
+        "reduced CPU budget of configs/presets/cpu_study.yaml (50,000 training images). About 1.5 h on 2 cores.",
         pair("mnist_{}", (1, 2), CPU_MNIST),
         IMAGE_METRICS,
     ),
     "mnist_depth_cpu": Study(
         "MNIST decoder strength: PixelCNN depth 2, 4 and 8 (3x3 kernels, 32 channels), VAE vs SkipVAE, 1 seed, "
-        "configs/cpu_study.yaml budget with 2 epochs (25,000 training images).",
+        "configs/presets/cpu_study.yaml budget with 2 epochs (25,000 training images).",
         depth_runs((2, 4, 8), (1,), CPU_MNIST, ("--trainer.max_epochs", "2")),
         IMAGE_METRICS,
     ),
     "mlp_cpu": Study(
         "MNIST with the MLP encoder/decoder (1024 units), VAE vs SkipVAE, 2 seeds, 10 full epochs, the callbacks of "
-        "configs/cpu_study.yaml (IW-NLL on the first 100 test images).",
+        "configs/presets/cpu_study.yaml (IW-NLL on the first 100 test images).",
         pair(
             "mnist_{}_mlp",
             (1, 2),
-            ("configs/cpu_study.yaml",),
+            ("configs/presets/cpu_study.yaml",),
             (
                 "--trainer.max_epochs",
                 "10",
@@ -233,34 +228,34 @@ STUDIES: dict[str, Study] = {
     ),
     "yahoo_small_cpu": Study(
         "Text stand-in: LSTM VAE vs SkipVAE trained on Yahoo valid.txt and tested on test.txt "
-        "(configs/yahoo_small.yaml).",
-        pair("yahoo_{}", (1,), ("configs/yahoo_small.yaml",)),
+        "(configs/presets/yahoo_small.yaml).",
+        pair("yahoo_{}", (1,), ("configs/presets/yahoo_small.yaml",)),
         TEXT_METRICS,
     ),
     "remedies_cpu": Study(
-        "Posterior-collapse remedies on the text stand-in (configs/yahoo_small.yaml) at a quarter of its steps (140): "
-        "VAE and SkipVAE alone and with free bits, cyclical annealing, BN-VAE, beta-VAE and aggressive training "
+        "Posterior-collapse remedies on the text stand-in (configs/presets/yahoo_small.yaml) at a quarter of its steps "
+        "(140): VAE and SkipVAE alone and with free bits, cyclical annealing, BN-VAE, beta-VAE and aggressive training "
         "(at most 3 inner steps), 1 seed.",
-        remedy_runs("yahoo_{}", (1,), ("configs/yahoo_small.yaml",), REMEDIES_TEXT_BUDGET, REMEDIES),
+        remedy_runs("yahoo_{}", (1,), ("configs/presets/yahoo_small.yaml",), REMEDIES_TEXT_BUDGET, REMEDIES),
         TEXT_METRICS,
     ),
     "remedies_pixelcnn_cpu": Study(
-        "Posterior-collapse remedies on MNIST with the gated PixelCNN 8 x 32 (configs/cpu_study.yaml budget with 2 "
-        "epochs, as mnist_depth_cpu): VAE and SkipVAE alone and with each remedy preset (aggressive training with at "
-        "most 3 inner steps), 1 seed.",
+        "Posterior-collapse remedies on MNIST with the gated PixelCNN 8 x 32 (configs/presets/cpu_study.yaml budget "
+        "with 2 epochs, as mnist_depth_cpu): VAE and SkipVAE alone and with each remedy preset (aggressive training "
+        "with at most 3 inner steps), 1 seed.",
         remedy_runs("mnist_{}", (1,), CPU_MNIST, REMEDIES_PIXELCNN_BUDGET, REMEDIES),
         IMAGE_METRICS,
     ),
     "four_models_cpu": Study(
         "The four models (VAE, SkipVAE, SAVAE, SkipSAVAE with K = 20) side by side on a CPU: MNIST with the MLP "
-        "encoder/decoder on the configs/cpu_study.yaml budget (1,000 training steps), 2 seeds; the SA models with the "
-        "exact reverse pass (the MLP configs' default) and with the SA-VAE authors' (official).",
+        "encoder/decoder on the configs/presets/cpu_study.yaml budget (1,000 training steps), 2 seeds; the SA models "
+        "with the exact reverse pass (the MLP configs' default) and with the SA-VAE authors' (official).",
         four_models("mnist_{}_mlp", (1, 2), CPU_MNIST)
         + pair(
             "mnist_{}_mlp",
             (1, 2),
             CPU_MNIST,
-            ("--model.init_args.svi_hessian_products", "official"),
+            ("--model.init_args.refinement.init_args.hessian_products", "official"),
             suffix="_official",
             label=" official",
             models=SA_PAIR,

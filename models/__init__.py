@@ -1,6 +1,6 @@
-"""The LightningModules (VAE, SkipVAE, SAVAE, SkipSAVAE) and the networks they are built from."""
+"""The LightningModules (VAE, SkipVAE) and the parts they are built from. SA-VAE and Skip-SA-VAE are VAE and SkipVAE
+with the SVI refinement part (`models/refinement.py`)."""
 
-from models.savae import SAVAE, SkipSAVAE
 from models.vae import VAE, SkipVAE
 
-__all__ = ["VAE", "SkipVAE", "SAVAE", "SkipSAVAE"]
+__all__ = ["VAE", "SkipVAE"]

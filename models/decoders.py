@@ -1,26 +1,31 @@
 """Generative networks p(x|z) built on one skip-decoder backbone.
 
 Every decoder is a stack of layers numbered 0..L-1 followed by an output layer (number L). Where the latent
-code enters is decided in exactly one place, `SkipDecoder.takes_latent`: a plain VAE feeds z to layer 0 only,
+code enters is decided in exactly one place, `Decoder.takes_latent`: a plain VAE feeds z to layer 0 only,
 a Skip-VAE (Dieng et al., 2019) feeds it to every layer and to the output layer, so that the decoder cannot
 "forget" z on its way up and the posterior is harder to collapse.
 
-Each is built as `Decoder(data_dims, latent_dim, latent_skip, **settings)`, the form a model's `decoder` part takes
-(`models/networks.py`): a new decoder subclasses `SkipDecoder` and sizes its layers with `latent_width`.
+Each is built as `Decoder(data, latent_dim, latent_skip, **settings)`, the form a model's `decoder` part takes (the
+contract: `models/networks.py`), and initialises itself: a new decoder subclasses `Decoder` (for images
+`BernoulliImageDecoder`, for text `models.text_decoders.TextDecoder`) and sizes its layers with `latent_width`.
 """
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
+from jsonargparse.typing import PositiveInt
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from models.distributions import bernoulli_log_prob, categorical_log_prob
+from models.distributions import bernoulli_log_prob
+from models.initialisation import LinearInit, init_linear_layers
+from models.networks import DataSpec
 
 
-class SkipDecoder(nn.Module):
+class Decoder(nn.Module):
     """Base class: an autoregressive (or factorised) likelihood p(x|z) with a choice of where z enters.
 
     `output_layer` is the number of the output layer; a decoder whose skip model leaves the output layer without z
@@ -59,13 +64,16 @@ class SkipDecoder(nn.Module):
     def sample(self, z: torch.Tensor, greedy: bool = False) -> torch.Tensor:
         """Draw x ~ p(x|z) (or its most likely value per step when greedy)."""
 
-    def count_tokens(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Predicted tokens per example, for per-token perplexity; None for data that is not text."""
-        return None
+
+DecoderPart = Callable[[DataSpec, int, bool], Decoder]  # a model's `decoder`: (data, latent_dim, latent_skip) -> it
 
 
-class BernoulliImageDecoder(SkipDecoder):
+class BernoulliImageDecoder(Decoder):
     """Binary images: logits of shape (batch, C, H, W), log-likelihood summed over pixels."""
+
+    def __init__(self, data: DataSpec, latent_skip: bool, output_layer: int):
+        super().__init__(latent_skip, output_layer)
+        self.image_shape = list(data.image_shape(type(self).__name__))
 
     def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return bernoulli_log_prob(self(x, z), x)
@@ -92,7 +100,7 @@ class GatedMaskedConv2d(nn.Module):
     def __init__(self, in_channels: int, channels: int, kernel_size: int, mask_a: bool):
         super().__init__()
         if kernel_size % 2 == 0:
-            raise ValueError(f"PixelCNN kernel sizes must be odd, got {kernel_size}")
+            raise MisconfigurationException(f"GatedPixelCNNDecoder kernel sizes must be odd, got {kernel_size}")
         self.mask_a = mask_a
         self.reach = kernel_size // 2  # rows above / columns left the kernel sees
         self.v_conv = nn.Conv2d(in_channels, 2 * channels, (self.reach + 1, kernel_size))
@@ -125,19 +133,22 @@ class GatedPixelCNNDecoder(BernoulliImageDecoder):
 
     def __init__(
         self,
-        image_shape: Sequence[int],
+        data: DataSpec,
         latent_dim: int,
         latent_skip: bool,
-        channels: int = 32,
-        kernel_sizes: Sequence[int] = (3,) * 8,
-        latent_feature_maps: int = 1,
+        channels: PositiveInt = 32,
+        kernel_sizes: Sequence[PositiveInt] = (3,) * 8,
+        latent_feature_maps: PositiveInt = 1,
+        linear_init: LinearInit = "he_normal",
     ):
-        """The defaults are the paper code's decoder: 8 gated layers of 32 channels, 3x3 kernels, one z map."""
-        super().__init__(latent_skip, output_layer=len(kernel_sizes))
-        self.image_shape = list(image_shape)
+        """The defaults are the paper code's decoder: 8 gated layers (one per kernel size) of 32 channels, 3x3 kernels,
+        one z map, He-normal linear weights (`models/initialisation.py`)."""
+        if not kernel_sizes:
+            raise MisconfigurationException("GatedPixelCNNDecoder needs at least one layer: kernel_sizes is empty")
+        super().__init__(data, latent_skip, output_layer=len(kernel_sizes))
         self.num_layers = len(kernel_sizes)
         self.maps = latent_feature_maps
-        image_channels, height, width = image_shape
+        image_channels, height, width = self.image_shape
         latent_layers = [i for i in range(self.num_layers + 1) if self.takes_latent(i)]
         self.latent_maps = nn.ModuleDict(
             {str(i): nn.Linear(latent_dim, self.maps_of(i) * height * width) for i in latent_layers}
@@ -150,6 +161,7 @@ class GatedPixelCNNDecoder(BernoulliImageDecoder):
             )
             in_channels = channels
         self.output = nn.Conv2d(channels + self.latent_width(self.num_layers, 1), image_channels, 1)
+        init_linear_layers(self, linear_init)
         # oneDNN's convolutions (CPU) and cuDNN's (tensor cores) are fastest on channels-last tensors.
         self.to(memory_format=torch.channels_last)
 
@@ -219,12 +231,17 @@ class MLPDecoder(BernoulliImageDecoder):
     latent_into_output: ClassVar[bool] = False
 
     def __init__(
-        self, image_shape: Sequence[int], latent_dim: int, latent_skip: bool, hidden: int = 1024, num_layers: int = 2
+        self,
+        data: DataSpec,
+        latent_dim: int,
+        latent_skip: bool,
+        hidden: PositiveInt = 1024,
+        num_layers: PositiveInt = 2,
+        linear_init: LinearInit = "default",
     ):
-        """The defaults are the paper code's MLP decoder: two hidden layers of 1024 units."""
-        super().__init__(latent_skip, output_layer=num_layers + 1)
-        self.image_shape = list(image_shape)
-        size = image_shape[0] * image_shape[1] * image_shape[2]
+        """The defaults are the paper code's MLP decoder: two hidden layers of 1024 units, PyTorch's initialisation."""
+        super().__init__(data, latent_skip, output_layer=num_layers + 1)
+        size = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
         self.num_layers = num_layers
         self.input = nn.Linear(latent_dim, hidden)
         self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(num_layers))
@@ -232,6 +249,7 @@ class MLPDecoder(BernoulliImageDecoder):
         self.latent = nn.ModuleDict(
             {str(i): nn.Linear(latent_dim, hidden) for i in range(1, num_layers + 1) if self.takes_latent(i)}
         )
+        init_linear_layers(self, linear_init)
 
     def _add_latent(self, layer: int, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return h + self.latent[str(layer)](z) if self.takes_latent(layer) else h
@@ -246,86 +264,3 @@ class MLPDecoder(BernoulliImageDecoder):
     def sample(self, z: torch.Tensor, greedy: bool = False) -> torch.Tensor:
         probs = torch.sigmoid(self(None, z).float())
         return (probs > 0.5).float() if greedy else torch.bernoulli(probs)
-
-
-class LSTMDecoder(SkipDecoder):
-    """LSTM language model p(w_1..w_n <eos> | z) over padded token batches `<bos> w_1 .. w_n <eos> <pad>..`.
-
-    In both models z is appended to every input embedding of layer 0, and the initial hidden state of the last LSTM
-    layer is Linear(z) (the paper's code sets h0[-1] of its multi-layer LSTM; with one layer, that layer's); the skip
-    model also feeds z into the input of every upper LSTM layer and into the output layer.
-    """
-
-    def __init__(
-        self,
-        data_dims: Sequence[int],
-        latent_dim: int,
-        latent_skip: bool,
-        embedding_dim: int = 512,
-        hidden: int = 1024,
-        num_layers: int = 1,
-        dropout: float = 0.5,
-        pad_id: int = 0,
-        bos_id: int = 1,
-        eos_id: int = 2,
-    ):
-        """`data_dims` is [vocab_size]; the defaults are the paper code's text decoder: embedding 512, one LSTM layer
-        of 1024 units, dropout 0.5."""
-        (vocab_size,) = data_dims
-        super().__init__(latent_skip, output_layer=num_layers)
-        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
-        self.num_layers = num_layers
-        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
-        self.dropout = nn.Dropout(dropout)
-        self.initial_hidden = nn.Linear(latent_dim, hidden)
-        self.lstms = nn.ModuleList(
-            nn.LSTM((hidden if i else embedding_dim) + self.latent_width(i, latent_dim), hidden, batch_first=True)
-            for i in range(num_layers)
-        )
-        self.output = nn.Linear(hidden + self.latent_width(num_layers, latent_dim), vocab_size)
-
-    def _run(self, inputs: torch.Tensor, z: torch.Tensor, states: list | None = None):
-        """Logits for `inputs` (batch, time) given z; returns the LSTM states too so decoding can continue."""
-        z_steps = z.unsqueeze(1).expand(-1, inputs.shape[1], -1)
-
-        def with_latent(layer: int, h: torch.Tensor) -> torch.Tensor:
-            return torch.cat([h, z_steps.to(h.dtype)], dim=-1) if self.takes_latent(layer) else h
-
-        h = self.dropout(self.embedding(inputs))
-        if states is None:
-            h0 = self.initial_hidden(z).unsqueeze(0)
-            states = [None] * (self.num_layers - 1) + [(h0, torch.zeros_like(h0))]
-        new_states = []
-        for i, lstm in enumerate(self.lstms):
-            h, state = lstm(with_latent(i, h), states[i])
-            new_states.append(state)
-        return self.output(with_latent(self.num_layers, self.dropout(h))), new_states
-
-    def forward(self, tokens: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self._run(tokens[:, :-1], z)[0]
-
-    def count_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Words plus the end-of-sentence token of each document (the given start token is not predicted)."""
-        return (tokens[:, 1:] != self.pad_id).sum(1)
-
-    def log_prob(self, tokens: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        targets = tokens[:, 1:]
-        return categorical_log_prob(self(tokens, z), targets, targets != self.pad_id)
-
-    @torch.no_grad()
-    def sample(self, z: torch.Tensor, greedy: bool = False, max_length: int = 100) -> torch.Tensor:
-        """Token by token from `<bos>` until every row has emitted `<eos>` (or max_length); pads after `<eos>`."""
-        batch = z.shape[0]
-        tokens = torch.full((batch, 1), self.bos_id, dtype=torch.long, device=z.device)
-        done = torch.zeros(batch, dtype=torch.bool, device=z.device)
-        states = None
-        for _ in range(max_length):
-            logits, states = self._run(tokens[:, -1:], z, states)
-            logits = logits[:, -1].float()
-            step = logits.argmax(-1) if greedy else torch.multinomial(torch.softmax(logits, -1), 1).squeeze(1)
-            step = torch.where(done, torch.full_like(step, self.pad_id), step)
-            tokens = torch.cat([tokens, step.unsqueeze(1)], dim=1)
-            done |= step == self.eos_id
-            if bool(done.all()):
-                break
-        return tokens

@@ -1,14 +1,31 @@
 """Inference networks q(z|x): each maps a batch to the mean and log-variance of a diagonal Gaussian.
 
-Each is built as `Encoder(data_dims, latent_dim, **settings)`, the form a model's `encoder` part takes
-(`models/networks.py`).
+Each is built as `Encoder(data, latent_dim, **settings)`, the form a model's `encoder` part takes (the contract:
+`models/networks.py`), and initialises itself.
 """
 
-from collections.abc import Sequence
+from abc import abstractmethod
+from collections.abc import Callable
 
 import torch
+from jsonargparse.typing import NonNegativeFloat, PositiveInt
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
+
+from models.initialisation import LinearInit, init_linear_layers, init_uniform
+from models.networks import DataSpec
+
+
+class Encoder(nn.Module):
+    """Base class of the inference networks: a batch of examples to the (mean, logvar) of q(z|x), each of shape
+    (batch, latent_dim)."""
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+EncoderPart = Callable[[DataSpec, int], Encoder]  # a model's `encoder`: (data, latent_dim) -> the network
 
 
 class ResidualBlock(nn.Module):
@@ -28,13 +45,26 @@ class ResidualBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
-class ResidualConvEncoder(nn.Module):
+class ResidualConvEncoder(Encoder):
     """Stages of [residual block -> 2x2 stride-2 conv] (28 -> 14 -> 7 -> 3), then linear mean and log-variance."""
 
-    def __init__(self, image_shape: Sequence[int], latent_dim: int, channels: int = 64, stages: int = 3):
-        """The defaults are the paper code's image encoder: three stages of 64 channels."""
+    def __init__(
+        self,
+        data: DataSpec,
+        latent_dim: int,
+        channels: PositiveInt = 64,
+        stages: PositiveInt = 3,
+        linear_init: LinearInit = "he_normal",
+    ):
+        """The defaults are the paper code's image encoder: three stages of 64 channels, He-normal linear weights
+        (`models/initialisation.py`)."""
         super().__init__()
-        in_channels, height, width = image_shape
+        in_channels, height, width = data.image_shape(type(self).__name__)
+        if min(height, width) < 2**stages:
+            raise MisconfigurationException(
+                f"ResidualConvEncoder: {stages} stages halve {height}x{width} images to nothing; use at most "
+                f"{min(height, width).bit_length() - 1}"
+            )
         layers: list[nn.Module] = []
         for _ in range(stages):
             layers += [ResidualBlock(in_channels, channels), nn.Conv2d(channels, channels, 2, stride=2)]
@@ -42,6 +72,7 @@ class ResidualConvEncoder(nn.Module):
         self.features = nn.Sequential(*layers)
         self.mean = nn.Linear(channels * height * width, latent_dim)
         self.logvar = nn.Linear(channels * height * width, latent_dim)
+        init_linear_layers(self, linear_init)
         # oneDNN's convolutions (CPU) and cuDNN's (tensor cores) are fastest on channels-last tensors.
         self.to(memory_format=torch.channels_last)
 
@@ -50,35 +81,46 @@ class ResidualConvEncoder(nn.Module):
         return self.mean(h), self.logvar(h)
 
 
-class MLPEncoder(nn.Module):
+class MLPEncoder(Encoder):
     """Two ReLU hidden layers on the flattened image: the encoder of the simple (MLP) model."""
 
-    def __init__(self, image_shape: Sequence[int], latent_dim: int, hidden: int = 1024):
+    def __init__(
+        self, data: DataSpec, latent_dim: int, hidden: PositiveInt = 1024, linear_init: LinearInit = "default"
+    ):
+        """The defaults are the paper code's MLP encoder: 1024 units, PyTorch's initialisation."""
         super().__init__()
-        size = image_shape[0] * image_shape[1] * image_shape[2]
+        channels, height, width = data.image_shape(type(self).__name__)
+        size = channels * height * width
         self.features = nn.Sequential(nn.Linear(size, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
         self.mean = nn.Linear(hidden, latent_dim)
         self.logvar = nn.Linear(hidden, latent_dim)
+        init_linear_layers(self, linear_init)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.features(x.flatten(1))
         return self.mean(h), self.logvar(h)
 
 
-class LSTMEncoder(nn.Module):
+class LSTMEncoder(Encoder):
     """Reads a padded token batch (`<bos> w_1 .. w_n <eos> <pad>..`); the last non-pad LSTM state gives q(z|x)."""
 
     def __init__(
-        self, data_dims: Sequence[int], latent_dim: int, embedding_dim: int = 512, hidden: int = 1024, pad_id: int = 0
+        self,
+        data: DataSpec,
+        latent_dim: int,
+        embedding_dim: PositiveInt = 512,
+        hidden: PositiveInt = 1024,
+        init_range: NonNegativeFloat = 0.1,
     ):
-        """`data_dims` is [vocab_size]; the defaults are the paper code's text encoder (embedding 512, LSTM 1024)."""
+        """The defaults are the paper code's text encoder: embedding 512, LSTM 1024, every parameter U(-0.1, 0.1)."""
         super().__init__()
-        (vocab_size,) = data_dims
-        self.pad_id = pad_id
-        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
+        vocab_size, tokens = data.text(type(self).__name__)
+        self.pad_id = tokens["pad"]
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=self.pad_id)
         self.lstm = nn.LSTM(embedding_dim, hidden, batch_first=True)
         self.mean = nn.Linear(hidden, latent_dim)
         self.logvar = nn.Linear(hidden, latent_dim)
+        init_uniform(self, init_range)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = (tokens != self.pad_id).sum(1).cpu()

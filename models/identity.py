@@ -1,24 +1,38 @@
-"""Checkpoint identity: a checkpoint is only loaded into the model class, network shapes and dataset it was written
-for, and a refusal names the settings that differ.
+"""Checkpoint identity: a checkpoint is only loaded into the model class, networks and dataset it was written for,
+and a refusal names what differs.
 
 A mixin of the project's LightningModules (rather than a Trainer callback) because `Model.load_from_checkpoint`
 must check too, and a callback's checkpoint hook runs only after the weights are loaded, and only when fitting.
-Which hyper-parameters shape the networks (the flat settings and the network parts) is read from `build_networks`'s
-signature: nothing is listed twice.
+Models are compared by their parts: the class (where z enters), the posterior refinement, and, when the weights'
+shapes differ, the settings that shape the networks.
 """
 
-import inspect
+from functools import partial
 from typing import Any
 
 import torch
 
-from models.networks import build_networks
+# The model's arguments that shape its weights (the networks are the `encoder` and `decoder` parts).
+NETWORK_SETTINGS = ("data_dims", "latent_dim", "encoder", "decoder")
 
-NETWORK_SETTINGS = tuple(name for name in inspect.signature(build_networks).parameters if name != "latent_skip")
+EARLIER_LAYOUT = (
+    "this checkpoint was written by an earlier version of this project, whose models took an architecture name "
+    "instead of network parts; it cannot be loaded: train again with today's configs"
+)
 
 
 class CheckpointMismatchError(ValueError):
-    """A checkpoint was written by a different model class, architecture or dataset than the one configured."""
+    """A checkpoint was written by a different model class, networks or dataset than the one configured."""
+
+
+def refuse_unloadable(checkpoint: dict) -> None:
+    """Raise `CheckpointMismatchError` for a checkpoint no model of this project can load: one it did not write, or
+    one of the layout before the model took its networks as parts."""
+    saved = checkpoint.get("skipvae_model")
+    if saved is None:
+        raise CheckpointMismatchError("this checkpoint was not written by a VAE/SkipVAE of this project")
+    if "architecture" in (checkpoint.get("hyper_parameters") or {}) or saved.get("class") in ("SAVAE", "SkipSAVAE"):
+        raise CheckpointMismatchError(EARLIER_LAYOUT)
 
 
 def datamodule_name(model) -> str | None:
@@ -35,8 +49,19 @@ def refinement_name(model) -> str:
 
 
 def _plain(value):
-    """Lists and tuples compare equal when their items do (YAML gives lists, defaults are tuples)."""
+    """Lists and tuples compare equal when their items do (YAML gives lists, defaults are tuples), and parts bound in
+    Python (`functools.partial`) when their class and settings do."""
+    if isinstance(value, partial):
+        return (value.func, _plain(value.args), sorted(value.keywords.items()))
     return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _described(value) -> str:
+    """A setting as a refusal names it: a part's config as `class_path(setting=value, ...)`."""
+    if isinstance(value, dict) and "class_path" in value:
+        settings = ", ".join(f"{key}={item!r}" for key, item in (value.get("init_args") or {}).items())
+        return f"{value['class_path']}({settings})"
+    return repr(value)
 
 
 def _shapes(state_dict: dict) -> dict:
@@ -44,26 +69,26 @@ def _shapes(state_dict: dict) -> dict:
 
 
 def checkpoint_mismatches(model, checkpoint: dict) -> list[str]:
-    """What differs between `checkpoint` and `model`: its class, the network settings (when the weights' shapes
-    differ) and its dataset. Empty when the checkpoint fits; raises for a checkpoint not written by this project."""
-    saved = checkpoint.get("skipvae_model")
-    if saved is None:
-        raise CheckpointMismatchError("this checkpoint was not written by a VAE/SkipVAE of this project")
+    """What differs between `checkpoint` and `model`: its class, its refinement, the network settings (when the
+    weights' shapes differ) and its dataset. Empty when the checkpoint fits; raises for a checkpoint not written by
+    this project or by an earlier layout of it."""
+    refuse_unloadable(checkpoint)
+    saved = checkpoint["skipvae_model"]
     problems = []
     if saved["class"] != type(model).__name__:
         problems.append(f"model class {saved['class']} (configured: {type(model).__name__})")
-    elif "refinement" in saved and saved["refinement"] != refinement_name(model):
+    if saved.get("refinement", "none") != refinement_name(model):
         problems.append(f"posterior refinement {saved['refinement']} (configured: {refinement_name(model)})")
     saved_shapes, configured_shapes = _shapes(checkpoint.get("state_dict", {})), _shapes(model.state_dict())
     if saved_shapes != configured_shapes:
         hparams = checkpoint.get("hyper_parameters", {})
         settings = [
-            f"{key}={hparams[key]!r} (configured: {model.hparams.get(key)!r})"
+            f"{key}={_described(hparams[key])} (configured: {_described(model.hparams.get(key))})"
             for key in NETWORK_SETTINGS
             if key in hparams and _plain(hparams[key]) != _plain(model.hparams.get(key))
         ]
         problems += settings
-        if not problems:  # neither the class nor a network setting explains the shapes: a part does
+        if not problems:  # neither the class nor a network setting explains the shapes: another part does
             differing = sorted({name.split(".")[0] for name in saved_shapes.keys() ^ configured_shapes.keys()})
             problems.append(f"the weights of {', '.join(differing) or 'the networks'} (a part configured differently)")
     configured = datamodule_name(model)
@@ -73,8 +98,8 @@ def checkpoint_mismatches(model, checkpoint: dict) -> list[str]:
 
 
 class CheckpointIdentity:
-    """LightningModule mixin: writes the model class and dataset into each checkpoint and refuses a checkpoint
-    that does not match the configured model."""
+    """LightningModule mixin: writes the model class, refinement and dataset into each checkpoint and refuses a
+    checkpoint that does not match the configured model."""
 
     hparams: Any  # the LightningModule's saved init arguments
 
@@ -101,3 +126,17 @@ class CheckpointIdentity:
             + ". Use the config the checkpoint was trained with (saved as config.yaml next to it)."
             + hint
         )
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """LightningModule's, with a checkpoint no model of this project can load refused in one line (its
+        hyper-parameters, if any, do not build today's model)."""
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        except Exception as error:
+            try:
+                checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+            except Exception:
+                raise error from None
+            refuse_unloadable(checkpoint)
+            raise

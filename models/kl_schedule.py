@@ -20,8 +20,8 @@ class KLSchedule:
 class LinearWarmup(KLSchedule):
     """The paper code's KL warm-up (Bowman et al., 2016): beta = min(1, start + (step + 1) / (epochs x steps per
     epoch)); the increment is added before each batch, so beta reaches 1 after (1 - start) x epochs epochs.
-    `epochs: 0` (or an unknown epoch length) is no warm-up: beta = 1. The default schedule, built from the model's
-    `kl_start` and `kl_warmup_epochs`."""
+    `epochs: 0` (or an unknown epoch length) is no warm-up: beta = 1, the model's schedule when it is given none.
+    The authors' text models start at 0.1 over 10 epochs (`configs/parts/yahoo.yaml`)."""
 
     def __init__(self, start: ClosedUnitInterval = 1.0, epochs: NonNegativeFloat = 0.0):
         self.start, self.epochs = start, epochs

@@ -1,97 +1,61 @@
-"""The encoder q(z|x) and the skip decoder p(x|z) of a model: parts chosen by class_path, or the built-in networks
-an `architecture` name stands for.
+"""The contract of a model's networks: what the model hands them, and the form a network part takes.
 
-A network part is any class built as `Encoder(data_dims, latent_dim, **settings)` or
-`Decoder(data_dims, latent_dim, latent_skip, **settings)` (a `SkipDecoder`); the config names its class and
-settings, and the model supplies the leading arguments:
+A model is built from an encoder q(z|x) and a decoder p(x|z), each chosen in the config by `class_path` with its own
+settings (the built-in networks are config parts in `configs/parts/`):
 
     model:
       init_args:
+        encoder: parts/residual_conv_encoder.yaml        # a part file, or inline:
         decoder:
           class_path: models.decoders.GatedPixelCNNDecoder
           init_args: {channels: 64, kernel_sizes: [7, 3, 3, 3]}
 
-Without a part, the `architecture` name and the flat settings (`encoder_hidden`, `decoder_layers`, ...) choose one of
-the built-in networks, as the experiment configs do. The arguments of `build_networks` are the hyper-parameters that
-shape the networks; the checkpoint identity check (`models/identity.py`) reads them from its signature.
+A network is a class built as `Encoder(data, latent_dim, **settings)` (a `models.encoders.Encoder`; the model's
+argument is an `EncoderPart`) or `Decoder(data, latent_dim, latent_skip, **settings)` (a `models.decoders.Decoder`;
+a `DecoderPart`): the model supplies the leading arguments, the config the settings. The rules a network keeps:
+- its settings are typed so that the config parser refuses a bad value with one line (`PositiveInt`, a `Literal`, ...),
+  and default to the authors' values where it has them;
+- it initialises its own weights, as one of its settings says, at the end of `__init__`; the model initialises
+  nothing it did not build (`models/initialisation.py` holds the schemes the built-in networks use);
+- it reads the data's shape and, for text, the special tokens' ids and the longest document from `data`, never
+  from defaults of its own.
 """
 
-from collections.abc import Callable, Sequence
-from functools import partial
+from dataclasses import dataclass
+from typing import TypedDict
 
-from torch import nn
-
-from models.decoders import GatedPixelCNNDecoder, LSTMDecoder, MLPDecoder, SkipDecoder
-from models.encoders import LSTMEncoder, MLPEncoder, ResidualConvEncoder
-
-EncoderPart = Callable[[Sequence[int], int], nn.Module]  # (data_dims, latent_dim) -> network giving (mean, logvar)
-DecoderPart = Callable[[Sequence[int], int, bool], SkipDecoder]  # (data_dims, latent_dim, latent_skip) -> p(x|z)
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 
-def built_in_networks(
-    architecture: str,
-    data_dims: Sequence[int],
-    encoder_hidden: int,
-    decoder_layers: int,
-    decoder_hidden: int,
-    kernel_sizes: Sequence[int] | None,
-    latent_feature_maps: int,
-    embedding_dim: int,
-    dropout: float,
-) -> tuple[EncoderPart, DecoderPart]:
-    """The (encoder, decoder) parts of "pixelcnn", "mlp" or "lstm" with the flat settings."""
-    dims = list(data_dims)
-    if architecture == "lstm":
-        if len(dims) != 1:
-            raise ValueError(f"architecture 'lstm' needs data_dims [vocab_size], got {dims}")
-        return partial(LSTMEncoder, embedding_dim=embedding_dim, hidden=encoder_hidden), partial(
-            LSTMDecoder, embedding_dim=embedding_dim, hidden=decoder_hidden, num_layers=decoder_layers, dropout=dropout
-        )
-    if len(dims) != 3:
-        raise ValueError(f"architecture '{architecture}' needs data_dims [C, H, W], got {dims}")
-    if architecture == "mlp":
-        return partial(MLPEncoder, hidden=encoder_hidden), partial(
-            MLPDecoder, hidden=decoder_hidden, num_layers=decoder_layers
-        )
-    if kernel_sizes is not None and len(kernel_sizes) != decoder_layers:
-        raise ValueError(
-            f"kernel_sizes has {len(kernel_sizes)} entries but decoder_layers is {decoder_layers}; "
-            "give one kernel size per layer"
-        )
-    kernels = list(kernel_sizes) if kernel_sizes is not None else [3] * decoder_layers
-    return partial(ResidualConvEncoder, channels=encoder_hidden), partial(
-        GatedPixelCNNDecoder, channels=decoder_hidden, kernel_sizes=kernels, latent_feature_maps=latent_feature_maps
-    )
+class TextFormat(TypedDict):
+    """How a text datamodule writes documents, `<bos> w_1 .. w_n <eos>` padded with `<pad>`: the ids of those special
+    tokens, and `longest`, the most tokens a decoder predicts in any of its documents (the words and `<eos>`)."""
+
+    pad: int
+    bos: int
+    eos: int
+    longest: int
 
 
-def build_networks(
-    architecture: str,
-    data_dims: Sequence[int],
-    latent_dim: int,
-    encoder_hidden: int,
-    decoder_layers: int,
-    decoder_hidden: int,
-    kernel_sizes: Sequence[int] | None,
-    latent_feature_maps: int,
-    embedding_dim: int,
-    dropout: float,
-    latent_skip: bool,
-    encoder: EncoderPart | None = None,
-    decoder: DecoderPart | None = None,
-) -> tuple[nn.Module, SkipDecoder]:
-    """(encoder, decoder): the parts given, the architecture's built-in networks for those not given;
-    `latent_skip` says where z enters the decoder."""
-    if encoder is None or decoder is None:
-        built_in = built_in_networks(
-            architecture,
-            data_dims,
-            encoder_hidden,
-            decoder_layers,
-            decoder_hidden,
-            kernel_sizes,
-            latent_feature_maps,
-            embedding_dim,
-            dropout,
-        )
-        encoder, decoder = encoder or built_in[0], decoder or built_in[1]
-    return encoder(list(data_dims), latent_dim), decoder(list(data_dims), latent_dim, latent_skip)
+@dataclass(frozen=True)
+class DataSpec:
+    """What a network is told of the data, all of it given by the datamodule (linked by the CLI): the shape of one
+    example, [channels, height, width] for images or [vocabulary size] for text, and for text its format."""
+
+    dims: tuple[int, ...]
+    text_format: TextFormat | None = None
+
+    def image_shape(self, network: str) -> tuple[int, int, int]:
+        """(channels, height, width); a network for images refuses other data with this error."""
+        if len(self.dims) != 3 or self.text_format is not None:
+            raise MisconfigurationException(f"{network} is a network for images: the data has shape {list(self.dims)}")
+        channels, height, width = self.dims
+        return channels, height, width
+
+    def text(self, network: str) -> tuple[int, TextFormat]:
+        """(vocabulary size, text format); a network for text refuses other data with this error."""
+        if len(self.dims) != 1 or self.text_format is None:
+            raise MisconfigurationException(
+                f"{network} is a network for text: the data has shape {list(self.dims)} and is not text"
+            )
+        return self.dims[0], self.text_format

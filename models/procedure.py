@@ -7,32 +7,37 @@ checkpoints (`state_dict`), so a resumed run continues it exactly.
 """
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import torch
 
-if TYPE_CHECKING:
-    from models.vae import VAE
+from models.contract import ModelWithParts
 
 
 class TrainingProcedure:
-    """Standard training: every optimizer step updates the encoder and the decoder on the batch's loss."""
+    """Standard training: every optimizer step updates the encoder and the decoder on the batch's loss.
 
-    def setup(self, model: "VAE") -> None:
+    `needed_metrics` are the validation metrics `after_validation` reads: the diagnostics that log them refuse a run
+    that would not log them at every validation epoch.
+    """
+
+    needed_metrics: ClassVar[tuple[str, ...]] = ()
+
+    def setup(self, model: ModelWithParts) -> None:
         """Called when the model is built: refuse a model the procedure cannot train (raise
         `MisconfigurationException` with the reason)."""
 
-    def on_fit_start(self, model: "VAE") -> None:
+    def on_fit_start(self, model: ModelWithParts) -> None:
         """Called at the start of fitting, with the trainer attached: refuse a run the procedure cannot follow."""
 
-    def before_step(self, model: "VAE", batch: dict) -> None:
+    def before_step(self, model: ModelWithParts, batch: dict) -> None:
         """Runs at the start of each training step, before the model's loss on `batch`."""
 
     def updates_encoder(self) -> bool:
         """Whether the optimizer step of the model's loss updates the inference network (the encoder)."""
         return True
 
-    def after_validation(self, model: "VAE", metrics: Mapping[str, torch.Tensor]) -> None:
+    def after_validation(self, model: ModelWithParts, metrics: Mapping[str, torch.Tensor]) -> None:
         """Runs after each validation epoch of fitting (not the sanity check), with the logged metrics."""
 
     def state_dict(self) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 A part of the model (`VAE.refinement`) chosen by `class_path`; none (the default) trains and evaluates at the
 encoder's posterior. `SVI` is the semi-amortized VAE's (SA-VAE; Kim, Wiseman, Miller, Sontag and Rush, 2018): K
 steps of stochastic variational inference from the encoder's output (`models/svi.py`), reused by the Skip-VAE
-paper. `SAVAE` and `SkipSAVAE` are VAE and SkipVAE with this part built from their `svi_*` settings:
+paper. SA-VAE and Skip-SA-VAE are VAE and SkipVAE with this part:
 
     model:
       class_path: models.SkipVAE
@@ -13,16 +13,13 @@ paper. `SAVAE` and `SkipSAVAE` are VAE and SkipVAE with this part built from the
           init_args: {steps: 20, hessian_products: official}
 """
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveFloat
 
-from callbacks.contract import EvaluationOutputs
-from models.svi import HessianProducts, Objective, SVIRefinement, seeded
-
-if TYPE_CHECKING:
-    from models.vae import VAE
+from models.contract import EvaluationOutputs, ModelWithParts
+from models.svi import HessianProducts, Objective, UnrolledSVI, seeded
 
 
 class PosteriorRefinement:
@@ -34,12 +31,16 @@ class PosteriorRefinement:
 
     metric_names: ClassVar[tuple[str, ...]] = ()
 
-    def training_loss(self, model: "VAE", x: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def training_loss(
+        self, model: ModelWithParts, x: torch.Tensor, beta: float
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(what Lightning's backward runs on, the logged values: `loss` and per-example `elbo`, `recon`, `kl` at
         the encoder's posterior, and the refinement's own)."""
         raise NotImplementedError
 
-    def evaluate(self, model: "VAE", batch: dict, outputs: EvaluationOutputs, noise: torch.Tensor) -> EvaluationOutputs:
+    def evaluate(
+        self, model: ModelWithParts, batch: dict, outputs: EvaluationOutputs, noise: torch.Tensor
+    ) -> EvaluationOutputs:
         """The model's evaluation `outputs` at the encoder's posterior (drawn with `noise`), completed with the
         refined posterior's values."""
         raise NotImplementedError
@@ -84,10 +85,10 @@ class SVI(PosteriorRefinement):
             diagnostics_posterior: the posterior of the latent diagnostics (MI, AU, per-dimension KL): the
                 encoder's (the paper code's image models) or the refined one (its text models).
         """
-        self.svi = SVIRefinement(steps, lr, momentum, max_grad_norm, hessian_products)
+        self.svi = UnrolledSVI(steps, lr, momentum, max_grad_norm, hessian_products)
         self.diagnostics_posterior = diagnostics_posterior
 
-    def objective(self, model: "VAE", x: torch.Tensor, beta: float) -> Objective:
+    def objective(self, model: ModelWithParts, x: torch.Tensor, beta: float) -> Objective:
         """f(mean, logvar): the batch mean of -log p(x|z) + beta KL, z drawn with fresh noise on each call; always
         the ELBO's KL, whatever KL term the training loss uses."""
 
@@ -97,7 +98,9 @@ class SVI(PosteriorRefinement):
 
         return objective
 
-    def training_loss(self, model: "VAE", x: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def training_loss(
+        self, model: ModelWithParts, x: torch.Tensor, beta: float
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The surrogate is what Lightning's backward runs on (so gradient clipping, DDP synchronisation and
         accumulation apply as usual): its value means nothing, its gradients are the SA-VAE's, dL/dtheta at and
         through the SVI steps and dL/dlambda_0 for the encoder. `loss` (logged) is L."""
@@ -129,7 +132,9 @@ class SVI(PosteriorRefinement):
         }
         return surrogate, logs
 
-    def evaluate(self, model: "VAE", batch: dict, outputs: EvaluationOutputs, noise: torch.Tensor) -> EvaluationOutputs:
+    def evaluate(
+        self, model: ModelWithParts, batch: dict, outputs: EvaluationOutputs, noise: torch.Tensor
+    ) -> EvaluationOutputs:
         """`elbo_svi` and `kl_svi` at the refined posterior (the same z noise), and the refined posterior as the IW
         proposal. The SVI steps need gradients, so they run outside inference mode, on random streams seeded by the
         batch's smallest example index (apart from the training streams)."""

@@ -115,7 +115,7 @@ def add_float64(totals: list[torch.Tensor], grads: Sequence[torch.Tensor | None]
             total += grad
 
 
-class SVIRefinement:
+class UnrolledSVI:
     """K steps of SVI with momentum on (mean, logvar), and the gradients of a loss at the refined posterior with
     respect to the starting posterior and the decoder's parameters (see the module docstring)."""
 

@@ -1,45 +1,50 @@
 """The VAE and Skip-VAE LightningModules: the wiring of encoder, decoder, ELBO, logging and optimiser.
 
 The two classes are identical except for `latent_skip`, which the decoder reads in one place
-(`SkipDecoder.takes_latent`). The model's parts are `__init__` arguments chosen in the config by `class_path`: the
-encoder and the decoder (`models/networks.py`; by default the networks an `architecture` name stands for) and
-those posterior-collapse remedies change: the KL weight schedule (`models/kl_schedule.py`), the KL term of the
-training loss (`models/kl_term.py`), a normalisation of the posterior means and the training procedure
-(`models/procedure.py`); and the posterior refinement (`models/refinement.py`: none, or SA-VAE's SVI).
-LightningCLI stores their configs in the hyper-parameters, so checkpoints reload with `load_from_checkpoint`.
-What applies to every model of the project lives elsewhere: checkpoint identity
+(`Decoder.takes_latent`). The model is built from parts, each an `__init__` argument chosen in the config by
+`class_path` with its own settings: the encoder and the decoder (`models/networks.py`; the built-in ones are config
+parts in `configs/parts/`), the optimizer, and those posterior-collapse remedies change: the KL weight schedule
+(`models/kl_schedule.py`), the KL term of the training loss (`models/kl_term.py`), a normalisation of the posterior
+means and the training procedure (`models/procedure.py`); and the posterior refinement (`models/refinement.py`: none,
+or SA-VAE's SVI, which makes the SA-VAE and Skip-SA-VAE of the paper). Every part builds and initialises itself; the
+model adds nothing to them. LightningCLI stores the parts' configs in the hyper-parameters, so checkpoints reload
+with `load_from_checkpoint`. What applies to every model of the project lives elsewhere: checkpoint identity
 (`models/identity.py`), the non-finite-step guard and random-state checkpointing (`callbacks/guards.py`,
 `callbacks/random_state.py`).
 """
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from typing import ClassVar, Literal, cast
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import ClassVar, cast
 
 import lightning as L
 import torch
-from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, PositiveFloat, PositiveInt
+from jsonargparse.typing import PositiveInt
 from lightning.fabric.utilities.data import AttributeDict
 from torch import nn
 from torchmetrics import MeanMetric
 
-from callbacks.contract import EvaluationOutputs
+from models.contract import EvaluationOutputs
+from models.decoders import DecoderPart
 from models.distributions import at_least_float32, gaussian_kl_per_dim, per_example_normal
+from models.encoders import EncoderPart
 from models.identity import CheckpointIdentity
 from models.kl_schedule import KLSchedule, LinearWarmup
 from models.kl_term import KLTerm
-from models.networks import DecoderPart, EncoderPart, build_networks
+from models.networks import DataSpec, TextFormat
 from models.procedure import TrainingProcedure
 from models.refinement import PosteriorRefinement
+
+OptimizerPart = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]  # the model's parameters -> an optimizer
 
 
 class VAE(CheckpointIdentity, L.LightningModule):
     """Gaussian-latent VAE whose decoder sees z at its first layer only.
 
     Loss: the negative ELBO in nats per example, -E_q[log p(x|z)] + beta * KL(q(z|x) || p(z)), with the KL in
-    closed form and beta from the KL schedule (by default warmed up linearly from `kl_start` to 1); a `kl_term`
-    part may replace the KL in the loss (never in what is logged).
-    Logged `*/elbo` values are negative ELBOs (positive nats, an upper bound on the NLL; lower is better).
+    closed form and beta from the KL schedule (by default 1); a `kl_term` part may replace the KL in the loss (never in
+    what is logged). Logged `*/elbo` values are negative ELBOs (positive nats, an upper bound on the NLL; lower is
+    better).
     """
 
     hparams: AttributeDict  # the saved init arguments, read as attributes
@@ -48,111 +53,57 @@ class VAE(CheckpointIdentity, L.LightningModule):
 
     def __init__(
         self,
-        architecture: Literal["pixelcnn", "mlp", "lstm"] = "pixelcnn",
-        data_dims: Sequence[PositiveInt] = (1, 28, 28),
+        encoder: EncoderPart,
+        decoder: DecoderPart,
+        data_dims: Sequence[PositiveInt],
         latent_dim: PositiveInt = 20,
-        encoder_hidden: PositiveInt = 64,
-        decoder_layers: PositiveInt = 8,
-        decoder_hidden: PositiveInt = 32,
-        kernel_sizes: Sequence[PositiveInt] | None = None,
-        latent_feature_maps: PositiveInt = 1,
-        embedding_dim: PositiveInt = 512,
-        dropout: ClosedUnitInterval = 0.5,
-        optimizer: Literal["adam", "sgd"] = "adam",
-        lr: PositiveFloat = 1e-3,
-        kl_start: ClosedUnitInterval = 1.0,
-        kl_warmup_epochs: NonNegativeFloat = 0.0,
-        param_init: NonNegativeFloat = 0.0,
-        linear_init: Literal["he_normal", "default"] = "he_normal",
+        text_format: TextFormat | None = None,
+        optimizer: OptimizerPart = torch.optim.Adam,
         kl_schedule: KLSchedule | None = None,
         kl_term: KLTerm | None = None,
         mean_normalisation: Callable[[int], nn.Module] | None = None,
-        procedure: TrainingProcedure | None = None,
-        encoder: EncoderPart | None = None,
-        decoder: DecoderPart | None = None,
         refinement: PosteriorRefinement | None = None,
+        procedure: TrainingProcedure | None = None,
     ):
         """
         Args:
-            architecture: "pixelcnn" (residual conv encoder + gated PixelCNN), "mlp" (MLP encoder and decoder)
-                or "lstm" (LSTM encoder and LSTM language-model decoder).
-            data_dims: shape of one example, [channels, height, width] for images or [vocab_size] for text;
-                linked from the datamodule, not set by hand.
+            encoder: the inference network q(z|x), a `models.encoders.Encoder` built with (data, latent_dim) and its
+                own settings (`models/networks.py`; e.g. `configs/parts/residual_conv_encoder.yaml`).
+            decoder: the generative network p(x|z), a `models.decoders.Decoder` built with (data, latent_dim,
+                latent_skip) and its own settings.
+            data_dims: shape of one example, [channels, height, width] for images or [vocab_size] for text; linked
+                from the datamodule, not set by hand.
             latent_dim: dimension of z.
-            encoder_hidden: conv channels (pixelcnn), hidden units (mlp) or LSTM units (lstm) of the encoder.
-            decoder_layers: PixelCNN layers, MLP hidden layers or LSTM layers of the decoder.
-            decoder_hidden: PixelCNN channels, MLP hidden units or LSTM units of the decoder.
-            kernel_sizes: PixelCNN kernel size per layer (default: 3 for every layer).
-            latent_feature_maps: how many full-size maps z is projected to at each PixelCNN layer it enters.
-            embedding_dim: word embedding size (lstm).
-            dropout: dropout on word embeddings and LSTM outputs (lstm).
-            optimizer: "adam" (images) or "sgd" (text, as in the paper).
-            lr: learning rate.
-            kl_start: KL weight beta before the first step; 1.0 disables warm-up.
-            kl_warmup_epochs: beta grows by 1 / (kl_warmup_epochs x batches per epoch) at every step, as in the
-                paper's code, so it reaches 1 after (1 - kl_start) x kl_warmup_epochs epochs; 0: no warm-up.
-            param_init: when > 0, every parameter starts uniform in [-param_init, param_init] (the paper's text
-                models use 0.1), whatever `linear_init`.
-            linear_init: "he_normal": the weights of every linear layer start N(0, 2 / fan_in), as in the paper
-                code's image models (biases keep PyTorch's default); "default": PyTorch's initialisation (the
-                paper code's MLP model).
-            kl_schedule: the KL weight beta at each step (`models/kl_schedule.py`); default: the linear warm-up of
-                `kl_start` and `kl_warmup_epochs`, which are ignored when a schedule is given.
+            text_format: for text, the ids of `<pad>`, `<bos>` and `<eos>` and the longest document; linked from the
+                datamodule.
+            optimizer: the optimizer of every parameter, built with them (default: Adam, lr 1e-3, the authors' image
+                setting; their text models use SGD, lr 1).
+            kl_schedule: the KL weight beta at each step (`models/kl_schedule.py`, e.g. the authors' text warm-up
+                `LinearWarmup`); default: beta = 1.
             kl_term: the KL term of the training loss (`models/kl_term.py`); default: the exact KL.
             mean_normalisation: a module applied to the encoder's posterior means, built with the latent dimension
                 (e.g. BN-VAE's batch normalisation, `models/remedies/bn_vae.py`); default: none.
-            procedure: the training procedure (`models/procedure.py`); default: standard training.
-            encoder: the inference network, a class built with (data_dims, latent_dim) and its own settings
-                (`models/networks.py`); default: the architecture's, from the flat settings above.
-            decoder: the generative network, a `SkipDecoder` built with (data_dims, latent_dim, latent_skip) and its
-                own settings; default: the architecture's, from the flat settings above.
             refinement: a posterior refined beyond the encoder's, on which the decoder is trained
-                (`models/refinement.py`, e.g. SA-VAE's SVI); default: none (the SA classes: their SVI settings).
+                (`models/refinement.py`: SA-VAE's `SVI`); default: none.
+            procedure: the training procedure (`models/procedure.py`); default: standard training.
         """
         super().__init__()
         self.save_hyperparameters()
-        self.kl_schedule = kl_schedule if kl_schedule is not None else LinearWarmup(kl_start, kl_warmup_epochs)
+        data = DataSpec(tuple(data_dims), text_format)
+        self.encoder = encoder(data, latent_dim)
+        self.decoder = decoder(data, latent_dim, self.latent_skip)
+        self.mean_normalisation = mean_normalisation(latent_dim) if mean_normalisation is not None else None
+        self.make_optimizer = optimizer
+        self.kl_schedule = kl_schedule if kl_schedule is not None else LinearWarmup()
         self.kl_term = kl_term if kl_term is not None else KLTerm()
+        self.refinement = refinement
         self.procedure = procedure if procedure is not None else TrainingProcedure()
-        self.refinement = refinement if refinement is not None else self.default_refinement()
+        self.procedure.setup(self)
         refined_metrics = self.refinement.metric_names if self.refinement is not None else ()
         self.eval_metric_names = ("elbo", "recon", "kl", *refined_metrics)
-        self.encoder, self.decoder = build_networks(
-            architecture,
-            data_dims,
-            latent_dim,
-            encoder_hidden,
-            decoder_layers,
-            decoder_hidden,
-            kernel_sizes,
-            latent_feature_maps,
-            embedding_dim,
-            dropout,
-            self.latent_skip,
-            encoder,
-            decoder,
-        )
-        self.initialise(param_init, linear_init)
-        # after the networks' initialisation, which would overwrite the normalisation's fixed parameters
-        self.mean_normalisation = mean_normalisation(latent_dim) if mean_normalisation is not None else None
-        self.procedure.setup(self)
         self.eval_metrics = nn.ModuleDict(
             {f"{stage}_{name}": MeanMetric() for stage in ("val", "test") for name in self.eval_metric_names}
         )
-
-    def initialise(self, param_init: float, linear_init: str) -> None:
-        """The paper code's initialisations: uniform for the text models, He-normal linear weights for images."""
-        if param_init > 0:
-            for parameter in self.parameters():
-                nn.init.uniform_(parameter, -param_init, param_init)
-        elif linear_init == "he_normal":
-            for module in self.modules():
-                if isinstance(module, nn.Linear):
-                    nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / module.in_features))
-
-    def default_refinement(self) -> PosteriorRefinement | None:
-        """The refinement when none is configured: none (the SA classes build theirs from their settings)."""
-        return None
 
     @property
     def latent_dim(self) -> int:
@@ -162,6 +113,11 @@ class VAE(CheckpointIdentity, L.LightningModule):
     def refines_posterior(self) -> bool:
         """Whether the decoder is trained on a posterior refined beyond the encoder's."""
         return self.refinement is not None
+
+    @property
+    def needed_validation_metrics(self) -> tuple[str, ...]:
+        """The validation metrics the training procedure reads after every validation epoch."""
+        return self.procedure.needed_metrics
 
     # ------------------------------------------------------------------ model
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,10 +263,8 @@ class VAE(CheckpointIdentity, L.LightningModule):
         super().on_load_checkpoint(checkpoint)
         self.procedure.load_state_dict(checkpoint.get("training_procedure", {}))
 
-    def configure_optimizers(self):
-        if self.hparams.optimizer == "sgd":
-            return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.make_optimizer(self.parameters())
 
 
 class SkipVAE(VAE):

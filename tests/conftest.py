@@ -18,8 +18,31 @@ sys.path.insert(0, str(ROOT))
 DATA_DIR = Path(os.environ.get("SKIPVAE_DATA_DIR") or ROOT / "data").resolve()
 os.environ["SKIPVAE_DATA_DIR"] = str(DATA_DIR)  # also for the runs the tests start in other processes
 CONFIGS = ROOT / "configs"
-PRESETS = {"debug.yaml", "bf16.yaml", "ddp.yaml", "cpu_study.yaml", "yahoo_small.yaml"}
-EXPERIMENT_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in PRESETS)
+# Every experiment is a file at the top of configs/; presets, parts and remedies live in folders of their own.
+EXPERIMENT_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+PRESETS = sorted(f"presets/{p.name}" for p in (CONFIGS / "presets").glob("*.yaml"))
+REMEDIES = sorted(f"remedies/{p.name}" for p in (CONFIGS / "remedies").glob("*.yaml"))
+
+
+def experiment_parts(config: str) -> dict[str, str | None]:
+    """What an experiment file says of its model, read from the file itself (cheap enough for test collection):
+    the model's class path and those of its decoder and refinement (None when it has none)."""
+    import yaml
+
+    model = yaml.safe_load((CONFIGS / config).read_text())["model"]
+
+    def class_path(part) -> str | None:
+        if isinstance(part, str) and part.endswith(".yaml"):  # a part file, relative to the configs folder
+            part = yaml.safe_load((CONFIGS / part).read_text())
+        return part if part is None or isinstance(part, str) else part["class_path"]
+
+    init_args = model.get("init_args", {})
+    return {
+        "model": model["class_path"],
+        "decoder": class_path(init_args.get("decoder")),
+        "refinement": class_path(init_args.get("refinement")),
+    }
+
 
 # The real files the full tier reads (each entry: alternatives, any one will do).
 REAL_FILES = (
@@ -70,6 +93,18 @@ def _no_pytest_arguments():
 
 
 @pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request, monkeypatch):
+    """The unit tier (`make test-fast`) starts no process: a test that does must be marked `integration`."""
+    if request.node.get_closest_marker("integration") is None:
+        import subprocess
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("a unit test started a process: mark it `integration`")
+
+        monkeypatch.setattr(subprocess, "Popen", refuse)
+
+
+@pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -83,7 +118,7 @@ def mnist_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def debug_run(tmp_path_factory) -> Path:
-    """The log folder of one debug fit of the MLP SkipVAE (`configs/debug.yaml`), trained once per test session
+    """The log folder of one debug fit of the MLP SkipVAE (`configs/presets/debug.yaml`), trained once per test session
     and shared by every test that needs *a* trained model (`debug_run / "checkpoints" / "last.ckpt"`). Tests must
     not write into it."""
     from helpers import MLP, config_args, logging_args
@@ -91,21 +126,19 @@ def debug_run(tmp_path_factory) -> Path:
     from main import cli_main
 
     tmp_path = tmp_path_factory.mktemp("debug_run")
-    cli_main(["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path)])
+    cli_main(["fit", *config_args(MLP, "presets/debug.yaml"), *logging_args(tmp_path)])
     return tmp_path / "run" / "version_0"
 
 
 @pytest.fixture(scope="session")
 def fixture_data_dir(tmp_path_factory) -> Path:
-    """MNIST, Omniglot and Yahoo files generated in their real formats (with other checksums: use
-    `check_file false`, which `fixture_args` adds)."""
+    """A data folder of every dataset, generated in the real formats (with other checksums: use `check_file false`,
+    which `fixture_args` adds)."""
     from fixtures import make_data_dir
 
     return make_data_dir(tmp_path_factory.mktemp("data"))
 
 
-def fixture_args(config: str, data_dir: Path) -> list[str]:
-    """Arguments that point a config whose full data may be missing at the generated fixtures."""
-    if config.startswith(("omniglot", "yahoo")):
-        return ["--data.init_args.data_dir", str(data_dir), "--data.init_args.check_file", "false"]
-    return []
+def fixture_args(data_dir: Path) -> list[str]:
+    """Arguments that point any experiment's datamodule at the generated fixtures of `fixture_data_dir`."""
+    return ["--data.init_args.data_dir", str(data_dir), "--data.init_args.check_file", "false"]

@@ -1,5 +1,5 @@
-"""The command line: every experiment config trains, configs round-trip, test runs from a checkpoint,
-TensorBoard gets what the README promises, presets (bf16, ddp) work, and bad input fails clearly."""
+"""The command line: test runs from a checkpoint, TensorBoard gets what the README promises, presets (bf16) work, and
+bad input fails clearly. (Every experiment's config and life: tests/test_configs.py, tests/test_every_experiment.py.)"""
 
 import math
 import shutil
@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 import yaml
-from conftest import EXPERIMENT_CONFIGS, fixture_args
+from conftest import fixture_args
 from helpers import MLP, config_args, error_line, last_scalar, logging_args, main_exit, read_events, run_main
 
 from datamodules.files import DataError
@@ -16,238 +16,12 @@ from models.identity import CheckpointMismatchError
 
 # SA-VAE configs run their debug fits with K = 2 SVI steps on batches of 10 (K = 20 on batches of 50 is about 40 s a
 # step on 2 CPU cores); every other setting is the config's.
-SA_DEBUG = ["--model.init_args.svi_steps", "2", "--data.init_args.batch_size", "10"]
-
-
-# The paper's code, per experiment (yoonkim/skip-vae train_img_skip.py defaults, which are also its Omniglot
-# command; models_img_skip.py; train_text_skip.py; harvardnlp/sa-vae optim_n2n.py for the SA models).
-IMAGE = {
-    "seed_everything": 354,
-    "trainer.max_epochs": 100,
-    "trainer.gradient_clip_val": 5.0,
-    "trainer.gradient_clip_algorithm": "norm",
-    "data.init_args.batch_size": 50,
-    "model.init_args.latent_dim": 20,
-    "model.init_args.optimizer": "adam",
-    "model.init_args.lr": 0.001,
-    "model.init_args.kl_start": 1.0,
-    "model.init_args.param_init": 0.0,
-}
-PIXELCNN = {
-    "model.init_args.architecture": "pixelcnn",
-    "model.init_args.encoder_hidden": 64,
-    "model.init_args.decoder_layers": 8,
-    "model.init_args.decoder_hidden": 32,
-    "model.init_args.kernel_sizes": None,
-    "model.init_args.latent_feature_maps": 1,
-    "model.init_args.linear_init": "he_normal",
-}
-MLP_MODEL = {
-    "model.init_args.architecture": "mlp",
-    "model.init_args.encoder_hidden": 1024,
-    "model.init_args.decoder_layers": 2,
-    "model.init_args.decoder_hidden": 1024,
-    "model.init_args.linear_init": "default",
-}
-SVI = {
-    "model.init_args.svi_steps": 20,
-    "model.init_args.svi_lr": 1.0,
-    "model.init_args.svi_momentum": 0.5,
-    "model.init_args.svi_max_grad_norm": 5.0,
-    "checkpoint.monitor": "val/elbo_svi",
-}
-TEXT = {
-    "seed_everything": 3435,
-    "trainer.max_epochs": 30,
-    "trainer.gradient_clip_val": 5.0,
-    "data.init_args.batch_size": 32,
-    "data.init_args.max_vocab": 20000,
-    "model.init_args.architecture": "lstm",
-    "model.init_args.latent_dim": 32,
-    "model.init_args.embedding_dim": 512,
-    "model.init_args.encoder_hidden": 1024,
-    "model.init_args.decoder_hidden": 1024,
-    "model.init_args.decoder_layers": 1,
-    "model.init_args.dropout": 0.5,
-    "model.init_args.param_init": 0.1,
-    "model.init_args.optimizer": "sgd",
-    "model.init_args.lr": 1.0,
-    "model.init_args.kl_start": 0.1,
-    "model.init_args.kl_warmup_epochs": 10.0,
-    "lr_schedule.start_epoch": 15,
-    "lr_schedule.factor": 0.5,
-    "lr_schedule.min_lr": 0.03,
-}
-AUTHORS = {
-    **{f"mnist_{m}.yaml": {**IMAGE, **PIXELCNN, "data.init_args.binarization": "dynamic"} for m in ("vae", "skipvae")},
-    **{
-        f"mnist_{m}.yaml": {
-            **IMAGE,
-            **PIXELCNN,
-            **SVI,
-            "data.init_args.binarization": "dynamic",
-            "model.init_args.svi_hessian_products": "official",
-            "data.init_args.eval_batch_size": 50,
-        }
-        for m in ("savae", "skipsavae")
-    },
-    **{f"omniglot_{m}.yaml": {**IMAGE, **PIXELCNN} for m in ("vae", "skipvae")},
-    **{
-        f"omniglot_{m}.yaml": {**IMAGE, **PIXELCNN, **SVI, "model.init_args.svi_hessian_products": "official"}
-        for m in ("savae", "skipsavae")
-    },
-    **{f"mnist_{m}_mlp.yaml": {**IMAGE, **MLP_MODEL} for m in ("vae", "skipvae")},
-    **{
-        f"mnist_{m}_mlp.yaml": {**IMAGE, **MLP_MODEL, **SVI, "model.init_args.svi_hessian_products": "exact"}
-        for m in ("savae", "skipsavae")
-    },
-    **{f"yahoo_{m}.yaml": {**TEXT, "lr_schedule.monitor": "val/elbo"} for m in ("vae", "skipvae")},
-    **{
-        f"yahoo_{m}.yaml": {
-            **TEXT,
-            **SVI,
-            "lr_schedule.monitor": "val/elbo_svi",
-            "model.init_args.svi_hessian_products": "official",
-            "model.init_args.diagnostics_posterior": "refined",
-        }
-        for m in ("savae", "skipsavae")
-    },
-}
+SA_DEBUG = ["--model.init_args.refinement.init_args.steps", "2", "--data.init_args.batch_size", "10"]
 
 
 def fit(tmp_path, config: str, *extra: str, name: str = "run", presets=()):
-    return cli_main(["fit", *config_args(config, *presets, "debug.yaml"), *logging_args(tmp_path, name), *extra])
-
-
-class TestConfigs:
-    @pytest.mark.integration
-    @pytest.mark.parametrize(
-        "config, presets",
-        [(c, ()) for c in EXPERIMENT_CONFIGS if c != MLP] + [("yahoo_skipvae.yaml", ("yahoo_small.yaml",))],
-        ids=lambda value: str(value),
-    )
-    def test_fit_runs_with_debug_preset(self, tmp_path, config, presets, fixture_data_dir):
-        # Omniglot and the full Yahoo configs run on generated files in the real formats; the yahoo_small preset
-        # on the real valid.txt/test.txt; MNIST on the real files.
-        extra = [*([] if presets else fixture_args(config, fixture_data_dir)), *(SA_DEBUG if "savae" in config else [])]
-        cli = fit(tmp_path, config, *extra, presets=presets)
-        log_dir = tmp_path / "run" / "version_0"
-        assert (log_dir / "checkpoints" / "last.ckpt").exists()
-        assert (log_dir / "config.yaml").exists()
-        metrics = cli.trainer.callback_metrics
-        names = (
-            "val/elbo",
-            "val/kl",
-            "val/mi",
-            "val/au",
-            *(("val/elbo_svi", "val/kl_svi") if "savae" in config else ()),
-        )
-        for name in names:  # SA models: the refined posterior's values too
-            assert math.isfinite(float(metrics[name])), name
-
-    @pytest.mark.parametrize("config", EXPERIMENT_CONFIGS)
-    def test_print_config_round_trips(self, tmp_path, capsys, config):
-        with pytest.raises(SystemExit):
-            cli_main(["fit", *config_args(config), "--print_config"])
-        printed = capsys.readouterr().out
-        resolved = yaml.safe_load(printed)  # every experiment: its model class, its log folder, the shared defaults
-        model = {"vae": "VAE", "skipvae": "SkipVAE", "savae": "SAVAE", "skipsavae": "SkipSAVAE"}[
-            config.removesuffix(".yaml").split("_")[1]
-        ]
-        assert resolved["model"]["class_path"] == f"models.{model}"
-        assert resolved["trainer"]["logger"]["init_args"]["name"] == config.removesuffix(".yaml")
-        assert resolved["trainer"]["gradient_clip_val"] == 5.0 and resolved["checkpoint"]["save_last"] is True
-        saved = tmp_path / "printed.yaml"
-        saved.write_text(printed)
-        with pytest.raises(SystemExit):
-            cli_main(["fit", "--config", str(saved), "--print_config"])
-        assert yaml.safe_load(capsys.readouterr().out) == yaml.safe_load(printed)
-
-    # Settings that come from the composed parts of each experiment (or preset), as --print_config resolves them.
-    COMPOSED = {
-        ("mnist_vae.yaml",): {"model.init_args.latent_dim": 20, "trainer.max_epochs": 100},
-        ("mnist_skipvae_large.yaml",): {
-            "model.init_args.latent_dim": 32,
-            "model.init_args.decoder_layers": 12,
-            "model.init_args.kl_start": 0.1,
-            "data.class_path": "datamodules.MNISTDataModule",
-        },
-        ("omniglot_vae.yaml", "parts/savae_paper_decoder.yaml"): {
-            "model.init_args.latent_feature_maps": 4,
-            "model.init_args.kernel_sizes": [9, 9, 9, 7, 7, 7, 5, 5, 5, 3, 3, 3],
-            "data.class_path": "datamodules.OmniglotDataModule",
-        },
-        ("mnist_skipvae_mlp.yaml",): {"model.init_args.architecture": "mlp", "model.init_args.decoder_hidden": 1024},
-        ("yahoo_skipvae.yaml",): {
-            "model.init_args.embedding_dim": 512,
-            "trainer.max_epochs": 30,
-            "lr_schedule.start_epoch": 15,
-            "nll_iw.chunk_size": 50,
-        },
-        ("yahoo_vae.yaml", "yahoo_small.yaml"): {
-            "model.class_path": "models.VAE",
-            "model.init_args.embedding_dim": 128,
-            "model.init_args.lr": 1.0,
-            "trainer.max_epochs": 8,
-            "trainer.limit_train_batches": 140,
-            "lr_schedule.start_epoch": 4,
-            "data.init_args.val_split": 1000,
-            "trainer.logger.init_args.name": "yahoo_small",
-        },
-    }
-
-    @staticmethod
-    def resolved(capsys, *configs: str) -> dict:
-        with pytest.raises(SystemExit):
-            cli_main(["fit", *config_args(*configs), "--print_config"])
-        printed = yaml.safe_load(capsys.readouterr().out)
-        flat = {}
-
-        def walk(node, prefix):
-            for key, value in node.items():
-                if isinstance(value, dict):
-                    walk(value, f"{prefix}{key}.")
-                else:
-                    flat[f"{prefix}{key}"] = value
-
-        walk(printed, "")
-        return flat
-
-    @pytest.mark.parametrize("configs", list(COMPOSED))
-    def test_composed_settings(self, capsys, configs):
-        printed = self.resolved(capsys, *configs)
-        for key, value in self.COMPOSED[configs].items():
-            assert printed[key] == value, key
-
-    @pytest.mark.parametrize("config", list(AUTHORS))
-    def test_experiment_has_the_authors_settings(self, capsys, config):
-        printed = self.resolved(capsys, config)
-        mismatches = {
-            key: (printed.get(key, "<missing>"), value)
-            for key, value in AUTHORS[config].items()
-            if printed.get(key, "<missing>") != value
-        }
-        assert not mismatches, mismatches
-
-    def test_every_paper_experiment_is_in_the_table(self):
-        assert {c for c in EXPERIMENT_CONFIGS if "_large" not in c} == set(AUTHORS)
-
-    def test_command_line_override(self, tmp_path, capsys):
-        with pytest.raises(SystemExit):
-            cli_main(
-                [
-                    "fit",
-                    *config_args("mnist_skipvae.yaml"),
-                    "--model.init_args.latent_dim",
-                    "16",
-                    "--trainer.max_epochs",
-                    "5",
-                    "--print_config",
-                ]
-            )
-        printed = yaml.safe_load(capsys.readouterr().out)
-        assert printed["model"]["init_args"]["latent_dim"] == 16
-        assert printed["trainer"]["max_epochs"] == 5
+    configs = config_args(config, *presets, "presets/debug.yaml")
+    return cli_main(["fit", *configs, *logging_args(tmp_path, name), *extra])
 
 
 @pytest.mark.integration
@@ -282,7 +56,7 @@ class TestRunOutputs:
         cli = cli_main(
             [
                 "test",
-                *config_args(MLP, "debug.yaml"),
+                *config_args(MLP, "presets/debug.yaml"),
                 *logging_args(tmp_path),
                 "--ckpt_path",
                 str(log_dir / "checkpoints" / "last.ckpt"),
@@ -306,7 +80,7 @@ class TestRunOutputs:
         assert {"val/reconstructions", "val/samples"} <= set(events.Tags()["images"])
 
     def test_text_run_logs_text_samples_and_perplexity(self, tmp_path, fixture_data_dir):
-        fit(tmp_path, "yahoo_skipvae.yaml", *fixture_args("yahoo_skipvae.yaml", fixture_data_dir))
+        fit(tmp_path, "yahoo_skipvae.yaml", *fixture_args(fixture_data_dir))
         log_dir = tmp_path / "run" / "version_0"
         tags = read_events(log_dir).Tags()["tensors"]
         assert {"val/reconstructions/text_summary", "val/samples/text_summary"} <= set(tags)
@@ -314,9 +88,9 @@ class TestRunOutputs:
         test = cli_main(
             [
                 "test",
-                *config_args("yahoo_skipvae.yaml", "debug.yaml"),
+                *config_args("yahoo_skipvae.yaml", "presets/debug.yaml"),
                 *logging_args(tmp_path, "test"),
-                *fixture_args("yahoo_skipvae.yaml", fixture_data_dir),
+                *fixture_args(fixture_data_dir),
                 "--ckpt_path",
                 str(log_dir / "checkpoints" / "last.ckpt"),
             ]
@@ -340,7 +114,7 @@ class TestPresets:
         cli = cli_main(
             [
                 "fit",
-                *config_args("mnist_skipvae.yaml", "debug.yaml", "bf16.yaml"),
+                *config_args("mnist_skipvae.yaml", "presets/debug.yaml", "presets/bf16.yaml"),
                 *logging_args(tmp_path),
                 "--samples.every_n_epochs",
                 "0",
@@ -358,12 +132,12 @@ class TestPresets:
         cli = cli_main(
             [
                 "fit",
-                *config_args("mnist_skipsavae_mlp.yaml", "debug.yaml", "bf16.yaml"),
+                *config_args("mnist_skipsavae_mlp.yaml", "presets/debug.yaml", "presets/bf16.yaml"),
                 *logging_args(tmp_path),
                 *SA_DEBUG,
                 "--data.init_args.eval_batch_size",
                 "10",
-                "--model.init_args.svi_hessian_products",
+                "--model.init_args.refinement.init_args.hessian_products",
                 reverse_pass,
             ]
         )
@@ -387,7 +161,7 @@ class TestBadInput:
         result = run_main(
             [
                 "fit",
-                *config_args(MLP, "debug.yaml"),
+                *config_args(MLP, "presets/debug.yaml"),
                 *logging_args(tmp_path),
                 "--data.init_args.data_dir",
                 str(tmp_path / "nowhere"),
@@ -442,4 +216,4 @@ class TestBadInput:
         from callbacks.guards import NonFiniteLossError
 
         with pytest.raises(NonFiniteLossError, match="training loss is not finite at global step"):
-            fit(tmp_path, MLP, "--model.init_args.lr", "1e30", "--trainer.limit_train_batches", "4")
+            fit(tmp_path, MLP, "--model.init_args.optimizer.init_args.lr", "1e30", "--trainer.limit_train_batches", "4")

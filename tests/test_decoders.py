@@ -2,15 +2,18 @@
 
 import pytest
 import torch
+from helpers import TEXT_FORMAT, tiny
 
 from models import VAE, SkipVAE
-from models.decoders import GatedPixelCNNDecoder, LSTMDecoder, MLPDecoder
+from models.decoders import GatedPixelCNNDecoder, MLPDecoder
+from models.networks import DataSpec
+from models.text_decoders import LSTMDecoder
 
 
 def pixelcnn(skip: bool, kernels=(5, 3, 3), shape=(1, 8, 8)) -> GatedPixelCNNDecoder:
     torch.manual_seed(0)
     return GatedPixelCNNDecoder(
-        list(shape), latent_dim=3, channels=6, kernel_sizes=list(kernels), latent_feature_maps=2, latent_skip=skip
+        DataSpec(shape), latent_dim=3, latent_skip=skip, channels=6, kernel_sizes=list(kernels), latent_feature_maps=2
     ).double()
 
 
@@ -104,7 +107,7 @@ class TestLatentRouting:
             assert projection.weight.grad.abs().sum() > 0
 
     def test_lightning_modules_differ_only_in_latent_skip(self):
-        vae, skip = VAE(decoder_layers=2, kernel_sizes=[3, 3]), SkipVAE(decoder_layers=2, kernel_sizes=[3, 3])
+        vae, skip = tiny(VAE, "pixelcnn"), tiny(SkipVAE, "pixelcnn")
         assert not vae.decoder.latent_skip and skip.decoder.latent_skip
         extra = set(skip.state_dict()) - set(vae.state_dict())
         assert extra == {f"decoder.latent_maps.{i}.{p}" for i in (1, 2) for p in ("weight", "bias")}
@@ -115,7 +118,7 @@ class TestMLPDecoder:
     @pytest.mark.parametrize("skip", [False, True])
     def test_z_enters_hidden_layers_only_when_skipping(self, skip):
         torch.manual_seed(0)
-        decoder = MLPDecoder([1, 4, 4], latent_dim=3, hidden=8, num_layers=2, latent_skip=skip)
+        decoder = MLPDecoder(DataSpec((1, 4, 4)), latent_dim=3, latent_skip=skip, hidden=8, num_layers=2)
         assert sorted(decoder.latent.keys()) == (["1", "2"] if skip else [])
         with torch.no_grad():
             decoder.input.weight.zero_()
@@ -126,7 +129,7 @@ class TestMLPDecoder:
     def test_skip_model_output_layer_has_no_latent_input(self):
         """As in the paper code's MLP model: with every path through the hidden layers cut, z has no effect."""
         torch.manual_seed(0)
-        decoder = MLPDecoder([1, 4, 4], latent_dim=3, hidden=8, num_layers=2, latent_skip=True)
+        decoder = MLPDecoder(DataSpec((1, 4, 4)), latent_dim=3, latent_skip=True, hidden=8, num_layers=2)
         assert not decoder.takes_latent(3) and decoder.takes_latent(2)
         with torch.no_grad():
             decoder.hidden[-1].weight.zero_()
@@ -140,7 +143,14 @@ class TestLSTMDecoder:
     def decoder(self, skip: bool, layers: int = 2) -> LSTMDecoder:
         torch.manual_seed(0)
         return LSTMDecoder(
-            data_dims=[11], latent_dim=3, embedding_dim=5, hidden=7, num_layers=layers, dropout=0.0, latent_skip=skip
+            DataSpec((11,), TEXT_FORMAT),
+            3,
+            skip,
+            embedding_dim=5,
+            hidden=7,
+            num_layers=layers,
+            dropout=0.0,
+            init_range=0.3,
         ).double()
 
     @pytest.mark.parametrize("skip", [False, True])
@@ -185,4 +195,3 @@ class TestLSTMDecoder:
         short = torch.tensor([[1, 4, 5, 2]])
         padded = torch.tensor([[1, 4, 5, 2, 0, 0]])
         torch.testing.assert_close(decoder.log_prob(short, z), decoder.log_prob(padded, z))
-        assert decoder.count_tokens(padded).item() == 3

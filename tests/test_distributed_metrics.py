@@ -18,7 +18,7 @@ def test_metrics(tmp_path, checkpoint, *presets, extra=()):
     result = run_main(
         [
             "test",
-            *config_args(MLP, "debug.yaml", *presets),
+            *config_args(MLP, "presets/debug.yaml", *presets),
             *logging_args(tmp_path),
             *FULL_TEST_SET,
             "--trainer.accelerator",
@@ -40,7 +40,7 @@ def test_two_processes_give_the_same_diagnostics(tmp_path, checkpoint):
     # The first 2,000 test images either way: 4 batches of 500 on one process; on two, each process takes every
     # second image (Lightning's unrepeated distributed sampler) and stops after 2 batches of 500.
     one = test_metrics(tmp_path / "one", checkpoint, extra=("--trainer.limit_test_batches", "4"))
-    two = test_metrics(tmp_path / "two", checkpoint, "ddp.yaml", extra=("--trainer.limit_test_batches", "2"))
+    two = test_metrics(tmp_path / "two", checkpoint, "presets/ddp.yaml", extra=("--trainer.limit_test_batches", "2"))
     # KL and AU are sums of the same float64 terms in another order; MI and IW-NLL draw z per example from a
     # generator seeded by the example's index, so they are equal too (to float32 logging precision).
     for name in ("test/kl", "test/au", "test/mi", "test/nll_iw", "test/elbo"):
@@ -52,7 +52,7 @@ def test_two_processes_give_the_same_diagnostics(tmp_path, checkpoint):
 def test_bf16_mixed_matches_fp32(tmp_path, checkpoint):
     first_2000 = ("--trainer.limit_test_batches", "4")  # bf16 is emulated, hence slow, on CPUs without it
     fp32 = test_metrics(tmp_path / "fp32", checkpoint, extra=first_2000)
-    bf16 = test_metrics(tmp_path / "bf16", checkpoint, "bf16.yaml", extra=first_2000)
+    bf16 = test_metrics(tmp_path / "bf16", checkpoint, "presets/bf16.yaml", extra=first_2000)
     # A dimension whose posterior-mean variance sits at the 0.02 threshold may count on one side in bf16 and on the
     # other in fp32 (measured on a CPU with native bfloat16: 6 against 7 active units).
     assert abs(bf16["test/au"] - fp32["test/au"]) <= 1
@@ -68,14 +68,14 @@ def test_two_process_savae_fit_keeps_the_replicas_identical(tmp_path, reverse_pa
     result = run_main(
         [
             "fit",
-            *config_args("mnist_skipsavae_mlp.yaml", "debug.yaml", "ddp.yaml"),
+            *config_args("mnist_skipsavae_mlp.yaml", "presets/debug.yaml", "presets/ddp.yaml"),
             *extra,
             *logging_args(tmp_path),
             "--trainer.accelerator",
             "cpu",
-            "--model.init_args.svi_steps",
+            "--model.init_args.refinement.init_args.steps",
             "2",
-            "--model.init_args.svi_hessian_products",
+            "--model.init_args.refinement.init_args.hessian_products",
             reverse_pass,
             "--data.init_args.batch_size",
             "10",

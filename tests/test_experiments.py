@@ -130,15 +130,9 @@ class TestStudyRunner:
             str(tmp_path / "r" / "fit" / "checkpoints" / "last.ckpt"),
         ]
 
-    def test_precision_option_overrides_every_run(self, tmp_path):
-        result = subprocess.run(
-            [*runner(tmp_path), "--dry-run", "--precision", "bf16-mixed"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        commands = [line for line in result.stdout.splitlines() if line.startswith("python main.py")]
+    def test_precision_option_overrides_every_run(self, tmp_path, capsys):
+        assert run_study(["debug", "--out", str(tmp_path), "--quiet", "--dry-run", "--precision", "bf16-mixed"]) == 0
+        commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("python main.py")]
         assert len(commands) == 4  # fit and test of both runs
         # after the presets, so it wins over any precision they set
         assert all(line.split("--config")[-1].split("--trainer.precision bf16-mixed")[1] for line in commands)

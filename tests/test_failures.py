@@ -20,7 +20,7 @@ def checkpoints(folder) -> list:
     return sorted(folder.rglob("*.ckpt"))
 
 
-def fit(tmp_path, *extra: str, presets=("debug.yaml",)):
+def fit(tmp_path, *extra: str, presets=("presets/debug.yaml",)):
     return cli_main(["fit", *config_args(MLP, *presets), *logging_args(tmp_path), *extra])
 
 
@@ -75,7 +75,14 @@ class TestNonFinite:
 
     def test_cli_prints_one_line(self, tmp_path, capsys):
         result = main_exit(
-            ["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path), "--model.init_args.lr", "1e30"], capsys
+            [
+                "fit",
+                *config_args(MLP, "presets/debug.yaml"),
+                *logging_args(tmp_path),
+                "--model.init_args.optimizer.init_args.lr",
+                "1e30",
+            ],
+            capsys,
         )
         assert error_line(result).startswith("error: the training loss is not finite at global step")
 
@@ -141,7 +148,7 @@ class TestBadConfig:
     @pytest.mark.parametrize(
         "args, words",
         [
-            (["--model.init_args.architecture", "pixelcn"], ["architecture", "pixelcn"]),
+            (["--model.init_args.decoder", "models.decoders.PixelCNN"], ["decoder", "PixelCNN"]),
             (["--trainer.max_epochs", "ten"], ["max_epochs", "ten"]),
             (["--data.init_args.binarization", "dinamic"], ["binarization", "dinamic"]),
             (["--model.init_args.latent_dimm", "3"], ["latent_dimm"]),
@@ -149,7 +156,7 @@ class TestBadConfig:
     )
     def test_mistyped_key_or_value(self, tmp_path, capsys, args, words):
         with pytest.raises(SystemExit) as stopped:
-            cli_main(["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path), *args])
+            cli_main(["fit", *config_args(MLP, "presets/debug.yaml"), *logging_args(tmp_path), *args])
         stderr = capsys.readouterr().err
         assert stopped.value.code == 2 and "Traceback" not in stderr
         assert all(word in stderr for word in words), stderr[-2000:]
@@ -159,21 +166,24 @@ class TestBadConfig:
     # that names the argument and the value, exit code 2, nothing written.
     OUT_OF_RANGE = [
         (MLP, "model", "latent_dim", "-5"),
-        (MLP, "model", "encoder_hidden", "0"),
-        (MLP, "model", "decoder_layers", "0"),
-        (MLP, "model", "decoder_hidden", "-1"),
-        (MLP, "model", "latent_feature_maps", "0"),
-        (MLP, "model", "embedding_dim", "0"),
-        (MLP, "model", "dropout", "1.5"),
-        (MLP, "model", "lr", "0"),
-        (MLP, "model", "kl_start", "2"),
-        (MLP, "model", "kl_warmup_epochs", "-1"),
-        (MLP, "model", "param_init", "-0.1"),
-        (MLP, "model", "kernel_sizes", "[3,-3]"),
-        ("mnist_savae_mlp.yaml", "model", "svi_steps", "-1"),
-        ("mnist_savae_mlp.yaml", "model", "svi_lr", "0"),
-        ("mnist_savae_mlp.yaml", "model", "svi_momentum", "1.5"),
-        ("mnist_savae_mlp.yaml", "model", "svi_max_grad_norm", "-1"),
+        (MLP, "model", "encoder.init_args.hidden", "0"),
+        (MLP, "model", "decoder.init_args.num_layers", "0"),
+        (MLP, "model", "decoder.init_args.hidden", "-1"),
+        (MLP, "model", "decoder.init_args.linear_init", "he_uniform"),
+        ("mnist_vae.yaml", "model", "encoder.init_args.channels", "0"),
+        ("mnist_vae.yaml", "model", "encoder.init_args.stages", "0"),
+        ("mnist_vae.yaml", "model", "decoder.init_args.channels", "0"),
+        ("mnist_vae.yaml", "model", "decoder.init_args.latent_feature_maps", "0"),
+        ("mnist_vae.yaml", "model", "decoder.init_args.kernel_sizes", "[3,-3]"),
+        ("yahoo_vae.yaml", "model", "encoder.init_args.init_range", "-0.1"),
+        ("yahoo_vae.yaml", "model", "decoder.init_args.embedding_dim", "0"),
+        ("yahoo_vae.yaml", "model", "decoder.init_args.dropout", "1.5"),
+        ("yahoo_vae.yaml", "model", "kl_schedule.init_args.start", "2"),
+        ("yahoo_vae.yaml", "model", "kl_schedule.init_args.epochs", "-1"),
+        ("mnist_savae_mlp.yaml", "model", "refinement.init_args.steps", "-1"),
+        ("mnist_savae_mlp.yaml", "model", "refinement.init_args.lr", "0"),
+        ("mnist_savae_mlp.yaml", "model", "refinement.init_args.momentum", "1.5"),
+        ("mnist_savae_mlp.yaml", "model", "refinement.init_args.max_grad_norm", "-1"),
         (MLP, "data", "batch_size", "0"),
         (MLP, "data", "eval_batch_size", "-50"),
         (MLP, "data", "num_workers", "-1"),
@@ -187,7 +197,7 @@ class TestBadConfig:
             cli_main(
                 [
                     "fit",
-                    *config_args(config, "debug.yaml"),
+                    *config_args(config, "presets/debug.yaml"),
                     *logging_args(tmp_path),
                     f"--{group}.init_args.{key}",
                     value,
@@ -195,8 +205,28 @@ class TestBadConfig:
             )
         lines = capsys.readouterr().err.strip().splitlines()
         assert stopped.value.code == 2
-        assert len(lines) == 1 and lines[0].startswith("error: ") and f'"{key}"' in lines[0], lines[-5:]
+        name = key.rsplit(".", 1)[-1]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and f'"{name}"' in lines[0], lines[-5:]
         assert not any(tmp_path.iterdir())
+
+    @pytest.mark.parametrize("subcommand", ["fit", "test"])
+    def test_checkpoint_of_the_earlier_layout(self, tmp_path, capsys, subcommand):
+        """A checkpoint from before the networks were parts: refused in one line before anything is written."""
+        old = tmp_path / "old.ckpt"
+        hparams = {"architecture": "mlp", "encoder_hidden": 1024, "latent_dim": 20, "_class_path": "models.SkipVAE"}
+        torch.save({"state_dict": {}, "hyper_parameters": hparams, "skipvae_model": {"class": "SkipVAE"}}, old)
+        logs = tmp_path / "logs"
+        args = [
+            subcommand,
+            *config_args(MLP),
+            "--ckpt_path",
+            str(old),
+            "--trainer.logger.init_args.save_dir",
+            str(logs),
+        ]
+        line = error_line(main_exit(args, capsys))
+        assert line.startswith("error: this checkpoint was written by an earlier version of this project")
+        assert len(line) < 200 and not logs.exists()
 
     @pytest.mark.integration
     @pytest.mark.parametrize("content", [b"not a checkpoint", b"\x80\x04\x95" + bytes(64)])
@@ -207,7 +237,7 @@ class TestBadConfig:
         result = main_exit(
             [
                 "test",
-                *config_args(MLP, "debug.yaml"),
+                *config_args(MLP, "presets/debug.yaml"),
                 "--ckpt_path",
                 str(path),
                 "--trainer.logger.init_args.save_dir",
@@ -222,11 +252,11 @@ class TestBadConfig:
         assert not logs.exists()
 
     @pytest.mark.integration
-    def test_checkpoint_of_another_architecture(self, tmp_path, mlp_checkpoint, capsys):
+    def test_checkpoint_of_other_networks(self, tmp_path, mlp_checkpoint, capsys):
         result = main_exit(
             [
                 "test",
-                *config_args("mnist_skipvae.yaml", "debug.yaml"),
+                *config_args("mnist_skipvae.yaml", "presets/debug.yaml"),
                 *logging_args(tmp_path),
                 "--ckpt_path",
                 str(mlp_checkpoint),
@@ -235,7 +265,8 @@ class TestBadConfig:
         )
         line = error_line(result)
         assert line.startswith("error: checkpoint does not match the configured model:")
-        assert "architecture='mlp' (configured: 'pixelcnn')" in line and "config.yaml" in line
+        assert "encoder=models.encoders.MLPEncoder(hidden=1024, linear_init='default') (configured: " in line
+        assert "decoder=models.decoders.MLPDecoder(" in line and "config.yaml" in line
 
     @pytest.mark.integration
     def test_checkpoint_of_another_dataset(self, tmp_path, mlp_checkpoint, fixture_data_dir):
@@ -243,7 +274,7 @@ class TestBadConfig:
             cli_main(
                 [
                     "test",
-                    *config_args(MLP, "debug.yaml"),
+                    *config_args(MLP, "presets/debug.yaml"),
                     *logging_args(tmp_path),
                     "--data",
                     "datamodules.OmniglotDataModule",
@@ -274,7 +305,7 @@ class TestBadConfig:
             cli_main(
                 [
                     "fit",
-                    *config_args("yahoo_skipvae.yaml", "debug.yaml"),
+                    *config_args("yahoo_skipvae.yaml", "presets/debug.yaml"),
                     *logging_args(tmp_path),
                     "--data.init_args.data_dir",
                     str(fixture_data_dir),
@@ -291,7 +322,7 @@ class TestBadConfig:
         result = main_exit(
             [
                 "fit",
-                *config_args(MLP, "debug.yaml"),
+                *config_args(MLP, "presets/debug.yaml"),
                 *logging_args(tmp_path),
                 "--trainer.accelerator",
                 "cpu",
@@ -306,7 +337,7 @@ class TestBadConfig:
     @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
     def test_gpu_on_a_machine_without_one(self):
         with pytest.raises(RunSetupError, match="no CUDA GPU is visible"):
-            cli_main(["fit", *config_args(MLP, "debug.yaml"), "--trainer.accelerator", "gpu"])
+            cli_main(["fit", *config_args(MLP, "presets/debug.yaml"), "--trainer.accelerator", "gpu"])
 
 
 class TestBadFiles:
@@ -330,7 +361,7 @@ class TestOutputFolders:
         blocker = tmp_path / "a_file"
         blocker.write_text("not a folder")
         with pytest.raises(RunSetupError, match=f"cannot write to {blocker}/logs"):
-            cli_main(["fit", *config_args(MLP, "debug.yaml"), *logging_args(blocker / "logs")])
+            cli_main(["fit", *config_args(MLP, "presets/debug.yaml"), *logging_args(blocker / "logs")])
 
     def test_checkpoint_folder_that_cannot_be_written(self, tmp_path):
         blocker = tmp_path / "a_file"
@@ -339,7 +370,7 @@ class TestOutputFolders:
             cli_main(
                 [
                     "fit",
-                    *config_args(MLP, "debug.yaml"),
+                    *config_args(MLP, "presets/debug.yaml"),
                     "--checkpoint.dirpath",
                     str(blocker / "ckpt"),
                     *logging_args(tmp_path),

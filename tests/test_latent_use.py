@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import tiny
 
 from experiments.latent_use import latent_use, main
 from models import VAE
@@ -22,10 +23,7 @@ class TinyImages:
 
 
 def tiny_vae() -> VAE:
-    torch.manual_seed(0)
-    return VAE(
-        architecture="mlp", data_dims=[1, 4, 4], latent_dim=3, encoder_hidden=8, decoder_layers=1, decoder_hidden=8
-    ).eval()
+    return tiny(data_dims=[1, 4, 4]).eval()
 
 
 def test_a_decoder_that_ignores_z_reconstructs_equally_from_every_code():

@@ -15,12 +15,12 @@ pytestmark = pytest.mark.integration  # every test here trains and tests through
 
 
 def fit_and_test(tmp_path, config: str, *extra: str):
-    cli_main(["fit", *config_args(config, "debug.yaml"), *logging_args(tmp_path, "fit"), *extra])
+    cli_main(["fit", *config_args(config, "presets/debug.yaml"), *logging_args(tmp_path, "fit"), *extra])
     fit_dir = tmp_path / "fit" / "version_0"
     cli_main(
         [
             "test",
-            *config_args(config, "debug.yaml"),
+            *config_args(config, "presets/debug.yaml"),
             *logging_args(tmp_path, "test"),
             *extra,
             "--ckpt_path",
@@ -81,7 +81,7 @@ def test_image_run(tmp_path):
 
 
 def test_text_run(tmp_path, fixture_data_dir, capsys):
-    _, test_dir = fit_and_test(tmp_path, "yahoo_skipvae.yaml", *fixture_args("yahoo_skipvae.yaml", fixture_data_dir))
+    _, test_dir = fit_and_test(tmp_path, "yahoo_skipvae.yaml", *fixture_args(fixture_data_dir))
     events = read_events(test_dir)
     tags = set(events.Tags()["tensors"])
     assert {"test/latent_traversals/text_summary", "test/interpolations/text_summary"} <= tags

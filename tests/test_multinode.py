@@ -84,9 +84,9 @@ def test_two_torchrun_nodes_fit_and_test_like_one_process(tmp_path):
     }
     # the first 2,000 test images on both nodes together: 2 batches of 500 per process
     extras = {
-        "fit": [*config_args("debug.yaml"), *logging("fit")],
+        "fit": [*config_args("presets/debug.yaml"), *logging("fit")],
         "test": [
-            *config_args("debug.yaml"),
+            *config_args("presets/debug.yaml"),
             *logging("test"),
             "--data.init_args.eval_batch_size",
             "500",
@@ -116,7 +116,7 @@ def test_two_torchrun_nodes_fit_and_test_like_one_process(tmp_path):
     cli_main(
         [
             "test",
-            *config_args(SMALL, "debug.yaml"),
+            *config_args(SMALL, "presets/debug.yaml"),
             "--trainer.logger.init_args.save_dir",
             str(tmp_path / "one"),
             "--trainer.logger.init_args.version",
@@ -162,7 +162,7 @@ def test_sbatch_script_under_a_simulated_slurm_allocation(tmp_path):
         "MASTER_PORT": str(free_port()),
     }
     extra = [
-        *config_args("debug.yaml"),
+        *config_args("presets/debug.yaml"),
         "--trainer.logger.init_args.save_dir",
         str(tmp_path / "logs"),
         "--trainer.logger.init_args.version",
@@ -255,6 +255,7 @@ def test_single_node_commands_resolve(monkeypatch, capsys):
         )
 
 
+@pytest.mark.integration  # starts a process
 def test_gpu_check_says_why_it_skips_without_a_gpu():
     result = subprocess.run(
         ["bash", "-c", readme_commands("gpu-check")[0]],
@@ -310,6 +311,7 @@ class TestStudyCommands:
         assert len(log) == len(STUDIES[cpu_line[3]].runs)
         assert {frozenset(slot.cpus) for _, slot in log} == {frozenset({0}), frozenset({1})}
 
+    @pytest.mark.integration  # starts a process
     def test_slurm_array_submission(self, tmp_path):
         array_line, submit_line = [c for c in self.commands(tmp_path) if "--slurm-array" in c or c[0] == "bash"]
         assert runner.main([*array_line[3:], "--out", str(tmp_path)]) == 0

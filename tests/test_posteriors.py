@@ -33,7 +33,7 @@ def predict(tmp_path, checkpoint, *extra) -> dict[str, np.ndarray]:
         str(output),
         *extra,
     ]
-    if any(arg.endswith("ddp.yaml") for arg in extra):
+    if any(arg.endswith("presets/ddp.yaml") for arg in extra):
         result = run_main(args)
         assert result.returncode == 0, result.stderr[-3000:]
     else:
@@ -73,7 +73,7 @@ def test_predict_writes_the_encoders_posteriors_on_one_or_two_processes(tmp_path
         tmp_path / "two",
         checkpoint,
         "--config",
-        str(ROOT / "configs" / "ddp.yaml"),
+        str(ROOT / "configs" / "presets/ddp.yaml"),
         "--trainer.limit_predict_batches",
         "2",
         "--data.init_args.eval_batch_size",
@@ -92,7 +92,7 @@ def test_diagnose_of_a_predicted_file_equals_the_test_metrics(tmp_path, checkpoi
     cli_main(
         [
             "test",
-            *config_args(MLP, "debug.yaml"),
+            *config_args(MLP, "presets/debug.yaml"),
             *logging_args(tmp_path / "test"),
             *FIRST_1000,
             "--trainer.limit_test_batches",

@@ -2,18 +2,23 @@
 ends when the validation MI falls; its state survives a checkpoint."""
 
 import itertools
+from functools import partial
 
 import pytest
 import torch
-from helpers import small
+from helpers import tiny
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from models import SAVAE, VAE
+from models import VAE
+from models.decoders import MLPDecoder
+from models.encoders import MLPEncoder
+from models.refinement import SVI
 from models.remedies.aggressive import AggressiveInference
 
 
 def small_model(procedure: AggressiveInference) -> VAE:
-    return small(encoder_hidden=16, decoder_hidden=16, procedure=procedure)
+    he_normal = dict(hidden=16, linear_init="he_normal")
+    return tiny(encoder=partial(MLPEncoder, **he_normal), decoder=partial(MLPDecoder, **he_normal), procedure=procedure)
 
 
 def batches(scales):
@@ -78,5 +83,18 @@ def test_state_round_trips_with_the_inner_optimizer():
 
 
 def test_sa_models_are_refused():
-    with pytest.raises(MisconfigurationException, match="not apply to SAVAE"):
-        small(SAVAE, procedure=AggressiveInference())
+    with pytest.raises(MisconfigurationException, match="not apply to SA-VAE models"):
+        tiny(refinement=SVI(), procedure=AggressiveInference())
+
+
+def test_the_diagnostics_refuse_a_run_that_would_not_log_the_mi_every_epoch():
+    """The procedure reads val/mi after every validation epoch (`needed_metrics`): logged every second epoch, a stale
+    value would end the phase, so the run is refused at its start."""
+    from callbacks.diagnostics import LatentDiagnostics
+
+    model = small_model(AggressiveInference())
+    assert model.needed_validation_metrics == ("val/mi",)
+    LatentDiagnostics(every_n_epochs=1).on_fit_start(None, model)
+    with pytest.raises(MisconfigurationException, match="reads val/mi after every validation epoch"):
+        LatentDiagnostics(every_n_epochs=2).on_fit_start(None, model)
+    LatentDiagnostics(every_n_epochs=2).on_fit_start(None, tiny())  # standard training reads none

@@ -2,16 +2,16 @@
 
 import pytest
 import torch
-from helpers import on_fake_trainer, small
+from helpers import on_fake_trainer, tiny
 
 from models.kl_schedule import ConstantWeight
 
 
 def test_constant_weight_at_every_step_and_in_the_loss():
-    model = small(kl_start=0.1, kl_warmup_epochs=5, kl_schedule=ConstantWeight(beta=0.4))
+    model = tiny(kl_schedule=ConstantWeight(beta=0.4))
     for step in (0, 7, 10_000):
         on_fake_trainer(model, step, max_epochs=3)
-        assert model.kl_weight() == 0.4  # the warm-up keys are ignored once a schedule is set
+        assert model.kl_weight() == 0.4
     out = model(torch.bernoulli(torch.full((4, 1, 28, 28), 0.3)))
     expected = (out["recon"] + 0.4 * out["kl"]).mean()
     assert model.training_loss(out, model.kl_weight()).item() == pytest.approx(expected.item())

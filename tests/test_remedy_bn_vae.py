@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import small
+from helpers import tiny
 
 from models.distributions import gaussian_kl
 from models.remedies.bn_vae import BatchNormMeans
@@ -29,11 +29,11 @@ def test_expected_kl_lower_bound_on_random_batches(seed):
 
 
 def test_the_scale_stays_fixed_in_a_model():
-    """The scale is no parameter: the text models' uniform initialisation and the optimiser never see it."""
-    model = small(latent_dim=4, param_init=0.1, mean_normalisation=lambda dim: BatchNormMeans(dim, gamma=0.7))
+    """The scale is no parameter: the text networks' uniform initialisation and the optimiser never see it."""
+    model = tiny(kind="lstm", latent_dim=4, mean_normalisation=lambda dim: BatchNormMeans(dim, gamma=0.7))
     assert torch.equal(model.mean_normalisation.gamma, torch.full((4,), 0.7))
     assert any(p is model.mean_normalisation.shift for p in model.inference_parameters())
-    model = small(latent_dim=4, mean_normalisation=lambda dim: BatchNormMeans(dim, gamma=0.7, eps=1e-12))
+    model = tiny(latent_dim=4, mean_normalisation=lambda dim: BatchNormMeans(dim, gamma=0.7, eps=1e-12))
     x = torch.bernoulli(torch.full((32, 1, 28, 28), 0.3))
     mean, _ = model.encode(x)  # training mode: the batch's statistics
     torch.testing.assert_close(mean.var(0, unbiased=False), torch.full((4,), 0.49), rtol=1e-4, atol=1e-4)

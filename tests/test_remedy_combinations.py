@@ -5,8 +5,17 @@ import math
 
 import pytest
 import torch
-from helpers import MLP, callbacks_config, config_args, logging_args, read_events, run_main
-from test_resume import assert_same_run, fit_in_parts, scalars
+from helpers import (
+    MLP,
+    assert_same_run,
+    callbacks_config,
+    config_args,
+    fit_in_parts,
+    logging_args,
+    read_events,
+    run_main,
+    scalars,
+)
 
 from callbacks.guards import NonFiniteLossError
 from main import cli_main
@@ -17,7 +26,7 @@ pytestmark = pytest.mark.integration
 ALL_PARTS = [
     *config_args(
         MLP,
-        "debug.yaml",
+        "presets/debug.yaml",
         "remedies/free_bits.yaml",
         "remedies/cyclical_annealing.yaml",
         "remedies/bn_vae.yaml",
@@ -65,7 +74,7 @@ def test_two_processes_keep_the_replicas_identical(tmp_path):
         [
             "fit",
             *ALL_PARTS,
-            *config_args("ddp.yaml"),
+            *config_args("presets/ddp.yaml"),
             *extra,
             *logging_args(tmp_path),
             "--trainer.accelerator",
@@ -81,7 +90,7 @@ def test_two_processes_keep_the_replicas_identical(tmp_path):
 
 
 def test_bf16_mixed(tmp_path):
-    cli = cli_main(["fit", *ALL_PARTS, *config_args("bf16.yaml"), *logging_args(tmp_path)])
+    cli = cli_main(["fit", *ALL_PARTS, *config_args("presets/bf16.yaml"), *logging_args(tmp_path)])
     metrics = cli.trainer.callback_metrics
     assert cli.trainer.precision == "bf16-mixed"
     assert all(math.isfinite(float(metrics[name])) for name in ("val/elbo", "val/mi", "train/loss"))

@@ -3,7 +3,7 @@
 import math
 
 import pytest
-from helpers import on_fake_trainer, small
+from helpers import on_fake_trainer, tiny
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from models.remedies.cyclical_annealing import CyclicalAnnealing
@@ -30,7 +30,7 @@ def test_fractional_periods_restart_on_time():
 
 def test_the_model_reads_the_run_length_from_its_trainer():
     # T = 40 steps: cycles of 20, beta rises over 10 steps
-    model = on_fake_trainer(small(kl_schedule=CyclicalAnnealing(cycles=2, ratio=0.5)), 15, max_epochs=4)
+    model = on_fake_trainer(tiny(kl_schedule=CyclicalAnnealing(cycles=2, ratio=0.5)), 15, max_epochs=4)
     assert model.kl_weight() == 1.0
     model._trainer.global_step = 25
     assert model.kl_weight() == pytest.approx(0.5)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import small
+from helpers import tiny
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from models.remedies.free_bits import FreeBits
@@ -30,7 +30,7 @@ def test_zero_lambda_is_the_elbo_and_reported_kl_is_exact():
     torch.manual_seed(1)
     kl = torch.rand(4, 5)
     assert FreeBits(lambda_=0.0)(kl).item() == pytest.approx(kl.sum(-1).mean().item())
-    model = small(kl_term=FreeBits(lambda_=5.0))
+    model = tiny(kl_term=FreeBits(lambda_=5.0))
     x = torch.bernoulli(torch.full((4, 1, 28, 28), 0.3))
     out = model(x)
     assert model.training_loss(out, 1.0).item() == pytest.approx(out["recon"].mean().item() + 15.0)

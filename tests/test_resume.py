@@ -10,7 +10,18 @@ import time
 import pytest
 import torch
 from conftest import ROOT
-from helpers import MLP, callbacks_config, config_args, error_line, logging_args, main_exit, read_events, run_main
+from helpers import (
+    MLP,
+    assert_same_run,
+    config_args,
+    error_line,
+    fit_in_parts,
+    logging_args,
+    main_exit,
+    run_main,
+    scalars,
+    weights,
+)
 
 from main import cli_main
 
@@ -21,9 +32,11 @@ pytestmark = pytest.mark.integration  # every test here trains, tests or starts 
 IMAGE_ARGS = [
     "--trainer.deterministic",
     "true",
-    "--model.init_args.kl_start",
+    "--model.init_args.kl_schedule",
+    "models.kl_schedule.LinearWarmup",
+    "--model.init_args.kl_schedule.start",
     "0.1",
-    "--model.init_args.kl_warmup_epochs",
+    "--model.init_args.kl_schedule.epochs",
     "4",
 ]
 TEXT_CALLBACKS = """
@@ -35,86 +48,29 @@ lr_schedule: {monitor: val/au, start_epoch: 0}
 TEXT_ARGS = [
     "--trainer.deterministic",
     "true",
-    "--model.init_args.embedding_dim",
+    "--model.init_args.encoder.init_args.embedding_dim",
     "32",
-    "--model.init_args.encoder_hidden",
+    "--model.init_args.encoder.init_args.hidden",
     "32",
-    "--model.init_args.decoder_hidden",
+    "--model.init_args.decoder.init_args.embedding_dim",
+    "32",
+    "--model.init_args.decoder.init_args.hidden",
     "32",
 ]
 
 
-def scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
-    events = read_events(log_dir)
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-
-
-def weights(checkpoint) -> dict[str, torch.Tensor]:
-    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-
-
-def assert_same_run(full_dir, resumed_dir):
-    """Same final weights, optimizer state and every logged scalar (train per step, val per epoch)."""
-    full = torch.load(full_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    resumed = torch.load(resumed_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert full["global_step"] == resumed["global_step"] and full["epoch"] == resumed["epoch"]
-    assert full["optimizer_states"][0]["param_groups"] == resumed["optimizer_states"][0]["param_groups"]
-    for name, tensor in full["state_dict"].items():
-        assert torch.equal(tensor, resumed["state_dict"][name]), name
-    for state, other in zip(
-        full["optimizer_states"][0]["state"].values(), resumed["optimizer_states"][0]["state"].values()
-    ):
-        for key, value in state.items():
-            assert torch.equal(torch.as_tensor(value), torch.as_tensor(other[key])), key
-    full_scalars, resumed_scalars = scalars(full_dir), scalars(resumed_dir)
-    assert full_scalars.keys() == resumed_scalars.keys()
-    for tag, series in full_scalars.items():
-        assert sorted(set(resumed_scalars[tag])) == sorted(set(series)), tag
-
-
-def fit_in_parts(tmp_path, args: list[str], epochs: int = 3):
-    """The same run twice: uninterrupted for `epochs`, and stopped after its first epoch (the same `max_epochs`)
-    then resumed with `--ckpt_path last` (which continues the newest version folder)."""
-    full = [*args, "--trainer.max_epochs", str(epochs)]
-    cli_main(["fit", *full, *logging_args(tmp_path, "full")])
-    logging = logging_args(tmp_path, "parts")[:4] + ["--trainer.enable_progress_bar", "false"]  # no fixed version
-    stop = callbacks_config(tmp_path / "stop.yaml", "class_path: helpers.StopAfterFirstEpoch")
-    stopped = cli_main(["fit", *full, *logging, *stop])
-    assert stopped.trainer.current_epoch == 1  # ended after its first epoch
-    resumed = cli_main(["fit", *full, *logging, "--ckpt_path", "last"])
-    assert resumed.trainer.logger.version == 0  # continued in the first run's folder
-    return tmp_path / "full" / "version_0", tmp_path / "parts" / "version_0"
-
-
 class TestExactResume:
     def test_image_run(self, tmp_path):
-        full, resumed = fit_in_parts(tmp_path, [*config_args(MLP, "debug.yaml"), *IMAGE_ARGS])
+        full, resumed = fit_in_parts(tmp_path, [*config_args(MLP, "presets/debug.yaml"), *IMAGE_ARGS])
         assert_same_run(full, resumed)
         beta = dict(scalars(resumed)["train/beta"])
         assert 0.1 < beta[max(beta)] < 1.0  # the warm-up was still running across the resume point
-
-    @pytest.mark.parametrize("reverse_pass", ["exact", "official"])
-    def test_savae_run(self, tmp_path, reverse_pass):
-        # Automatic optimization on a surrogate loss, SVI seeds drawn from the global stream: the same run too.
-        args = [
-            *config_args("mnist_skipsavae_mlp.yaml", "debug.yaml"),
-            *IMAGE_ARGS,
-            "--model.init_args.svi_steps",
-            "2",
-            "--data.init_args.batch_size",
-            "10",
-            "--model.init_args.svi_hessian_products",
-            reverse_pass,
-        ]
-        full, resumed = fit_in_parts(tmp_path, args)
-        assert_same_run(full, resumed)
-        assert "train/elbo_svi" in scalars(resumed)
 
     def test_text_run(self, tmp_path, fixture_data_dir):
         callbacks = tmp_path / "callbacks.yaml"
         callbacks.write_text(TEXT_CALLBACKS)
         args = [
-            *config_args("yahoo_skipvae.yaml", "debug.yaml"),
+            *config_args("yahoo_skipvae.yaml", "presets/debug.yaml"),
             "--config",
             str(callbacks),
             *TEXT_ARGS,
@@ -132,13 +88,13 @@ class TestExactResume:
         import callbacks.random_state
 
         monkeypatch.setattr(callbacks.random_state, "set_rng_states", lambda states: None)
-        full, resumed = fit_in_parts(tmp_path, [*config_args(MLP, "debug.yaml"), *IMAGE_ARGS])
+        full, resumed = fit_in_parts(tmp_path, [*config_args(MLP, "presets/debug.yaml"), *IMAGE_ARGS])
         with pytest.raises(AssertionError):
             assert_same_run(full, resumed)
 
     def test_resume_last_with_nothing_to_resume(self, tmp_path, capsys):
         result = main_exit(
-            ["fit", *config_args(MLP, "debug.yaml"), *logging_args(tmp_path)[:4], "--ckpt_path", "last"], capsys
+            ["fit", *config_args(MLP, "presets/debug.yaml"), *logging_args(tmp_path)[:4], "--ckpt_path", "last"], capsys
         )
         assert result.returncode == 1
         assert error_line(result).startswith("error: --ckpt_path last: there is no last checkpoint")
@@ -148,7 +104,13 @@ class TestExactResume:
 def ddp_runs(tmp_path_factory):
     """2-process DDP: uninterrupted 3 epochs, and 1 epoch (its checkpoint is reused below) then resumed to 3."""
     tmp_path = tmp_path_factory.mktemp("ddp")
-    base = ["fit", *config_args(MLP, "debug.yaml", "ddp.yaml"), "--trainer.accelerator", "cpu", *IMAGE_ARGS]
+    base = [
+        "fit",
+        *config_args(MLP, "presets/debug.yaml", "presets/ddp.yaml"),
+        "--trainer.accelerator",
+        "cpu",
+        *IMAGE_ARGS,
+    ]
     logging = logging_args(tmp_path, "parts")[:4] + ["--trainer.enable_progress_bar", "false"]
     runs = [
         [*base, *logging_args(tmp_path, "full"), "--trainer.max_epochs", "3"],
@@ -172,7 +134,7 @@ class TestDistributedResume:
             fit = cli_main(
                 [
                     "fit",
-                    *config_args(MLP, "debug.yaml"),
+                    *config_args(MLP, "presets/debug.yaml"),
                     *IMAGE_ARGS,
                     *logging_args(tmp_path, "fit"),
                     "--trainer.max_epochs",
@@ -185,7 +147,7 @@ class TestDistributedResume:
         test = cli_main(
             [
                 "test",
-                *config_args(MLP, "debug.yaml"),
+                *config_args(MLP, "presets/debug.yaml"),
                 *logging_args(tmp_path, "test"),
                 "--ckpt_path",
                 str(tmp_path / "fit" / "version_0" / "checkpoints" / "last.ckpt"),
@@ -194,9 +156,9 @@ class TestDistributedResume:
         assert torch.isfinite(test.trainer.callback_metrics["test/nll_iw"])
 
     def test_one_process_checkpoint_resumes_and_tests_on_two(self, tmp_path):
-        cli_main(["fit", *config_args(MLP, "debug.yaml"), *IMAGE_ARGS, *logging_args(tmp_path, "one")])
+        cli_main(["fit", *config_args(MLP, "presets/debug.yaml"), *IMAGE_ARGS, *logging_args(tmp_path, "one")])
         checkpoint = tmp_path / "one" / "version_0" / "checkpoints" / "last.ckpt"
-        ddp = [*config_args(MLP, "debug.yaml", "ddp.yaml"), "--trainer.accelerator", "cpu"]
+        ddp = [*config_args(MLP, "presets/debug.yaml", "presets/ddp.yaml"), "--trainer.accelerator", "cpu"]
         result = run_main(
             [
                 "fit",
@@ -230,7 +192,7 @@ def test_hard_kill_mid_epoch_then_resume(tmp_path):
     """SIGKILL the training process after its first checkpoint, in a later epoch; `--ckpt_path last` resumes from
     the last checkpoint written, and the finished run equals an uninterrupted one."""
     args = [
-        *config_args(MLP, "debug.yaml"),
+        *config_args(MLP, "presets/debug.yaml"),
         *IMAGE_ARGS,
         "--trainer.limit_train_batches",
         "30",

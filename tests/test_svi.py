@@ -1,34 +1,30 @@
-"""SA-VAE's SVI refinement: its gradients against a full autograd unroll, svi_steps 0 is the VAE, and the steps
+"""SA-VAE's SVI refinement: its gradients against a full autograd unroll, 0 steps is the VAE, and the steps
 lower the batch loss of a trained model."""
 
 from collections import Counter
+from functools import partial
 
 import pytest
 import torch
+from helpers import tiny, tiny_networks
 
-from models import SAVAE, VAE, SkipSAVAE
+from models import VAE, SkipVAE
+from models.decoders import MLPDecoder
+from models.encoders import MLPEncoder
+from models.refinement import SVI
 from models.svi import seeded
 
-SMALL = {
-    "mlp": dict(
-        architecture="mlp", data_dims=[1, 4, 4], latent_dim=3, encoder_hidden=8, decoder_layers=1, decoder_hidden=8
-    ),
-    "lstm": dict(
-        architecture="lstm",
-        data_dims=[9],
-        latent_dim=3,
-        encoder_hidden=6,
-        decoder_layers=2,
-        decoder_hidden=6,
-        embedding_dim=4,
-        dropout=0.3,
-    ),
-}
 
-
-def small_model(model_class, architecture: str, **overrides):
-    torch.manual_seed(0)
-    return model_class(**SMALL[architecture], **overrides).double()
+def small_model(model_class, architecture: str, refined: bool = True, **svi):
+    """A tiny MLP (on 4x4 images) or LSTM model (PyTorch's initialisation) in float64 with the SVI part of settings
+    `svi` (none when not `refined`)."""
+    if architecture == "mlp":
+        settings = {"data_dims": [1, 4, 4]}
+    else:
+        networks = tiny_networks("lstm")
+        settings = {key: partial(networks[key], init_range=0.0) for key in ("encoder", "decoder")}
+    refinement = SVI(**svi) if refined else None
+    return tiny(model_class, architecture, refinement=refinement, **settings).double()
 
 
 def example_batch(architecture: str) -> torch.Tensor:
@@ -41,7 +37,7 @@ def example_batch(architecture: str) -> torch.Tensor:
     return torch.bernoulli(torch.full((5, 1, 4, 4), 0.4, dtype=torch.float64), generator=generator)
 
 
-def unrolled_gradients(model: SAVAE, x: torch.Tensor, beta: float) -> tuple[list[torch.Tensor], list[float]]:
+def unrolled_gradients(model: VAE, x: torch.Tensor, beta: float) -> tuple[list[torch.Tensor], list[float]]:
     """d L(lambda_K) / d parameters by autograd through every SVI step (create_graph), drawing the random numbers
     in the order the implementation does; also the norms of the unclipped SVI gradients."""
     svi, norms = model.refinement.svi, []
@@ -63,15 +59,13 @@ def unrolled_gradients(model: SAVAE, x: torch.Tensor, beta: float) -> tuple[list
 
 
 @pytest.mark.parametrize("architecture", ["mlp", "lstm"])
-@pytest.mark.parametrize("model_class", [SAVAE, SkipSAVAE])
+@pytest.mark.parametrize("model_class", [VAE, SkipVAE])
 @pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize("hessian_products", ["exact", "finite_difference"])
 def test_gradients_equal_a_full_unroll(architecture, model_class, steps, hessian_products):
     """Exact products agree to rounding; one-sided finite differences (r = 1e-5) carry an O(r) error, which in
     float64 on these models is below 1e-7 (measured up to 3e-8)."""
-    model = small_model(
-        model_class, architecture, svi_steps=steps, svi_max_grad_norm=0.05, svi_hessian_products=hessian_products
-    )
+    model = small_model(model_class, architecture, steps=steps, max_grad_norm=0.05, hessian_products=hessian_products)
     x = example_batch(architecture)
     torch.manual_seed(7)
     surrogate, logs = model.refinement.training_loss(model, x, beta=0.7)
@@ -89,7 +83,7 @@ def test_gradients_equal_a_full_unroll(architecture, model_class, steps, hessian
 
 @pytest.mark.parametrize("architecture", ["mlp", "lstm"])
 def test_zero_steps_is_the_vae(architecture):
-    savae, vae = small_model(SAVAE, architecture, svi_steps=0), small_model(VAE, architecture)
+    savae, vae = small_model(VAE, architecture, steps=0), small_model(VAE, architecture, refined=False)
     x = example_batch(architecture)
     torch.manual_seed(3)
     surrogate, logs = savae.refinement.training_loss(savae, x, beta=0.4)
@@ -111,7 +105,12 @@ def test_svi_lowers_the_batch_loss_of_a_trained_model(mnist_dir):
     data.setup("fit")
     x = data.datasets["val"].x[:500].float().div(255)
     torch.manual_seed(0)
-    model = SAVAE(architecture="mlp", latent_dim=8, encoder_hidden=64, decoder_layers=1, decoder_hidden=64)
+    model = tiny(
+        encoder=partial(MLPEncoder, hidden=64),
+        decoder=partial(MLPDecoder, hidden=64, num_layers=1),
+        latent_dim=8,
+        refinement=SVI(),
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for step in range(150):  # a short amortized (VAE) training: the encoder's posterior is good, not optimal
         out = model(x[step % 10 * 50 : step % 10 * 50 + 50])
@@ -139,7 +138,7 @@ def authors_clip(tensors: list[torch.Tensor], max_norm: float) -> tuple[list[tor
     return ([t * coefficient for t in tensors], True) if coefficient < 1 else (tensors, False)
 
 
-def official_reference(model: SAVAE, x: torch.Tensor, beta: float) -> tuple[list[torch.Tensor], list[int]]:
+def official_reference(model: VAE, x: torch.Tensor, beta: float) -> tuple[list[torch.Tensor], list[int]]:
     """The authors' SA-VAE gradients (optim_n2n.py's forward_mom and backward_mom) as a plain loop, drawing the
     random numbers in the order the implementation does; also how many reverse steps had each extra clip active."""
     svi, r = model.refinement.svi, 1e-5
@@ -184,19 +183,17 @@ def official_reference(model: SAVAE, x: torch.Tensor, beta: float) -> tuple[list
     return [by_param[id(p)] for p in model.parameters()], fired
 
 
-def model_gradients(model: SAVAE, x: torch.Tensor, beta: float) -> list[torch.Tensor]:
+def model_gradients(model: VAE, x: torch.Tensor, beta: float) -> list[torch.Tensor]:
     torch.manual_seed(7)
     surrogate, _ = model.refinement.training_loss(model, x, beta)
     return list(torch.autograd.grad(surrogate, list(model.parameters())))
 
 
 @pytest.mark.parametrize("architecture", ["mlp", "lstm"])
-@pytest.mark.parametrize("model_class", [SAVAE, SkipSAVAE])
+@pytest.mark.parametrize("model_class", [VAE, SkipVAE])
 def test_official_mode_is_the_authors_reverse_pass(architecture, model_class):
     steps = 4
-    model = small_model(
-        model_class, architecture, svi_steps=steps, svi_max_grad_norm=0.05, svi_hessian_products="official"
-    )
+    model = small_model(model_class, architecture, steps=steps, max_grad_norm=0.05, hessian_products="official")
     x = example_batch(architecture)
     model.refinement.svi.clip_counts = Counter()
     ours = model_gradients(model, x, beta=0.7)
@@ -209,7 +206,7 @@ def test_official_mode_is_the_authors_reverse_pass(architecture, model_class):
     for (name, _), a, b in zip(model.named_parameters(), ours, reference):
         assert float((a - b).norm() / b.norm().clamp_min(1e-30)) < 1e-6, name
     exact = model_gradients(
-        small_model(model_class, architecture, svi_steps=steps, svi_max_grad_norm=0.05, svi_hessian_products="exact"),
+        small_model(model_class, architecture, steps=steps, max_grad_norm=0.05, hessian_products="exact"),
         x,
         beta=0.7,
     )
@@ -224,7 +221,7 @@ def test_official_mode_is_the_authors_reverse_pass(architecture, model_class):
 @pytest.mark.parametrize("architecture", ["mlp", "lstm"])
 def test_official_mode_without_active_clips_is_finite_differences(architecture):
     def gradients(mode: str) -> list[torch.Tensor]:
-        model = small_model(SkipSAVAE, architecture, svi_steps=3, svi_max_grad_norm=1e6, svi_hessian_products=mode)
+        model = small_model(SkipVAE, architecture, steps=3, max_grad_norm=1e6, hessian_products=mode)
         return model_gradients(model, example_batch(architecture), beta=0.7)
 
     for a, b in zip(gradients("official"), gradients("finite_difference")):  # the same sums in another order
@@ -236,7 +233,7 @@ def test_latent_diagnostics_use_the_posterior_the_model_names(posterior):
     """The paper's text code computes MI and AU of SA models on the refined posteriors (`diagnostics_posterior`)."""
     from callbacks.diagnostics import LatentDiagnostics
 
-    model = small_model(SAVAE, "lstm", svi_steps=3, diagnostics_posterior=posterior).eval()
+    model = small_model(VAE, "lstm", steps=3, diagnostics_posterior=posterior).eval()
     tokens = example_batch("lstm")
     outputs = model.evaluate({"x": tokens, "index": torch.arange(len(tokens))})
     diagnostics = LatentDiagnostics()

@@ -96,7 +96,7 @@ class TestDocuments:
         docs = [
             torch.arange(1, n + 1) for n in torch.randint(3, 60, (101,), generator=torch.Generator().manual_seed(0))
         ]
-        dataset = BucketedDocuments(docs, batch_size=10)
+        dataset = BucketedDocuments(docs, batch_size=10, pad_id=0)
         assert len(dataset) == 11
         seen = []
         for i in range(len(dataset)):
@@ -123,6 +123,19 @@ class TestDataModule:
         assert batch["x"].dtype == torch.long and batch["x"].shape[0] == 16
         assert (batch["x"][:, 0] == 1).all()  # <bos>
         assert ((batch["x"] == 2).sum(1) == 1).all()  # one <eos> per document
+
+    def test_the_text_format_and_the_predicted_tokens(self, yahoo_dir):
+        """What the networks are told (the special tokens' ids, the longest document in predicted tokens) and the
+        perplexity's denominator: the words and <eos> of each document, not <bos> or <pad>."""
+        dm = make(yahoo_dir)
+        longest = max(
+            len(doc)
+            for name in ("train.txt", "valid.txt", "test.txt")
+            for doc in read_documents(yahoo_dir / "yahoo" / name)[0]
+        )
+        assert dm.text_format == {"pad": 0, "bos": 1, "eos": 2, "longest": longest + 1}
+        tokens = torch.tensor([[1, 7, 8, 2, 0, 0], [1, 9, 9, 9, 9, 2]])
+        assert dm.count_tokens(tokens).tolist() == [3, 5]
 
     def test_unknown_test_words_map_to_unk(self, yahoo_dir):
         dm = make(yahoo_dir)

@@ -20,20 +20,20 @@ SA models are refused: their encoder is trained through the SVI steps, not on th
 
 import math
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+from models.contract import ModelWithParts
 from models.procedure import TrainingProcedure
-
-if TYPE_CHECKING:
-    from models.vae import VAE
 
 
 class AggressiveInference(TrainingProcedure):
     """Encoder-only inner updates before each decoder step, until held-out MI stops rising."""
+
+    needed_metrics: ClassVar[tuple[str, ...]] = ("val/mi",)
 
     def __init__(self, max_inner_steps: PositiveInt = 100, check_every: PositiveInt = 15, seed: NonNegativeInt = 0):
         """
@@ -47,29 +47,18 @@ class AggressiveInference(TrainingProcedure):
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending_optimizer_state: dict | None = None
 
-    def setup(self, model: "VAE") -> None:
-        if getattr(model, "refines_posterior", False):
+    def setup(self, model: ModelWithParts) -> None:
+        if model.refines_posterior:
             raise MisconfigurationException(
-                f"aggressive inference-network training does not apply to {type(model).__name__}: an SA model's "
-                "encoder is trained through the SVI steps, not on the amortized loss; use VAE or SkipVAE"
-            )
-
-    def on_fit_start(self, model: "VAE") -> None:
-        from callbacks.diagnostics import LatentDiagnostics
-
-        if self.active and not any(
-            isinstance(c, LatentDiagnostics) and c.every_n_epochs == 1 for c in getattr(model.trainer, "callbacks", [])
-        ):
-            raise MisconfigurationException(
-                "aggressive inference-network training ends its phase on the validation MI: keep "
-                "diagnostics.every_n_epochs at 1"
+                "aggressive inference-network training does not apply to SA-VAE models: their encoder is trained "
+                "through the refinement's SVI steps, not on the amortized loss; leave out model.init_args.refinement"
             )
 
     # ------------------------------------------------------------------ the phase
     def updates_encoder(self) -> bool:
         return not self.active
 
-    def after_validation(self, model: "VAE", metrics: Mapping[str, torch.Tensor]) -> None:
+    def after_validation(self, model: ModelWithParts, metrics: Mapping[str, torch.Tensor]) -> None:
         """Ends the phase when the validation MI is lower than at the previous validation."""
         if not self.active:
             return
@@ -81,11 +70,11 @@ class AggressiveInference(TrainingProcedure):
         self.previous_mi = mi
 
     # ------------------------------------------------------------------ the inner loop
-    def encoder_optimizer(self, model: "VAE") -> torch.optim.Optimizer:
-        """The inner steps' optimizer: the model's kind over the inference network, at the current learning rate."""
+    def encoder_optimizer(self, model: ModelWithParts) -> torch.optim.Optimizer:
+        """The inner steps' optimizer: the model's optimizer part over the inference network, at the current learning
+        rate."""
         if self.optimizer is None:
-            kind = torch.optim.SGD if model.hparams.optimizer == "sgd" else torch.optim.Adam
-            self.optimizer = kind(model.inference_parameters(), lr=model.hparams.lr)
+            self.optimizer = model.make_optimizer(model.inference_parameters())
             if self._pending_optimizer_state is not None:
                 self.optimizer.load_state_dict(self._pending_optimizer_state)
                 self._pending_optimizer_state = None
@@ -94,7 +83,9 @@ class AggressiveInference(TrainingProcedure):
                 group["lr"] = model.trainer.optimizers[0].param_groups[0]["lr"]
         return self.optimizer
 
-    def run_inner_loop(self, model: "VAE", batches: Iterator[dict], loss_of: Callable[[dict], torch.Tensor]) -> int:
+    def run_inner_loop(
+        self, model: ModelWithParts, batches: Iterator[dict], loss_of: Callable[[dict], torch.Tensor]
+    ) -> int:
         """Encoder updates on `batches` (the first is the step's own) until the windowed loss rises; returns how
         many were taken. The decoder's parameters and gradients are not touched."""
         optimizer = self.encoder_optimizer(model)
@@ -128,7 +119,7 @@ class AggressiveInference(TrainingProcedure):
                 previous, window = current, 0.0
         return steps
 
-    def training_batches(self, model: "VAE", first: dict) -> Iterator[dict]:
+    def training_batches(self, model: ModelWithParts, first: dict) -> Iterator[dict]:
         """The step's batch, then random training batches (with the datamodule's transfer, e.g. binarization)."""
         yield first
         trainer = model.trainer
@@ -148,7 +139,7 @@ class AggressiveInference(TrainingProcedure):
                 batch = loader.collate_fn(getitems(indices) if getitems else [dataset[i] for i in indices])
             yield trainer.strategy.batch_to_device(batch)
 
-    def before_step(self, model: "VAE", batch: dict) -> None:
+    def before_step(self, model: ModelWithParts, batch: dict) -> None:
         model.log("train/aggressive_phase", float(self.active), batch_size=len(batch["x"]))
         if not self.active:
             return
