@@ -131,6 +131,15 @@ def remedy_runs(
     return runs
 
 
+# The Transformer decoder of the text stand-in at about the LSTM decoder's parameter count (8.65M against 8.14M for
+# the VAE's, 8.78M for the SkipVAE's) and step cost (benchmarks/text_step_cost.py): width 192, MLP 768; 2 blocks of 8
+# heads from its part.
+TRANSFORMER_STAND_IN = (
+    "--model.init_args.decoder.init_args.embedding_dim",
+    "192",
+    "--model.init_args.decoder.init_args.hidden",
+    "768",
+)
 # The text stand-in at a quarter of its steps: 2 epochs of 70 batches with the KL warm-up over the first epoch, the
 # IW-NLL with K = 100 on the first 100 test documents; aggressive training with at most 3 inner steps.
 REMEDIES_TEXT_BUDGET = (
@@ -230,6 +239,13 @@ STUDIES: dict[str, Study] = {
         "Text stand-in: LSTM VAE vs SkipVAE trained on Yahoo valid.txt and tested on test.txt "
         "(configs/presets/yahoo_small.yaml).",
         pair("yahoo_{}", (1,), ("configs/presets/yahoo_small.yaml",)),
+        TEXT_METRICS,
+    ),
+    "transformer_cpu": Study(
+        "Text stand-in with the Transformer decoder: VAE vs SkipVAE (z into the first block, or into every block and "
+        "the output layer) on configs/presets/yahoo_small.yaml, the Transformer at width 192, MLP 768, 2 blocks "
+        "(about the LSTM decoder's parameter count and step cost), 2 seeds; to set beside yahoo_small_cpu's LSTM rows.",
+        pair("yahoo_{}_transformer", (1, 2), ("configs/presets/yahoo_small.yaml",), TRANSFORMER_STAND_IN),
         TEXT_METRICS,
     ),
     "remedies_cpu": Study(
