@@ -103,8 +103,9 @@ def _log_bar_chart(trainer: L.Trainer, tag: str, values: torch.Tensor, ylabel: s
 
 class LatentDiagnostics(EvaluationCallback):
     """Logs `{val,test}/mi`, `mi_batch` and `au`, and a per-dimension KL chart, every `every_n_epochs`
-    validation epochs and on every test run, of the encoder's posterior or of the one the model names as
-    `diagnostics_*` (SA-VAE text models: the refined one). (`{val,test}/kl` itself is logged by the model.)
+    validation epochs and on every test run: MI and AU of the encoder's posterior or of the one the model names as
+    `diagnostics_*` (SA-VAE text models: the refined one, as the paper code's text models), the per-dimension KL
+    always of the encoder's (as theirs; `{val,test}/kl` itself is logged by the model).
     A test run also writes these values and the per-dimension KL and posterior-mean variances to
     `<log dir>/latent_diagnostics.json`.
     """
@@ -136,7 +137,7 @@ class LatentDiagnostics(EvaluationCallback):
         mean = outputs.get("diagnostics_mean", outputs["mean"]).detach()
         logvar = outputs.get("diagnostics_logvar", outputs["logvar"]).detach()
         index = batch.get("index")
-        self.kl.update(mean, logvar)
+        self.kl.update(outputs["mean"].detach(), outputs["logvar"].detach())  # the encoder's, as the logged KL
         self.au.update(mean)
         self.mi.update(mean, logvar, index)
         self.mi_batch.update(mean, logvar, index)

@@ -64,6 +64,11 @@ class Decoder(nn.Module):
     def sample(self, z: torch.Tensor, greedy: bool = False) -> torch.Tensor:
         """Draw x ~ p(x|z) (or its most likely value per step when greedy)."""
 
+    def outside_authors_decoder(self) -> list[nn.Parameter]:
+        """The parameters that the authors' code keeps outside its decoder module (`model.dec`), which their SVI
+        therefore leaves out (`hessian_products: official`): none, unless a decoder says otherwise."""
+        return []
+
 
 DecoderPart = Callable[[DataSpec, int, bool], Decoder]  # a model's `decoder`: (data, latent_dim, latent_skip) -> it
 
@@ -164,6 +169,12 @@ class GatedPixelCNNDecoder(BernoulliImageDecoder):
         init_linear_layers(self, linear_init)
         # oneDNN's convolutions (CPU) and cuDNN's (tensor cores) are fastest on channels-last tensors.
         self.to(memory_format=torch.channels_last)
+
+    def outside_authors_decoder(self) -> list[nn.Parameter]:
+        """The skip model's projection of z to the output layer's map: in the authors' model it belongs to the model,
+        not to `model.dec` (`models_img_skip.py` 172 and 186), so their SVI does not update it."""
+        output = str(self.num_layers)
+        return list(self.latent_maps[output].parameters()) if output in self.latent_maps else []
 
     @property
     def gated_layers(self) -> list[GatedMaskedConv2d]:

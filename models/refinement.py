@@ -52,11 +52,13 @@ class SVI(PosteriorRefinement):
     As in the official code (harvardnlp/sa-vae): the training loss is the negative ELBO at the refined posterior
     lambda_K, with fresh noise. The decoder gets its gradient at lambda_K plus what flows through the K steps; the
     encoder gets dL/dlambda_0 through the steps (the amortized ELBO is not in the loss). The KL schedule's beta
-    applies inside SVI and in the loss; evaluation runs the same K steps with beta = 1. Logged besides the
-    model's values: `*/elbo_svi` and `*/kl_svi` at the refined posterior. `*/elbo`, `*/kl` and the probe use the
+    applies inside SVI and in the loss; evaluation runs the same K steps with beta = 1 (in validation, the current
+    beta when `validation_beta` says so). Logged besides the model's values: `*/elbo_svi` and `*/kl_svi` at the
+    refined posterior (with the KL unweighted). `*/elbo`, `*/kl`, the per-dimension KL and the probe use the
     encoder's posterior, MI and AU the one `diagnostics_posterior` names; IW-NLL and perplexities use the refined
-    posterior as the proposal. The SVI loss is the batch mean, so a step moves each example by lr / batch size:
-    evaluate with the training batch size (the configs set `eval_batch_size` to it).
+    posterior as the proposal. In the authors' mode the SVI leaves out the decoder parameters their code keeps
+    outside its decoder (`Decoder.outside_authors_decoder`). The SVI loss is the batch mean, so a step moves each
+    example by lr / batch size: evaluate with the training batch size (the configs set `eval_batch_size` to it).
     """
 
     metric_names: ClassVar[tuple[str, ...]] = ("elbo_svi", "kl_svi")
@@ -69,6 +71,7 @@ class SVI(PosteriorRefinement):
         max_grad_norm: NonNegativeFloat = 5.0,
         hessian_products: HessianProducts = "exact",
         diagnostics_posterior: Literal["encoder", "refined"] = "encoder",
+        validation_beta: Literal["one", "current"] = "one",
     ):
         """
         Args:
@@ -82,11 +85,14 @@ class SVI(PosteriorRefinement):
                 SA-VAE authors' finite differences with their three extra clips, which produced the published
                 SA-VAE and Skip-SA-VAE numbers; the experiment configs of the paper use it) or "finite_difference"
                 (finite differences of the exact products, r = 1e-5, float32).
-            diagnostics_posterior: the posterior of the latent diagnostics (MI, AU, per-dimension KL): the
-                encoder's (the paper code's image models) or the refined one (its text models).
+            diagnostics_posterior: the posterior of MI and AU: the encoder's (the paper code's image models) or the
+                refined one (its text models).
+            validation_beta: the KL weight of the SVI objective in validation: "one" (the ELBO's) or "current", the
+                KL schedule's at that step, as the paper code's text models do (below 1 during the warm-up). Test
+                runs always use 1, as theirs do.
         """
         self.svi = UnrolledSVI(steps, lr, momentum, max_grad_norm, hessian_products)
-        self.diagnostics_posterior = diagnostics_posterior
+        self.diagnostics_posterior, self.validation_beta = diagnostics_posterior, validation_beta
 
     def objective(self, model: ModelWithParts, x: torch.Tensor, beta: float) -> Objective:
         """f(mean, logvar): the batch mean of -log p(x|z) + beta KL, z drawn with fresh noise on each call; always
@@ -98,6 +104,15 @@ class SVI(PosteriorRefinement):
 
         return objective
 
+    def svi_parameters(self, model: ModelWithParts, params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+        """The decoder parameters the SVI steps are differentiated with respect to: every one, except, in the
+        authors' mode, those their code keeps outside its decoder (`Decoder.outside_authors_decoder`), which get
+        their gradient at lambda_K only."""
+        if not self.svi.official:
+            return params
+        outside = {id(p) for p in model.decoder.outside_authors_decoder()}
+        return [p for p in params if id(p) not in outside]
+
     def training_loss(
         self, model: ModelWithParts, x: torch.Tensor, beta: float
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -107,7 +122,8 @@ class SVI(PosteriorRefinement):
         mean, logvar = model.encode(x)
         objective = self.objective(model, x, beta)
         params = [p for p in model.decoder.parameters() if p.requires_grad]
-        refined_mean, refined_logvar, trace = self.svi.refine(objective, mean, logvar, params)
+        svi_params = self.svi_parameters(model, params)
+        refined_mean, refined_logvar, trace = self.svi.refine(objective, mean, logvar, svi_params)
         refined_mean.requires_grad_()
         refined_logvar.requires_grad_()
         noise = torch.randn_like(mean)
@@ -116,10 +132,12 @@ class SVI(PosteriorRefinement):
         grad_mean, grad_logvar, *direct = torch.autograd.grad(
             loss, [refined_mean, refined_logvar, *params], allow_unused=True
         )
-        grad_mean0, grad_logvar0, through_svi = self.svi.backward(objective, trace, grad_mean, grad_logvar, params)
+        grad_mean0, grad_logvar0, through = self.svi.backward(objective, trace, grad_mean, grad_logvar, svi_params)
+        through_svi = dict(zip(map(id, svi_params), through))
         surrogate = (mean * grad_mean0).sum() + (logvar * grad_logvar0).sum()
-        for param, at_svi, through in zip(params, direct, through_svi):
-            surrogate = surrogate + (param * (through if at_svi is None else at_svi + through)).sum()
+        for param, at_svi in zip(params, direct):
+            gradient = through_svi.get(id(param), torch.zeros_like(param))
+            surrogate = surrogate + (param * (gradient if at_svi is None else at_svi + gradient)).sum()
         with torch.no_grad():
             amortized = model.elbo_terms(x, mean, logvar, noise) if self.svi.steps else refined
         logs = {
@@ -138,9 +156,12 @@ class SVI(PosteriorRefinement):
         """`elbo_svi` and `kl_svi` at the refined posterior (the same z noise), and the refined posterior as the IW
         proposal. The SVI steps need gradients, so they run outside inference mode, on random streams seeded by the
         batch's smallest example index (apart from the training streams)."""
+        beta = 1.0
+        if self.validation_beta == "current" and model._trainer is not None and model.trainer.validating:
+            beta = model.kl_weight()
         with torch.inference_mode(False), seeded(int(batch["index"].min()), noise.device):
             x, mean, logvar = batch["x"].clone(), outputs["mean"].clone(), outputs["logvar"].clone()
-            refined_mean, refined_logvar, _ = self.svi.refine(self.objective(model, x, 1.0), mean, logvar)
+            refined_mean, refined_logvar, _ = self.svi.refine(self.objective(model, x, beta), mean, logvar)
         refined = model.elbo_terms(batch["x"], refined_mean, refined_logvar, noise)
         outputs["elbo_svi"], outputs["kl_svi"] = refined["elbo"], refined["kl"]
         outputs["proposal_mean"], outputs["proposal_logvar"] = refined_mean, refined_logvar

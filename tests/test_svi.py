@@ -6,20 +6,24 @@ from functools import partial
 
 import pytest
 import torch
-from helpers import tiny, tiny_networks
+from helpers import on_fake_trainer, tiny, tiny_networks
 
 from models import VAE, SkipVAE
 from models.decoders import MLPDecoder
+from models.distributions import gaussian_kl_per_dim
 from models.encoders import MLPEncoder
+from models.kl_schedule import LinearWarmup
 from models.refinement import SVI
 from models.svi import seeded
 
 
 def small_model(model_class, architecture: str, refined: bool = True, **svi):
-    """A tiny MLP (on 4x4 images) or LSTM model (PyTorch's initialisation) in float64 with the SVI part of settings
-    `svi` (none when not `refined`)."""
+    """A tiny MLP (on 4x4 images), PixelCNN (on 8x8 images) or LSTM model (PyTorch's initialisation) in float64 with
+    the SVI part of settings `svi` (none when not `refined`)."""
     if architecture == "mlp":
         settings = {"data_dims": [1, 4, 4]}
+    elif architecture == "pixelcnn":
+        settings = {}
     else:
         networks = tiny_networks("lstm")
         settings = {key: partial(networks[key], init_range=0.0) for key in ("encoder", "decoder")}
@@ -34,7 +38,8 @@ def example_batch(architecture: str) -> torch.Tensor:
         tokens[:, 0], tokens[:, -1], tokens[3:, 5:] = 1, 2, 0  # <bos> .. <eos>, two padded rows
         tokens[3:, 4] = 2
         return tokens
-    return torch.bernoulli(torch.full((5, 1, 4, 4), 0.4, dtype=torch.float64), generator=generator)
+    side = 8 if architecture == "pixelcnn" else 4
+    return torch.bernoulli(torch.full((5, 1, side, side), 0.4, dtype=torch.float64), generator=generator)
 
 
 def unrolled_gradients(model: VAE, x: torch.Tensor, beta: float) -> tuple[list[torch.Tensor], list[float]]:
@@ -138,12 +143,17 @@ def authors_clip(tensors: list[torch.Tensor], max_norm: float) -> tuple[list[tor
     return ([t * coefficient for t in tensors], True) if coefficient < 1 else (tensors, False)
 
 
-def official_reference(model: VAE, x: torch.Tensor, beta: float) -> tuple[list[torch.Tensor], list[int]]:
+def official_reference(
+    model: VAE, x: torch.Tensor, beta: float
+) -> tuple[list[torch.Tensor], list[int], list[torch.Tensor]]:
     """The authors' SA-VAE gradients (optim_n2n.py's forward_mom and backward_mom) as a plain loop, drawing the
-    random numbers in the order the implementation does; also how many reverse steps had each extra clip active."""
+    random numbers in the order the implementation does, over the authors' parameter set (`model.dec`: the decoder
+    without what their model keeps outside it, which gets the gradient of the loss at lambda_K only); also how many
+    reverse steps had each extra clip active, and the gradient at lambda_K of the parameters outside."""
     svi, r = model.refinement.svi, 1e-5
     c = svi.max_grad_norm
-    decoder = list(model.decoder.parameters())
+    outside = model.decoder.outside_authors_decoder()
+    decoder = [p for p in model.decoder.parameters() if all(p is not o for o in outside)]
     objective = model.refinement.objective(model, x, beta)
 
     def gradients_at(point: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
@@ -163,8 +173,13 @@ def official_reference(model: VAE, x: torch.Tensor, beta: float) -> tuple[list[t
         point = [lam + svi.lr * p for lam, p in zip(point, velocity)]
     mean_k, logvar_k = (t.detach().clone().requires_grad_() for t in point)
     terms = model.elbo_terms(x, mean_k, logvar_k, torch.randn_like(mean_k))
-    final = torch.autograd.grad((terms["recon"] + beta * terms["kl"]).mean(), [mean_k, logvar_k, *decoder])
-    a_lambda, decoder_grads = list(final[:2]), list(final[2:])
+    loss = (terms["recon"] + beta * terms["kl"]).mean()
+    final = torch.autograd.grad(loss, [mean_k, logvar_k, *decoder, *outside])
+    a_lambda, decoder_grads, outside_grads = (
+        list(final[:2]),
+        list(final[2 : 2 + len(decoder)]),
+        final[2 + len(decoder) :],
+    )
     a_p, fired = [torch.zeros_like(mean0)] * 2, [0, 0, 0]
     for point_k, seed, g_lambda, g_params in reversed(cache):  # backward_mom
         a_p = [p + svi.lr * a for p, a in zip(a_p, a_lambda)]
@@ -180,7 +195,8 @@ def official_reference(model: VAE, x: torch.Tensor, beta: float) -> tuple[list[t
     encoder_params = list(model.encoder.parameters())
     encoder_grads = torch.autograd.grad((mean0 * a_lambda[0]).sum() + (logvar0 * a_lambda[1]).sum(), encoder_params)
     by_param = dict(zip(map(id, encoder_params), encoder_grads)) | dict(zip(map(id, decoder), decoder_grads))
-    return [by_param[id(p)] for p in model.parameters()], fired
+    by_param |= dict(zip(map(id, outside), outside_grads))
+    return [by_param[id(p)] for p in model.parameters()], fired, list(outside_grads)
 
 
 def model_gradients(model: VAE, x: torch.Tensor, beta: float) -> list[torch.Tensor]:
@@ -189,22 +205,29 @@ def model_gradients(model: VAE, x: torch.Tensor, beta: float) -> list[torch.Tens
     return list(torch.autograd.grad(surrogate, list(model.parameters())))
 
 
-@pytest.mark.parametrize("architecture", ["mlp", "lstm"])
+@pytest.mark.parametrize("architecture", ["mlp", "lstm", "pixelcnn"])
 @pytest.mark.parametrize("model_class", [VAE, SkipVAE])
 def test_official_mode_is_the_authors_reverse_pass(architecture, model_class):
+    """On the authors' parameter set: for the Skip-PixelCNN without the output layer's projection of z, which their
+    model keeps outside `model.dec` and which gets its gradient at lambda_K only."""
     steps = 4
     model = small_model(model_class, architecture, steps=steps, max_grad_norm=0.05, hessian_products="official")
     x = example_batch(architecture)
     model.refinement.svi.clip_counts = Counter()
     ours = model_gradients(model, x, beta=0.7)
     torch.manual_seed(7)
-    reference, fired = official_reference(model, x, beta=0.7)
+    reference, fired, outside_at_lambda_k = official_reference(model, x, beta=0.7)
     assert fired == [steps, steps, steps]  # every extra clip was active at every reverse step
     assert [
         model.refinement.svi.clip_counts[name] for name in ("perturbed gradient", "H_theta v", "lambda adjoint")
     ] == fired
     for (name, _), a, b in zip(model.named_parameters(), ours, reference):
         assert float((a - b).norm() / b.norm().clamp_min(1e-30)) < 1e-6, name
+    outside = model.decoder.outside_authors_decoder()
+    assert len(outside) == (2 if architecture == "pixelcnn" and model_class is SkipVAE else 0)  # weight and bias
+    by_param = {id(p): g for p, g in zip(model.parameters(), ours)}
+    for param, direct in zip(outside, outside_at_lambda_k):
+        torch.testing.assert_close(by_param[id(param)], direct, rtol=1e-10, atol=0)
     exact = model_gradients(
         small_model(model_class, architecture, steps=steps, max_grad_norm=0.05, hessian_products="exact"),
         x,
@@ -242,3 +265,24 @@ def test_latent_diagnostics_use_the_posterior_the_model_names(posterior):
     key = "proposal_mean" if posterior == "refined" else "mean"
     torch.testing.assert_close(diagnostics.metrics["au"].variances, outputs[key].detach().double().var(0))
     assert not torch.allclose(outputs["proposal_mean"], outputs["mean"])
+    # The per-dimension KL is the encoder's whatever the posterior of MI and AU (the paper's text code, `kl_dim`).
+    diagnostics.metrics["kl"].compute()
+    encoder_kl = gaussian_kl_per_dim(outputs["mean"].detach(), outputs["logvar"].detach()).double().mean(0)
+    torch.testing.assert_close(diagnostics.metrics["kl"].per_dimension, encoder_kl)
+
+
+@pytest.mark.parametrize("validation_beta, expected", [("one", 1.0), ("current", 0.6)])
+@pytest.mark.parametrize("stage", ["validating", "testing"])
+def test_the_kl_weight_of_the_validation_svi(validation_beta, expected, stage):
+    """The paper's text code refines validation posteriors with the current KL weight (below 1 in the warm-up) and test
+    posteriors with 1: `validation_beta: current`; "one" keeps the ELBO's weight in both."""
+    model = small_model(VAE, "lstm", steps=2, validation_beta=validation_beta).eval()
+    on_fake_trainer(model, step=4, batches=10)  # the text warm-up from 0.1 over 1 epoch: beta 0.1 + 5 / 10 at step 4
+    model.kl_schedule = LinearWarmup(0.1, 1)
+    model._trainer.validating = stage == "validating"
+    seen = []
+    objective = model.refinement.objective
+    model.refinement.objective = lambda m, x, beta: seen.append(beta) or objective(m, x, beta)
+    tokens = example_batch("lstm")
+    model.evaluate({"x": tokens, "index": torch.arange(len(tokens))})
+    assert seen == [pytest.approx(expected if stage == "validating" else 1.0)]
