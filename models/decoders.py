@@ -99,7 +99,10 @@ class GatedMaskedConv2d(nn.Module):
 
     Causality comes from padding and cropping instead of masked weights: the vertical stack at row i sees
     rows < i only; the horizontal stack at column j sees columns < j (mask A, first layer) or <= j (mask B)
-    of its own row, plus the vertical stack's view of the rows above.
+    of its own row, plus the vertical stack's view of the rows above. As in the authors' code
+    (`models_img_skip.py`), the shift by one row (and, with mask A, one column) pads the convolution's output, not
+    its input: the vertical stack's first row and the first layer's horizontal first column are exactly zero
+    before the gate, not the convolution's bias.
     """
 
     def __init__(self, in_channels: int, channels: int, kernel_size: int, mask_a: bool):
@@ -117,15 +120,18 @@ class GatedMaskedConv2d(nn.Module):
     def vertical(self, v: torch.Tensor) -> torch.Tensor:
         """Pre-activation of the vertical stack; row i depends on rows < i of `v` only."""
         k = self.reach
-        # Negative padding crops: one extra row on top and one fewer at the bottom shifts the view down by one.
-        return self.v_conv(F.pad(v, (k, k, k + 1, -1)))
+        # Row i of the convolution sees rows <= i; shifting its output down by one row (a zero row on top, the
+        # last row cropped by the negative padding) leaves row i with rows < i.
+        return F.pad(self.v_conv(F.pad(v, (k, k, k, 0))), (0, 0, 1, -1))
 
     def horizontal(self, h: torch.Tensor, v_pre: torch.Tensor) -> torch.Tensor:
         """The horizontal stack's output from its input rows and the vertical pre-activation of the same rows;
         each row is computed from that row alone, so it can run on one row at a time (see `sample`)."""
         k = self.reach
-        h_pad = (k + 1, -1, 0, 0) if self.mask_a else (k, 0, 0, 0)
-        h_pre = self.h_conv(F.pad(h, h_pad)) + self.v_to_h(v_pre)
+        h_pre = self.h_conv(F.pad(h, (k, 0, 0, 0)))  # column j sees columns <= j
+        if self.mask_a:  # shifted right by one column: columns < j
+            h_pre = F.pad(h_pre, (1, -1, 0, 0))
+        h_pre = h_pre + self.v_to_h(v_pre)
         h_new = self.h_out(gate(h_pre))
         if self.h_residual is not None:
             h_new = h_new + self.h_residual(h)

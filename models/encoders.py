@@ -13,7 +13,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from models.initialisation import LinearInit, init_linear_layers, init_uniform
+from models.initialisation import BatchNormInit, LinearInit, init_batchnorm_scales, init_linear_layers, init_uniform
 from models.networks import DataSpec
 
 
@@ -55,9 +55,10 @@ class ResidualConvEncoder(Encoder):
         channels: PositiveInt = 64,
         stages: PositiveInt = 3,
         linear_init: LinearInit = "he_normal",
+        batchnorm_init: BatchNormInit = "uniform",
     ):
-        """The defaults are the paper code's image encoder: three stages of 64 channels, He-normal linear weights
-        (`models/initialisation.py`)."""
+        """The defaults are the paper code's image encoder: three stages of 64 channels, He-normal linear weights and
+        BatchNorm scales U(0, 1), as the PyTorch of that code started them (`models/initialisation.py`)."""
         super().__init__()
         in_channels, height, width = data.image_shape(type(self).__name__)
         if min(height, width) < 2**stages:
@@ -73,6 +74,7 @@ class ResidualConvEncoder(Encoder):
         self.mean = nn.Linear(channels * height * width, latent_dim)
         self.logvar = nn.Linear(channels * height * width, latent_dim)
         init_linear_layers(self, linear_init)
+        init_batchnorm_scales(self, batchnorm_init)
         # oneDNN's convolutions (CPU) and cuDNN's (tensor cores) are fastest on channels-last tensors.
         self.to(memory_format=torch.channels_last)
 

@@ -42,6 +42,24 @@ class TestPixelCNNCausality:
         b = decoder(torch.ones(1, 1, 8, 8, dtype=torch.float64), z)[0, 0, 0, 0]
         assert a == b
 
+    def test_the_shifted_in_row_and_column_are_zero_as_in_the_authors_code(self):
+        """The shift pads the convolution's output: the vertical stack's first row, and the first layer's horizontal
+        first column, are exactly zero before the gate, whatever the convolutions' biases."""
+        from models.decoders import GatedMaskedConv2d
+
+        torch.manual_seed(0)
+        layer = GatedMaskedConv2d(2, 4, 3, mask_a=True).double()
+        with torch.no_grad():
+            for conv in (layer.v_conv, layer.h_conv):
+                conv.bias.fill_(0.7)
+            layer.v_to_h.bias.zero_()
+            layer.h_out.bias.zero_()
+        x = torch.randn(3, 2, 5, 6, dtype=torch.float64)
+        v_pre = layer.vertical(x)
+        assert (v_pre[:, :, 0] == 0).all() and (v_pre[:, :, 1:] != 0).any()
+        out = layer.horizontal(x, torch.zeros_like(v_pre))  # the vertical stack's part held at zero
+        assert (out[:, :, :, 0] == 0).all() and (out[:, :, :, 1:] != 0).any()
+
 
 class TestPixelCNNSampling:
     @pytest.mark.parametrize("skip", [False, True])

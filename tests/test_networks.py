@@ -95,6 +95,16 @@ def test_he_normal_linear_weights_of_the_image_model():
         assert abs(float(weight.mean())) < 0.1 * expected
 
 
+def test_the_image_encoders_batchnorm_scales_start_uniform_in_the_unit_interval():
+    """As the PyTorch of the paper's code started them (U(0, 1) until PyTorch 1.0); their shifts 0."""
+    torch.manual_seed(0)
+    norms = [m for m in ENCODERS["residual_conv_encoder"](IMAGES, 20).modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    scales = torch.cat([m.weight.detach() for m in norms])
+    assert len(norms) == 6 and 0 <= float(scales.min()) and float(scales.max()) <= 1
+    assert float(scales.std()) == pytest.approx(12**-0.5, rel=0.1)  # the standard deviation of U(0, 1)
+    assert all(not m.bias.detach().any() for m in norms)
+
+
 def test_the_mlp_model_keeps_pytorchs_initialisation():
     torch.manual_seed(0)
     encoder, decoder = ENCODERS["mlp_encoder"](IMAGES, 20), DECODERS["mlp_decoder"](IMAGES, 20, True)
