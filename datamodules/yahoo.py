@@ -10,13 +10,16 @@ alphabetical order), `max_vocab` entries in all; or read from `vocab_file`. It i
 `test` maps words with the checkpoint's vocabulary. Documents become `<bos> w_1 .. w_n <eos>`; unknown words map
 to `_UNK`; blank lines are skipped. Both are counted and reported.
 
-Batches: documents sorted by length and cut into batches of `batch_size` (so padding is small), the batch order
-shuffled every epoch, as the paper's code does. Each batch is {x: (B, T) token ids padded with `<pad>` (the
+Batches (`batching`): documents sorted by length and cut into batches of `batch_size` (so padding is small), or the
+authors' batches of documents of one length (partial batches kept); the batch order is shuffled every epoch, as the
+paper's code does. Each batch is {x: (B, T) token ids padded with `<pad>` (the
 decoder masks them), index: (B,) position of the document in its file}.
 """
 
 from collections import Counter
+from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
@@ -130,14 +133,32 @@ class Vocabulary:
         return " ".join(words)
 
 
-class BucketedDocuments(Dataset):
-    """Item i is the i-th batch of documents of similar length (sorted by length, cut every `batch_size`)."""
+Batching = Literal["padded", "same_length"]
 
-    def __init__(self, documents: list[torch.Tensor], batch_size: int, pad_id: int):
+
+class BucketedDocuments(Dataset):
+    """Item i is the i-th batch of documents of similar length. "padded": the documents sorted by length (file order
+    within a length) and cut every `batch_size`, so a batch spans a few lengths and is padded. "same_length": the
+    batching of the authors' text code (sa-vae `preprocess_text.py`): the documents shuffled once (here by `seed`),
+    sorted by length and cut every `batch_size` within each length, so every batch holds documents of one length
+    and a length's last batch is partial."""
+
+    def __init__(
+        self, documents: list[torch.Tensor], batch_size: int, pad_id: int, batching: Batching = "padded", seed: int = 0
+    ):
         self.documents, self.pad_id = documents, pad_id
-        lengths = torch.tensor([len(doc) for doc in documents])
-        order = torch.sort(lengths, stable=True).indices
-        self.batches = list(torch.split(order, batch_size))
+        lengths = torch.tensor([len(doc) for doc in documents], dtype=torch.long)
+        if batching == "padded":
+            order = torch.sort(lengths, stable=True).indices
+            self.batches = list(torch.split(order, batch_size))
+            return
+        shuffled = torch.randperm(len(documents), generator=torch.Generator().manual_seed(seed))
+        order = shuffled[torch.sort(lengths[shuffled], stable=True).indices]
+        self.batches = [
+            batch
+            for length in torch.unique(lengths).tolist()
+            for batch in torch.split(order[lengths[order] == length], batch_size)
+        ]
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -166,6 +187,7 @@ class YahooDataModule(SkipVAEDataModule):
         max_vocab: PositiveInt = 20000,
         batch_size: PositiveInt = 32,
         eval_batch_size: PositiveInt = 32,
+        batching: Batching = "padded",
         **kwargs,
     ):
         """
@@ -176,7 +198,11 @@ class YahooDataModule(SkipVAEDataModule):
             vocab_file: read the vocabulary from this file instead of building it from train_file.
             max_vocab: vocabulary size, special tokens included, when built from train_file.
             batch_size: training documents per batch.
-            eval_batch_size: validation/test documents per batch (does not change any metric).
+            eval_batch_size: validation/test documents per batch (does not change any metric but the SA models').
+            batching: "padded" (documents sorted by length, cut every batch size, padded) or "same_length" (the
+                authors': batches of documents of one length, a length's last batch partial; `split_seed` shuffles
+                the documents within a length), for every split; either way the batch order is shuffled each
+                training epoch.
         """
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, **kwargs)
         self._vocabulary: Vocabulary | None = None
@@ -263,11 +289,11 @@ class YahooDataModule(SkipVAEDataModule):
         else:
             val = self._encode(hp.val_file, *self._read(hp.val_file))
         test = self._encode(hp.test_file, *self._read(hp.test_file))
-        pad = self.vocabulary.ids[PAD]
+        batches = partial(BucketedDocuments, pad_id=self.vocabulary.ids[PAD], batching=hp.batching, seed=hp.split_seed)
         datasets = {
-            "train": BucketedDocuments(train, hp.batch_size, pad),
-            "val": BucketedDocuments(val, hp.eval_batch_size, pad),
-            "test": BucketedDocuments(test, hp.eval_batch_size, pad),
+            "train": batches(train, hp.batch_size),
+            "val": batches(val, hp.eval_batch_size),
+            "test": batches(test, hp.eval_batch_size),
         }
         for split, dataset in datasets.items():
             if len(dataset) == 0:

@@ -58,6 +58,7 @@ PIXELCNN = {
     "model.init_args.encoder.init_args.channels": 64,
     "model.init_args.encoder.init_args.stages": 3,
     "model.init_args.encoder.init_args.linear_init": "he_normal",
+    "model.init_args.encoder.init_args.batchnorm_init": "uniform",
     "model.init_args.decoder.class_path": "models.decoders.GatedPixelCNNDecoder",
     "model.init_args.decoder.init_args.channels": 32,
     "model.init_args.decoder.init_args.kernel_sizes": [3] * 8,
@@ -89,6 +90,7 @@ TEXT = {
     "data.class_path": "datamodules.YahooDataModule",
     "data.init_args.batch_size": 32,
     "data.init_args.max_vocab": 20000,
+    "data.init_args.batching": "same_length",
     "model.init_args.encoder.class_path": "models.encoders.LSTMEncoder",
     "model.init_args.encoder.init_args.embedding_dim": 512,
     "model.init_args.encoder.init_args.hidden": 1024,
@@ -126,6 +128,7 @@ AUTHORS = {
             "lr_schedule.monitor": "val/elbo_svi",
             "model.init_args.refinement.init_args.hessian_products": "official",
             "model.init_args.refinement.init_args.diagnostics_posterior": "refined",
+            "model.init_args.refinement.init_args.validation_beta": "current",
         }
         for m in ("savae", "skipsavae")
     },
@@ -172,6 +175,7 @@ COMPOSED = {
         "trainer.limit_train_batches": 140,
         "lr_schedule.start_epoch": 4,
         "data.init_args.val_split": 1000,
+        "data.init_args.batching": "padded",
         "trainer.logger.init_args.name": "yahoo_small",
     },
 }

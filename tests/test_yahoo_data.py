@@ -113,6 +113,62 @@ class TestDocuments:
         assert sum(spans) <= 60  # sorted by length: a batch's lengths differ little
 
 
+class TestTheAuthorsBatches:
+    """`batching: same_length`: the batches of the authors' `preprocess_text.py`."""
+
+    @staticmethod
+    def documents() -> list[torch.Tensor]:
+        lengths = torch.randint(3, 9, (101,), generator=torch.Generator().manual_seed(0))
+        return [torch.arange(1, int(n) + 1) for n in lengths]
+
+    def test_one_length_per_batch_and_every_partial_batch_kept(self):
+        docs = self.documents()
+        dataset = BucketedDocuments(docs, batch_size=4, pad_id=0, batching="same_length", seed=3)
+        per_length = Counter(len(doc) for doc in docs)
+        assert len(dataset) == sum(-(-count // 4) for count in per_length.values())  # ceil per length
+        partial = Counter()
+        seen = []
+        for i in range(len(dataset)):
+            batch = dataset[i]
+            lengths = {len(docs[j]) for j in batch["index"].tolist()}
+            assert len(lengths) == 1 and batch["x"].shape[1] == lengths.pop() and batch["x"].all()  # no padding
+            assert len(batch["index"]) <= 4
+            if len(batch["index"]) < 4:
+                partial[batch["x"].shape[1]] += 1
+            seen += batch["index"].tolist()
+        assert sorted(seen) == list(range(101))  # every document exactly once
+        assert partial == Counter({n: 1 for n, count in per_length.items() if count % 4})  # one per length, if any
+
+    def test_the_order_within_a_length_is_shuffled_by_the_seed(self):
+        docs = self.documents()
+        batches = [BucketedDocuments(docs, 4, 0, "same_length", seed).batches for seed in (3, 3, 4)]
+        assert all(torch.equal(a, b) for a, b in zip(batches[0], batches[1]))  # the same split, the same batches
+        assert not all(torch.equal(a, b) for a, b in zip(batches[0], batches[2]))
+        padded = BucketedDocuments(docs, 4, 0, "padded").batches
+        assert any(len({len(docs[j]) for j in batch.tolist()}) > 1 for batch in padded)  # padded batches mix lengths
+
+    def test_each_epoch_covers_every_training_document_once_in_another_batch_order(self, yahoo_dir):
+        dm = make(yahoo_dir, batching="same_length", batch_size=8)
+        epochs = []
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            epochs.append([batch["index"].tolist() for batch in dm.train_dataloader()])
+        for epoch in epochs:
+            assert sorted(i for batch in epoch for i in batch) == list(range(200))
+        assert epochs[0] != epochs[1] and sorted(epochs[0]) == sorted(epochs[1])  # the same batches, reordered
+
+    def test_two_processes_share_the_evaluation_batches_without_repeating_one(self, yahoo_dir):
+        """Under DDP each process evaluates a disjoint shard of the batches (never a repeated example)."""
+        from types import SimpleNamespace
+
+        dm = make(yahoo_dir, batching="same_length", eval_batch_size=8)
+        shards = []
+        for rank in (0, 1):
+            dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+            shards.append([i for batch in dm.val_dataloader() for i in batch["index"].tolist()])
+        assert not set(shards[0]) & set(shards[1]) and sorted(shards[0] + shards[1]) == list(range(40))
+
+
 class TestDataModule:
     def test_splits_vocabulary_and_batches(self, yahoo_dir):
         dm = make(yahoo_dir, batch_size=16, eval_batch_size=8)
