@@ -5,10 +5,11 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks.diagnostics import ImportanceWeightedEvaluation, LatentDiagnostics
@@ -18,6 +19,7 @@ from callbacks.posteriors import PosteriorWriter
 from callbacks.probe import LatentProbe
 from callbacks.samples import SampleLogger
 from callbacks.schedules import HalveLearningRateAfterPlateau
+from callbacks.summary import ModelSummaryWithoutZeroFlops
 from datamodules.files import DataError
 from models.identity import CheckpointMismatchError, refuse_unloadable
 from run_setup import (
@@ -121,6 +123,16 @@ class SkipVAECLI(LightningCLI):
         parser.link_arguments("data.text_format", "model.init_args.text_format", apply_on="instantiate")
         for key, callback in RUN_CALLBACKS.items():
             parser.add_lightning_class_args(callback, key)
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """Lightning's trainer, with the model summary that leaves out the FLOPs it does not measure here."""
+        trainer = super().instantiate_trainer(**kwargs)
+        attached: Any = trainer  # `callbacks` is an attribute Lightning sets at run time
+        attached.callbacks = [
+            ModelSummaryWithoutZeroFlops(callback._max_depth) if type(callback) is ModelSummary else callback
+            for callback in attached.callbacks
+        ]
+        return trainer
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)

@@ -73,11 +73,14 @@ class TestRunOutputs:
         assert {events.Scalars(tag)[0].step for tag in tags} == {4}
         assert [event.step for event in events.Images("test/kl_per_dimension")] == [4]
 
-    def test_tensorboard_holds_scalars_and_image_grids(self, tmp_path):
+    def test_tensorboard_holds_scalars_and_image_grids(self, tmp_path, caplog):
+        caplog.set_level("INFO")
         fit(tmp_path, "mnist_skipvae.yaml")
         events = read_events(tmp_path / "run" / "version_0")
         assert {"train/elbo", "val/elbo", "val/kl"} <= set(events.Tags()["scalars"])
         assert {"val/reconstructions", "val/samples"} <= set(events.Tags()["images"])
+        summary = caplog.text
+        assert "Total params" in summary and "Flops" not in summary and "FLOPs" not in summary  # none measured
 
     def test_text_run_logs_text_samples_and_perplexity(self, tmp_path, fixture_data_dir):
         fit(tmp_path, "yahoo_skipvae.yaml", *fixture_args(fixture_data_dir))
