@@ -7,10 +7,12 @@ import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
+import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 
 from callbacks.diagnostics import ImportanceWeightedEvaluation, LatentDiagnostics
 from callbacks.guards import NonFiniteGuard, NonFiniteLossError
@@ -97,6 +99,37 @@ def one_line(message: str) -> str:
     return " ".join(kept)
 
 
+def config_files(args: list[str] | None) -> list[Path]:
+    """The `--config` files of a command line, in order."""
+    args = sys.argv[1:] if args is None else args
+    files = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--config"]
+    files += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
+    return [Path(name) for name in files]
+
+
+def warn_of_parts_set_twice(files: list[Path]) -> None:
+    """When two of the configs stacked on an experiment (presets, remedies) choose the same model part, the later
+    one wins: say so once, rather than drop the earlier one silently."""
+    chosen: dict[str, tuple[Path, str]] = {}
+    for path in files[1:]:  # the first is the experiment, whose parts the others may replace
+        try:
+            config = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue  # the parser reports an unreadable file
+        model = config.get("model") if isinstance(config, dict) else None
+        parts = model.get("init_args", {}) if isinstance(model, dict) else {}
+        for key, part in (parts or {}).items():
+            if not (isinstance(part, dict) and "class_path" in part):
+                continue
+            if key in chosen:
+                earlier, earlier_class = chosen[key]
+                rank_zero_warn(
+                    f"{earlier} and {path} both choose model.init_args.{key}: {path.name} comes later and wins "
+                    f"({part['class_path']}; {earlier.name}'s {earlier_class} is not used)"
+                )
+            chosen[key] = (path, part["class_path"])
+
+
 class SkipVAEArgumentParser(LightningArgumentParser):
     """Reports a bad config key or value as one `error: ...` line (exit code 2), without the usage block."""
 
@@ -136,6 +169,7 @@ class SkipVAECLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
+        warn_of_parts_set_twice(config_files(args))
         self.configured = self.config  # what the config files and the command line say
         subcommand = self.config.get("subcommand")
         if subcommand:  # before LightningCLI reads the checkpoint's hyper-parameters

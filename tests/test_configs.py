@@ -224,3 +224,20 @@ def test_remedy_presets_only_set_parts(capsys, remedy):
     assert printed["model"]["init_args"]["decoder"]["init_args"]["embedding_dim"] == 512  # the experiment's stay
     for key, part in preset["model"]["init_args"].items():
         assert printed["model"]["init_args"][key]["class_path"] == part["class_path"]
+
+
+def test_two_stacked_configs_that_choose_the_same_part_are_named_once(recwarn):
+    """beta-VAE then cyclical annealing both choose the KL schedule: the later wins, and a warning says so."""
+    from cli import warn_of_parts_set_twice
+
+    files = [
+        CONFIGS / name for name in ("yahoo_vae.yaml", "remedies/beta_vae.yaml", "remedies/cyclical_annealing.yaml")
+    ]
+    warn_of_parts_set_twice(files)
+    messages = [str(w.message) for w in recwarn if "both choose" in str(w.message)]
+    assert (
+        len(messages) == 1
+        and "model.init_args.kl_schedule: cyclical_annealing.yaml comes later and wins" in messages[0]
+    )
+    warn_of_parts_set_twice([CONFIGS / "yahoo_vae.yaml", CONFIGS / "remedies/cyclical_annealing.yaml"])  # replaces the
+    assert len([w for w in recwarn if "both choose" in str(w.message)]) == 1  # experiment's warm-up: no warning
