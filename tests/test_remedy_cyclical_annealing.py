@@ -38,3 +38,11 @@ def test_the_model_reads_the_run_length_from_its_trainer():
     with pytest.raises(MisconfigurationException, match="max_epochs or trainer.max_steps"):
         model.kl_weight()
     assert not math.isnan(CyclicalAnnealing().weight(0, math.inf, 8))
+
+
+def test_a_run_too_short_for_its_cycles_gets_fewer_so_that_beta_rises(recwarn):
+    """The debug preset's 4 steps with M = 4: beta would stay at 0; 2 cycles of 2 steps give 0, 1, 0, 1."""
+    schedule = CyclicalAnnealing(cycles=4, ratio=0.5)
+    assert [schedule.weight(step, 4, 4) for step in range(4)] == [0.0, 1.0, 0.0, 1.0]
+    assert len([w for w in recwarn if "4 cycles do not fit a run of 4 steps" in str(w.message)]) == 1  # once
+    assert [CyclicalAnnealing(cycles=2).weight(step, 4, 4) for step in range(4)] == [0.0, 1.0, 0.0, 1.0]

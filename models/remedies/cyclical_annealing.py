@@ -6,13 +6,16 @@ Each restart at low beta lets the encoder put information into z again, which th
 beta at step t (from 0), with period P = T / M and the cycle's first step c = floor(t / P) x P:
     beta = min(1, start + (1 - start) (t - c) / (R P))
 The authors' schedule (their `frange_cycle_linear`, M = 4, R = 0.5, start 0, the defaults here) up to the
-rounding of step indices. T is the run's total: `trainer.max_steps`, else `max_epochs` x steps per epoch.
+rounding of step indices. T is the run's total: `trainer.max_steps`, else `max_epochs` x steps per epoch. A run too
+short for M cycles of at least two steps (a debug run of 4 steps with M = 4 would hold beta at `start` throughout)
+gets floor(T / 2) cycles instead, so that beta rises in each; a warning says so once.
 """
 
 import math
 
 from jsonargparse.typing import ClosedUnitInterval, OpenUnitInterval, PositiveInt
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities import rank_zero_warn
 
 from models.kl_schedule import KLSchedule
 
@@ -28,12 +31,20 @@ class CyclicalAnnealing(KLSchedule):
             start: beta at the first step of each cycle.
         """
         self.cycles, self.ratio, self.start = cycles, ratio, start
+        self._warned = False
 
     def weight(self, step: int, steps_per_epoch: float, total_steps: float) -> float:
         if not 0 < total_steps < math.inf:
             raise MisconfigurationException(
                 "cyclical KL annealing needs the run's length: set trainer.max_epochs or trainer.max_steps"
             )
-        period = total_steps / self.cycles
+        cycles = max(1, min(self.cycles, math.floor(total_steps / 2)))
+        if cycles < self.cycles and not self._warned:
+            self._warned = True
+            rank_zero_warn(
+                f"cyclical KL annealing: {self.cycles} cycles do not fit a run of {total_steps:g} steps with 2 steps "
+                f"each; using {cycles}"
+            )
+        period = total_steps / cycles
         into_cycle = step - math.floor(step / period) * period
         return min(1.0, self.start + (1.0 - self.start) * into_cycle / (self.ratio * period))
