@@ -31,8 +31,8 @@ def fit_and_test(tmp_path, config: str, *extra: str):
 
 
 def hparams_entry(log_dir) -> tuple[dict, list[str]]:
-    """The run's hyper-parameters and the metric names of its HParams entry, read from the raw event file (the
-    entry's summaries carry plugin data only, which EventAccumulator does not keep)."""
+    """The run's hyper-parameters (in the order of its columns) and the metric names of its HParams entry, read from
+    the raw event file (the entry's summaries carry plugin data only, which EventAccumulator does not keep)."""
     contents = {}
     for path in log_dir.glob("events.out.tfevents.*"):
         for event in EventFileLoader(str(path)).Load():
@@ -44,7 +44,13 @@ def hparams_entry(log_dir) -> tuple[dict, list[str]]:
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(contents)
     start = contents["_hparams_/session_start_info"].session_start_info
     experiment = contents["_hparams_/experiment"].experiment
-    return dict(start.hparams), [m.name.tag for m in experiment.metric_infos]
+    columns = [info.name for info in experiment.hparam_infos]
+    assert sorted(start.hparams) == sorted(columns)
+    return {name: start.hparams[name] for name in columns}, [m.name.tag for m in experiment.metric_infos]
+
+
+# The columns a comparison reads first, numbered so that TensorBoard (which orders columns by name) shows them first.
+LEADING = ["1 model", "2 encoder", "3 decoder", "4 latent_dim", "5 lr", "6 kl_schedule", "7 remedies"]
 
 
 def projector_files(log_dir) -> dict[str, str]:
@@ -72,9 +78,25 @@ def test_image_run(tmp_path):
     assert len(rows) == 32 and len(rows[0].split("\t")) == 20  # 2 test batches of 16, latent 20
     assert len(files["metadata.tsv"].read_text().splitlines()) == 32 and "sprite.png" in files
     hparams, metrics = hparams_entry(test_dir)
-    assert hparams["latent_dim"].number_value == 20 and not [k for k in hparams if k.startswith("_")]
+    assert list(hparams)[: len(LEADING)] == LEADING == sorted(hparams)[: len(LEADING)]
+    leading = {name: value.string_value or value.number_value for name, value in hparams.items() if name in LEADING}
+    assert leading == {
+        "1 model": "SkipVAE",
+        "2 encoder": "MLPEncoder",
+        "3 decoder": "MLPDecoder",
+        "4 latent_dim": "20",  # a whole number as one, not 20.000
+        "5 lr": pytest.approx(0.001),
+        "6 kl_schedule": "beta 1",
+        "7 remedies": "none",
+    }
+    assert hparams["batch_size"].string_value == "50" and hparams["encoder/init_args/hidden"].string_value == "1024"
+    assert not [k for k in hparams if k.startswith("_")]
     assert {"test/elbo", "test/kl", "test/mi", "test/au", "test/nll_iw"} <= set(metrics)
     assert "hp_metric" not in metrics
+    fit_hparams, fit_metrics = hparams_entry(fit_dir)  # the fit's row: its last validation metrics
+    assert list(fit_hparams)[: len(LEADING)] == LEADING and {"val/elbo", "val/kl", "val/mi", "val/au"} <= set(
+        fit_metrics
+    )
     written = export_views.export_views(test_dir, ["test/latent_traversals", "test/interpolations"], tmp_path / "png")
     assert [p.name for p in written] == ["latent_traversals.png", "interpolations.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written)
