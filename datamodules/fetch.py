@@ -4,8 +4,8 @@
     make data                                   # the same, for every dataset
 
 DIR defaults to $SKIPVAE_DATA_DIR, then ./data. Files already there are checked, not downloaded again. `--mirror`
-fetches `<URL>/<dataset>/<file name>` instead of the official URLs (a local copy of the files). Every file is
-listed with its outcome; the exit code is 1 when one could not be had, with the URLs to get it by hand.
+fetches `<URL>/<dataset>/<file name>` instead of the official URLs (a local copy of the files). Every file gets one
+line with its outcome, then a summary; the exit code is 1 when one could not be had, with the URL to get it by hand.
 
 - mnist: the four LeCun IDX files (dynamic binarization) and Larochelle's three `.amat` files (static);
 - omniglot: Burda et al.'s `chardata.mat`;
@@ -18,7 +18,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from datamodules.files import DataError, RemoteFile, dataset_dir, fetch
+from datamodules.files import DataError, RemoteFile, dataset_dir, download_file, verify_checksum
 from datamodules.mnist import IDX_FILES, LAROCHELLE_FILES
 from datamodules.omniglot import CHARDATA
 from datamodules.reference_posteriors import REFERENCE_PICKLES, convert, npz_name
@@ -32,40 +32,56 @@ CATALOG: dict[str, tuple[RemoteFile, ...]] = {
 }
 
 
+class FetchError(DataError):
+    """A file that could not be had, with a short reason and where it comes from."""
+
+    def __init__(self, reason: str, remote: RemoteFile):
+        super().__init__(reason)
+        self.reason, self.remote = reason, remote
+
+
 def fetch_file(folder: Path, remote: RemoteFile, mirror: str | None) -> str:
-    """Fetch and check one file; returns what happened ("present", "downloaded"). Raises DataError."""
+    """Fetch and check one file; returns what happened ("present", "downloaded"). Raises FetchError."""
     if remote in LAROCHELLE_FILES.values() and (folder / f"{remote.name}.gz").exists():
-        return "present (.gz; its content is checked when it is read)"
+        return "present as .gz, checked when read"
     path = folder / remote.name
-    present = path.exists()
     if mirror is not None:
         remote = replace(remote, urls=(f"{mirror.rstrip('/')}/{folder.name}/{remote.name}",))
+    status = "present"
+    if not path.exists():
+        failures = download_file(folder, remote)
+        if failures:
+            reason = failures[0].split(": ", 1)[-1].strip()
+            raise FetchError(f"not downloaded ({reason[:80]})", remote)
+        status = "downloaded"
     try:
-        fetch(folder, remote, download=True, check=True)
+        verify_checksum(path, remote)
     except DataError:
-        if not present and path.exists():  # a download that fails its checksum is set aside, not used
+        if status == "downloaded":  # a download that fails its checksum is set aside, not used
             path.replace(path.with_name(path.name + ".rejected"))
-        raise
-    return "present" if present else "downloaded"
+            raise FetchError(f"checksum mismatch, set aside as {path.name}.rejected", remote) from None
+        raise FetchError("checksum mismatch: delete it and fetch it again", remote) from None
+    return status
 
 
-def fetch_dataset(data_dir: str | None, dataset: str, mirror: str | None) -> list[tuple[str, str | None]]:
-    """(path, None) for each file of `dataset` that is now in place and checked, (path, why) for each that is not."""
+def fetch_dataset(data_dir: str | None, dataset: str, mirror: str | None) -> list[tuple[Path, FetchError | None]]:
+    """(path, None) for each file of `dataset` that is now in place and checked, (path, the error) for each that is
+    not; one short line printed per file."""
     folder = dataset_dir(data_dir, dataset)
-    outcomes: list[tuple[str, str | None]] = []
+    outcomes: list[tuple[Path, FetchError | None]] = []
     for remote in CATALOG[dataset]:
         path = folder / remote.name
+        shown = f"{folder.name}/{remote.name}"
         try:
             status = fetch_file(folder, remote, mirror)
             if dataset == "reference":
                 model = next(key for key, value in REFERENCE_PICKLES.items() if value.name == remote.name)
-                target = convert(path, folder / npz_name(model))
-                status += f", converted to {target.name}"
-            outcomes.append((str(path), None))
-            print(f"ok       {path}: {status}")
-        except DataError as error:
-            outcomes.append((str(path), str(error)))
-            print(f"FAILED   {path}: {error}")
+                status += f", converted to {convert(path, folder / npz_name(model)).name}"
+            outcomes.append((path, None))
+            print(f"ok      {shown} ({status})")
+        except FetchError as error:
+            outcomes.append((path, error))
+            print(f"failed  {shown}: {error.reason}")
     return outcomes
 
 
@@ -75,14 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", nargs="+", choices=list(CATALOG), default=list(CATALOG))
     parser.add_argument("--mirror", help="base URL of a copy laid out as <dataset>/<file name>")
     args = parser.parse_args(argv)
-    failed = [
-        path
-        for dataset in args.dataset
-        for path, why in fetch_dataset(args.data_dir, dataset, args.mirror)
-        if why is not None
-    ]
+    outcomes = [outcome for dataset in args.dataset for outcome in fetch_dataset(args.data_dir, dataset, args.mirror)]
+    failed = [(path, error) for path, error in outcomes if error is not None]
+    print(f"{len(outcomes) - len(failed)} of {len(outcomes)} files in place and checked")
     if failed:
-        print(f"\n{len(failed)} file(s) could not be fetched or checked: {', '.join(failed)}", file=sys.stderr)
+        print(f"{len(failed)} could not be had; fetch them by hand into their folder:", file=sys.stderr)
+        for path, error in failed:
+            print(f"  {error.remote.urls[0]} -> {path.parent}/", file=sys.stderr)
         return 1
     return 0
 

@@ -6,8 +6,10 @@ official URL when a network is reachable; otherwise, and for a file that fails i
 says which file, where it belongs and where to get it.
 """
 
+import contextlib
 import gzip
 import hashlib
+import io
 import os
 import zlib
 from dataclasses import dataclass
@@ -69,7 +71,8 @@ def fetch(folder: Path, remote: RemoteFile, download: bool = True, check: bool =
     path = folder / remote.name
     failure = ""
     if not path.exists() and download:
-        failure = _download(folder, remote)
+        failures = download_file(folder, remote)
+        failure = " (download failed: " + "; ".join(failures) + ")" if failures else ""
     if not path.exists():
         raise DataError(
             f"missing data file {path}{failure}. Download it from {remote.urls[0]} and put it in {folder}/, or point "
@@ -101,9 +104,9 @@ def verify_checksum(path: Path, remote: RemoteFile) -> None:
     _verified.add(key)
 
 
-def _download(folder: Path, remote: RemoteFile) -> str:
-    """Try each URL of `remote` until one gives the file (checked afterwards by `fetch`, not here); returns
-    why the downloads failed, for the error message, or "" on success."""
+def download_file(folder: Path, remote: RemoteFile) -> list[str]:
+    """Try each URL of `remote` until one gives the file (checked afterwards, not here); returns why each URL
+    failed, `url: reason` (empty on success)."""
     from urllib.error import URLError
 
     from torchvision.datasets.utils import download_url
@@ -112,12 +115,13 @@ def _download(folder: Path, remote: RemoteFile) -> str:
     failures = []
     for url in remote.urls:
         try:
-            download_url(url, str(folder), remote.name)
-            return ""
+            with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints each URL; the caller reports
+                download_url(url, str(folder), remote.name)
+            return []
         except (URLError, OSError, RuntimeError) as error:  # no network, a dead mirror, an interrupted download
             failures.append(f"{url}: {error}")
             (folder / remote.name).unlink(missing_ok=True)
-    return " (download failed: " + "; ".join(failures) + ")"
+    return failures
 
 
 def read_gzip(path: Path) -> bytes:

@@ -77,7 +77,8 @@ def test_fetches_and_checks_the_real_files_from_a_mirror(server, tmp_path, capsy
         dm.setup("fit")
         assert len(dm.datasets["train"]) == 50_000
     assert main(["--data-dir", str(data_dir), "--dataset", "mnist"]) == 0  # present: checked, not downloaded
-    assert capsys.readouterr().out.count(": present") == 7
+    out = capsys.readouterr().out
+    assert out.count("(present") == 7 and "7 of 7 files in place and checked" in out
 
 
 def test_a_corrupted_download_is_refused_and_set_aside(server, tmp_path, capsys):
@@ -86,11 +87,17 @@ def test_a_corrupted_download_is_refused_and_set_aside(server, tmp_path, capsys)
     (served / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01" + bytes(100)))
     data_dir = tmp_path / "data"
     assert main(["--data-dir", str(data_dir), "--dataset", "mnist", "--mirror", url]) == 1
-    out = capsys.readouterr().out
-    assert "FAILED" in out and "t10k-labels-idx1-ubyte.gz is corrupt or incomplete: its md5 is" in out
+    printed = capsys.readouterr()
+    out = printed.out
+    assert "failed  mnist/t10k-labels-idx1-ubyte.gz: checksum mismatch, set aside as" in out
     assert not (data_dir / "mnist" / "t10k-labels-idx1-ubyte.gz").exists()
     assert (data_dir / "mnist" / "t10k-labels-idx1-ubyte.gz.rejected").exists()
     assert "404" in out or "Not Found" in out  # the files the mirror does not have are reported too
+    # one short line per file, then a summary; each URL once, in the list of what to fetch by hand
+    files = [line for line in out.splitlines() if line.startswith(("ok ", "failed "))]
+    by_hand = [line for line in printed.err.splitlines() if line.startswith("  http")]
+    assert len(files) == len(by_hand) == 7 and max(len(line) for line in files + by_hand) < 160
+    assert "0 of 7 files in place and checked" in out and printed.err.count(url) == 7 and out.count(url) == 0
 
 
 def test_a_pickle_is_refused_by_its_checksum_before_it_is_opened(server, tmp_path, capsys):
@@ -100,7 +107,7 @@ def test_a_pickle_is_refused_by_its_checksum_before_it_is_opened(server, tmp_pat
     (served / "reference" / "mnist-skip.pkl").write_bytes(pickle.dumps([Payload(marker)]))
     data_dir = tmp_path / "data"
     assert main(["--data-dir", str(data_dir), "--dataset", "reference", "--mirror", url]) == 1
-    assert "mnist-skip.pkl is corrupt or incomplete: its sha256 is" in capsys.readouterr().out
+    assert "failed  reference/mnist-skip.pkl: checksum mismatch, set aside as" in capsys.readouterr().out
     assert not marker.exists() and not list((data_dir / "reference").glob("*.npz"))
 
 
