@@ -2,6 +2,7 @@
 run-setup checks (`run_setup.py`) before any work starts."""
 
 import logging
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -85,18 +86,30 @@ _PARSER_NOISE = (
 )
 
 
+# What jsonargparse says of its own way of parsing, inside a message, rather than of the user's mistake.
+_PARSER_ASIDES = (
+    r"Problem with given class_path '[^']*': ",
+    r"Type \S+(?:\[.*?\])? expects a function or a callable class: ",
+    r"Expected a path but \S+ either not accessible or invalid ",
+    r" ?(?:Got|Given) value: (?:Namespace|NestedArg)\(.*$",  # a whole namespace dumped back
+)
+
+
 def one_line(message: str) -> str:
-    """jsonargparse's nested error message as one line, without the lines about its Union machinery (and the
-    dump of a whole namespace as the "given value")."""
+    """jsonargparse's nested error message as one line in the user's terms: the full key of the setting at fault
+    (`model.init_args.decoder.init_args.hidden`) and what is wrong with it, without the lines about its Union
+    machinery, the types it tried and the value dumped back."""
     lines = [line.strip() for line in message.splitlines()]
-    kept = [
-        line.removeprefix("- ")
-        for line in lines
-        if line
-        and not line.startswith(_PARSER_NOISE)
-        and not (line.startswith("Given value:") and ("Namespace(" in line or "NestedArg(" in line))
-    ]
-    return " ".join(kept)
+    text = " ".join(line.removeprefix("- ") for line in lines if line and not line.startswith(_PARSER_NOISE))
+    keys = re.findall(r'Parser key "([^"]+)": ', text)
+    reason = re.split(r'Parser key "[^"]+": ', text)[-1]
+    for aside in _PARSER_ASIDES:
+        reason = re.sub(aside, "", reason)
+    reason = re.sub(r"\.? ?(?:Got|Given) value: (.*)$", r" (given: \1)", reason)
+    if not keys:
+        return reason.strip()
+    key = keys[0] + "".join(f".init_args.{name}" for name in keys[1:])  # the model, data and parts: class + settings
+    return f"{key}: {reason.strip()}"
 
 
 def config_files(args: list[str] | None) -> list[Path]:

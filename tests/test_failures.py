@@ -205,8 +205,9 @@ class TestBadConfig:
             )
         lines = capsys.readouterr().err.strip().splitlines()
         assert stopped.value.code == 2
-        name = key.rsplit(".", 1)[-1]
-        assert len(lines) == 1 and lines[0].startswith("error: ") and f'"{name}"' in lines[0], lines[-5:]
+        # the setting's full key, then what is wrong with it, in one short line
+        assert len(lines) == 1 and lines[0].startswith(f"error: {group}.init_args.{key}: "), lines[-5:]
+        assert len(lines[0]) < 200 and value.strip("[]").split(",")[-1] in lines[0]  # the value at fault
         assert not any(tmp_path.iterdir())
 
     @pytest.mark.parametrize("subcommand", ["fit", "test"])
