@@ -245,7 +245,13 @@ STUDIES: dict[str, Study] = {
         "Text stand-in with the Transformer decoder: VAE vs SkipVAE (z into the first block, or into every block and "
         "the output layer) on configs/presets/yahoo_small.yaml, the Transformer at width 192, MLP 768, 2 blocks "
         "(about the LSTM decoder's parameter count and step cost), 2 seeds; to set beside yahoo_small_cpu's LSTM rows.",
-        pair("yahoo_{}_transformer", (1, 2), ("configs/presets/yahoo_small.yaml",), TRANSFORMER_STAND_IN),
+        tuple(  # seed by seed, so that an interrupted study has both models of the first seed
+            run
+            for seed in (1, 2)
+            for run in pair(
+                "yahoo_{}_transformer", (seed,), ("configs/presets/yahoo_small.yaml",), TRANSFORMER_STAND_IN
+            )
+        ),
         TEXT_METRICS,
     ),
     "remedies_cpu": Study(
