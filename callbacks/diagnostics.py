@@ -19,6 +19,7 @@ from torchmetrics import MeanMetric, Metric
 
 from callbacks.contract import TextData, datamodule_of, latent_model
 from callbacks.metrics import ActiveUnits, ImportanceWeightedNLL, KLDivergence, MutualInformation, TokenPerplexity
+from callbacks.progress import reported
 from models.contract import EvaluationOutputs
 from models.distributions import log_importance_weights, per_example_normal
 
@@ -60,7 +61,8 @@ class EvaluationCallback(Callback):
 
     def _epoch_end(self, trainer, pl_module, stage: str) -> None:
         if self._active:
-            self.finish(trainer, pl_module, stage)
+            with reported(trainer, f"{type(self).__name__}: {stage} metrics over the whole set"):
+                self.finish(trainer, pl_module, stage)
         self._active = False
 
     def on_validation_epoch_start(self, trainer, pl_module):

@@ -22,6 +22,7 @@ from torchvision.utils import make_grid
 from callbacks.contract import TextData, datamodule_of, latent_model
 from callbacks.diagnostics import due_this_epoch
 from callbacks.modes import evaluation_mode
+from callbacks.progress import reported
 
 
 class LatentSpaceViews(Callback):
@@ -183,7 +184,8 @@ class LatentSpaceViews(Callback):
     def decode(trainer: L.Trainer, pl_module: L.LightningModule, z: torch.Tensor) -> torch.Tensor:
         """Greedy decodings of z, in eval mode, apart from the run's random streams."""
         with evaluation_mode(pl_module), trainer.precision_plugin.forward_context(), torch.no_grad(), isolate_rng():
-            return latent_model(pl_module).decoder.sample(z.to(pl_module.device), greedy=True).cpu()
+            with reported(trainer, f"LatentSpaceViews: decoding {len(z)} traversal and interpolation points"):
+                return latent_model(pl_module).decoder.sample(z.to(pl_module.device), greedy=True).cpu()
 
 
 @dataclass

@@ -9,6 +9,7 @@ from torchvision.utils import make_grid
 from callbacks.contract import TextData, datamodule_of, latent_model
 from callbacks.diagnostics import due_this_epoch
 from callbacks.modes import evaluation_mode
+from callbacks.progress import reported
 
 
 class SampleLogger(Callback):
@@ -41,7 +42,8 @@ class SampleLogger(Callback):
             model = latent_model(pl_module)
             prior_z = torch.randn(self.num_examples, model.latent_dim, device=pl_module.device)
             z = torch.cat([model.encode(inputs)[0], prior_z])
-            decoded = model.decoder.sample(z)
+            with reported(trainer, f"SampleLogger: decoding {len(z)} reconstructions and samples"):
+                decoded = model.decoder.sample(z)
         reconstructions, samples = decoded[: len(inputs)], decoded[len(inputs) :]
         step = trainer.global_step  # TensorBoard's step slider follows training
         datamodule = datamodule_of(trainer)
