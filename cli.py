@@ -5,6 +5,7 @@ import logging
 import re
 import sys
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -24,14 +25,14 @@ from callbacks.samples import SampleLogger
 from callbacks.schedules import HalveLearningRateAfterPlateau
 from callbacks.summary import ModelSummaryWithoutZeroFlops
 from datamodules.files import DataError
-from models.identity import CheckpointMismatchError, refuse_unloadable
+from models.identity import CheckpointMismatchError, refuse_mismatch, refuse_unloadable
 from run_setup import (
     RunSetupError,
     check_checkpoint_file,
     check_devices,
     check_output_folders,
     checkpoint_bytes,
-    continue_latest_version,
+    resolve_last_checkpoint,
 )
 
 # Messages of the pinned Lightning and torch versions about their own internals or offers, not about the run:
@@ -183,32 +184,53 @@ class SkipVAECLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
         warn_of_parts_set_twice(config_files(args))
-        self.configured = self.config  # what the config files and the command line say
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI (2.6) merges the hyper-parameters stored in a --ckpt_path file over the parsed config. Here
+        the config wins (a resumed run takes e.g. a new `--model.init_args.kl_schedule.init_args.epochs`): the file is
+        only read, refused when no model of this project can load it, and kept until `check_before_run` has compared
+        it with the configured model and data."""
         subcommand = self.config.get("subcommand")
-        if subcommand:  # before LightningCLI reads the checkpoint's hyper-parameters
-            checkpoint = check_checkpoint_file(self.config[subcommand].get("ckpt_path"))
-            if checkpoint is not None:
-                refuse_unloadable(checkpoint)
+        if subcommand and self.config[subcommand].get("ckpt_path") == "last":
+            resolve_last_checkpoint(subcommand, self.config[subcommand])
+        self.checkpoint = check_checkpoint_file(self.config[subcommand].get("ckpt_path")) if subcommand else None
+        if self.checkpoint is not None:
+            refuse_unloadable(self.checkpoint)
 
     def before_instantiate_classes(self) -> None:
-        # LightningCLI (2.6) merges the hyper-parameters stored in a --ckpt_path file over the parsed config. Here
-        # the config wins (a resumed run takes e.g. a new `--model.init_args.kl_schedule.init_args.epochs`), and the
-        # checkpoint is checked against the configured model when it is loaded (models/identity.py).
-        self.config = self.configured
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_devices(config.trainer.accelerator, config.trainer.devices)
-        if self.subcommand == "fit" and config.get("ckpt_path") == "last":
-            continue_latest_version(config.trainer)
+
+    def check_before_run(
+        self, stage: str, needed_bytes: int = 0, extra_folders: Mapping[Path, str] | None = None
+    ) -> None:
+        """Every refusal a run can meet, before Lightning creates the log folder, prints the model summary or writes
+        a checkpoint, so that a refused run leaves nothing behind: the output folders, the --ckpt_path file against
+        the configured model and data, the parts' and callbacks' settings for a fit, and the data itself (fetched
+        and read by the process that writes, which Lightning then finds done)."""
+        check_output_folders(self.trainer, needed_bytes, extra_folders)
+        checkpoint, self.checkpoint = self.checkpoint, None  # not held in memory during the run
+        if checkpoint is not None:
+            refuse_mismatch(self.model, checkpoint, self.datamodule)
+        callbacks = getattr(self.trainer, "callbacks", [])  # set by Lightning at run time
+        if stage == "fit":
+            self.model.check_fit(self.trainer)
+            for callback in callbacks:
+                if isinstance(callback, LatentDiagnostics):
+                    callback.check_fit(self.trainer, self.model)
+        if self.datamodule is not None and self.trainer.is_global_zero:
+            self.datamodule.check_ready(stage)
 
     def before_fit(self) -> None:
-        check_output_folders(self.trainer, checkpoint_bytes(self.model))
+        self.check_before_run("fit", checkpoint_bytes(self.model))
 
     def before_validate(self) -> None:
-        check_output_folders(self.trainer, 0)
+        self.check_before_run("validate")
 
-    before_test = before_validate
+    def before_test(self) -> None:
+        self.check_before_run("test")
 
     def before_predict(self) -> None:
-        callbacks = getattr(self.trainer, "callbacks", [])  # set by Lightning at run time
+        callbacks = getattr(self.trainer, "callbacks", [])
         outputs = [Path(c.output) for c in callbacks if isinstance(c, PosteriorWriter) and c.output]
-        check_output_folders(self.trainer, 0, [output.parent for output in outputs])
+        self.check_before_run("predict", 0, {output.parent: "--posteriors.output" for output in outputs})

@@ -9,7 +9,7 @@ import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -44,27 +44,32 @@ def check_devices(accelerator, devices) -> None:
         )
 
 
-def continue_latest_version(trainer_config) -> None:
-    """`fit --ckpt_path last` continues the newest `version_N` of the run that holds a last checkpoint, logging into
-    the same folder; Lightning alone would look in a new, empty version folder and silently start from scratch."""
-    logger = trainer_config.get("logger")
+def resolve_last_checkpoint(subcommand: str, config) -> None:
+    """`--ckpt_path last` is the `last.ckpt` of the newest `version_N` of the run (the logger's save_dir and name)
+    that holds one, or of the version the logger names. `fit` continues that version, logging into the same folder
+    (Lightning alone would look in a new, empty version folder and silently start from scratch); `validate`, `test`
+    and `predict` read it and log into a new version. Sets `config.ckpt_path` to the file."""
+    logger = config.trainer.get("logger")
     if not (hasattr(logger, "class_path") and logger.class_path.endswith("TensorBoardLogger")):
         return
     args = logger.init_args
-    if args.get("version") is not None:
-        return
     root = Path(args.save_dir) / (args.get("name") or "lightning_logs")
-    versions = sorted(
-        int(match.group(1))
-        for folder in root.glob("version_*")
-        if (match := re.fullmatch(r"version_(\d+)", folder.name)) and any((folder / "checkpoints").glob("last*.ckpt"))
-    )
-    if not versions:
+    if subcommand == "fit" and args.get("version") is not None:  # the folder TensorBoardLogger gives that version
+        folders = [root / (args.version if isinstance(args.version, str) else f"version_{args.version}")]
+    else:
+        numbered = {int(f.name[8:]): f for f in root.glob("version_*") if re.fullmatch(r"version_\d+", f.name)}
+        folders = [numbered[number] for number in sorted(numbered, reverse=True)]
+    found = [folder for folder in folders if (folder / "checkpoints" / "last.ckpt").is_file()]
+    if not found:
+        where = folders[0] if len(folders) == 1 else root / "version_*"
+        remedy = "start without --ckpt_path" if subcommand == "fit" else "train first"
         raise RunSetupError(
-            f"--ckpt_path last: there is no last checkpoint under {root}/version_*/checkpoints/ "
-            "to resume from. Start without --ckpt_path, or give the checkpoint file's path."
+            f"--ckpt_path last: there is no last checkpoint under {where}/checkpoints/; {remedy}, or give the "
+            "checkpoint file's path"
         )
-    args.version = versions[-1]
+    if subcommand == "fit" and args.get("version") is None:
+        args.version = int(found[0].name[8:])
+    config.ckpt_path = str(found[0] / "checkpoints" / "last.ckpt")
 
 
 def checkpoint_bytes(model) -> int:
@@ -72,29 +77,41 @@ def checkpoint_bytes(model) -> int:
     return 3 * 4 * sum(p.numel() for p in model.parameters())
 
 
-def check_output_folders(trainer, needed_bytes: int, extra_folders: Sequence[Path] = ()) -> None:
-    """Log and checkpoint folders (and `extra_folders`) must be writable, with room for a few checkpoints, before
-    any work starts. Checked by global rank 0 only, the process that writes them (on a node of its own, another
-    rank must not create folders)."""
+def existing_ancestor(folder: Path) -> Path:
+    """`folder`, or the nearest folder above it that exists (what creating it would write into)."""
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def check_output_folders(trainer, needed_bytes: int, extra_folders: Mapping[Path, str] | None = None) -> None:
+    """Log and checkpoint folders (and `extra_folders`, each with the setting that names it) must be writable, with
+    room for a few checkpoints, before any work starts. Checked without creating them (a refused run leaves nothing
+    behind): in each folder, or in the nearest folder above it that exists. Checked by global rank 0 only, the
+    process that writes them."""
     if not trainer.is_global_zero:
         return
-    folders = [Path(trainer.default_root_dir)]
+    folders = {Path(trainer.default_root_dir): "--trainer.default_root_dir"}
     if trainer.logger is not None:
-        folders = [Path(getattr(trainer.logger, "root_dir", None) or trainer.logger.save_dir)]
-    folders += [Path(callback.dirpath) for callback in trainer.checkpoint_callbacks if callback.dirpath]
-    folders += list(extra_folders)
-    for folder in folders:
+        root = getattr(trainer.logger, "root_dir", None) or trainer.logger.save_dir
+        folders = {Path(root): "--trainer.logger.init_args.save_dir"}
+    for callback in trainer.checkpoint_callbacks:
+        if callback.dirpath:
+            folders[Path(callback.dirpath)] = "--checkpoint.dirpath"
+    folders.update(extra_folders or {})
+    for folder, setting in folders.items():
+        nearest = existing_ancestor(folder)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            if not nearest.is_dir():
+                raise NotADirectoryError(20, f"{nearest.name} is a file")
+            with tempfile.NamedTemporaryFile(dir=nearest, prefix=".write-test-"):
                 pass
         except OSError as error:
             raise RunSetupError(
-                f"cannot write to {folder} ({error.strerror or error}). Choose another folder "
-                "(--trainer.logger.init_args.save_dir, --checkpoint.dirpath or --posteriors.output) "
-                "or fix its permissions."
+                f"cannot write to {folder} ({error.strerror or error}): choose another {setting} or fix its permissions"
             ) from error
-        free = shutil.disk_usage(folder).free
+        free = shutil.disk_usage(nearest).free
         if free < 3 * needed_bytes:
             raise RunSetupError(
                 f"only {free / 2**20:.0f} MiB free on the disk of {folder}, and each checkpoint "

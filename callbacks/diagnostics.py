@@ -126,8 +126,11 @@ class LatentDiagnostics(EvaluationCallback):
         super().__init__(every_n_epochs, {"kl": self.kl, "au": self.au, "mi": self.mi, "mi_batch": self.mi_batch})
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check_fit(trainer, pl_module)
+
+    def check_fit(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """A training procedure that reads MI or AU after every validation epoch (`needed_validation_metrics`) needs
-        them logged at every one: refuse the run otherwise."""
+        them logged at every one: refuse the run otherwise (the CLI asks before the run writes anything)."""
         needed = set(getattr(pl_module, "needed_validation_metrics", ())) & {"val/mi", "val/mi_batch", "val/au"}
         if needed and self.every_n_epochs != 1:
             raise MisconfigurationException(

@@ -82,6 +82,15 @@ class SkipVAEDataModule(L.LightningDataModule):
         if not self.datasets:
             self.datasets = dict(self.load_splits())
 
+    def check_ready(self, stage: str) -> None:
+        """Fetch and read the data before a run of `stage` writes anything, and refuse what it cannot use (a missing
+        or corrupt file, a batch larger than the training set). Lightning's own `prepare_data` and `setup` then find
+        the work done."""
+        self.prepare_data()
+        self.setup(stage)
+        if stage == "fit":
+            check_batch_size(self.hparams.batch_size, self.num_training_examples(), self.example_name)
+
     def _loader(self, split: str, training: bool = False) -> DataLoader:
         """Training: shuffled batches of `batch_size`. Evaluation: batches of `eval_batch_size` in order, under DDP
         disjoint shards that never repeat an example."""

@@ -35,10 +35,10 @@ def refuse_unloadable(checkpoint: dict) -> None:
         raise CheckpointMismatchError(EARLIER_LAYOUT)
 
 
-def datamodule_name(model) -> str | None:
-    """The class name of the datamodule the model trains or tests on; None when there is none."""
-    trainer = model._trainer
-    datamodule = trainer.datamodule if trainer is not None else None
+def datamodule_name(model, datamodule=None) -> str | None:
+    """The class name of `datamodule`, else of the one the model's trainer runs on; None when there is none."""
+    if datamodule is None and model._trainer is not None:
+        datamodule = model._trainer.datamodule
     return type(datamodule).__name__ if datamodule is not None else None
 
 
@@ -68,10 +68,10 @@ def _shapes(state_dict: dict) -> dict:
     return {name: tuple(tensor.shape) for name, tensor in state_dict.items() if torch.is_tensor(tensor)}
 
 
-def checkpoint_mismatches(model, checkpoint: dict) -> list[str]:
-    """What differs between `checkpoint` and `model`: its class, its refinement, the network settings (when the
-    weights' shapes differ) and its dataset. Empty when the checkpoint fits; raises for a checkpoint not written by
-    this project or by an earlier layout of it."""
+def checkpoint_mismatches(model, checkpoint: dict, datamodule=None) -> list[str]:
+    """What differs between `checkpoint` and `model` (run on `datamodule`, by default its trainer's): its class, its
+    refinement, the network settings (when the weights' shapes differ) and its dataset. Empty when the checkpoint
+    fits; raises for a checkpoint not written by this project or by an earlier layout of it."""
     refuse_unloadable(checkpoint)
     saved = checkpoint["skipvae_model"]
     problems = []
@@ -91,10 +91,30 @@ def checkpoint_mismatches(model, checkpoint: dict) -> list[str]:
         if not problems:  # neither the class nor a network setting explains the shapes: another part does
             differing = sorted({name.split(".")[0] for name in saved_shapes.keys() ^ configured_shapes.keys()})
             problems.append(f"the weights of {', '.join(differing) or 'the networks'} (a part configured differently)")
-    configured = datamodule_name(model)
+    configured = datamodule_name(model, datamodule)
     if configured is not None and saved.get("datamodule", configured) != configured:
         problems.append(f"data {saved['datamodule']} (configured: {configured})")
     return problems
+
+
+def refuse_mismatch(model, checkpoint: dict, datamodule=None) -> None:
+    """Raise `CheckpointMismatchError` naming what differs when `checkpoint` does not fit `model` (on `datamodule`).
+    The CLI calls it before a run writes anything; loading the checkpoint calls it again."""
+    problems = checkpoint_mismatches(model, checkpoint, datamodule)
+    if not problems:
+        return
+    hint = ""
+    if any(problem.startswith("data_dims=") for problem in problems) and len(model.hparams.data_dims) == 1:
+        hint = (
+            " For text, data_dims is the vocabulary size: pass the training run's vocabulary "
+            "(vocab.txt in its log folder) as --data.init_args.vocab_file."
+        )
+    raise CheckpointMismatchError(
+        "checkpoint does not match the configured model: "
+        + "; ".join(problems)
+        + ". Use the config the checkpoint was trained with (saved as config.yaml next to it)."
+        + hint
+    )
 
 
 class CheckpointIdentity:
@@ -111,21 +131,7 @@ class CheckpointIdentity:
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        problems = checkpoint_mismatches(self, checkpoint)
-        if not problems:
-            return
-        hint = ""
-        if any(problem.startswith("data_dims=") for problem in problems) and len(self.hparams.data_dims) == 1:
-            hint = (
-                " For text, data_dims is the vocabulary size: pass the training run's vocabulary "
-                "(vocab.txt in its log folder) as --data.init_args.vocab_file."
-            )
-        raise CheckpointMismatchError(
-            "checkpoint does not match the configured model: "
-            + "; ".join(problems)
-            + ". Use the config the checkpoint was trained with (saved as config.yaml next to it)."
-            + hint
-        )
+        refuse_mismatch(self, checkpoint)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):

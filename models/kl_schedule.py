@@ -16,6 +16,10 @@ class KLSchedule:
         (either may be infinite when the trainer does not know it)."""
         raise NotImplementedError
 
+    def check_fit(self, trainer) -> None:
+        """Refuse, before any work, a fit whose trainer settings the schedule cannot follow (raise
+        `MisconfigurationException` with what to set)."""
+
 
 class LinearWarmup(KLSchedule):
     """The paper code's KL warm-up (Bowman et al., 2016): beta = min(1, start + (step + 1) / (epochs x steps per

@@ -14,3 +14,7 @@ class KLTerm:
     def __call__(self, kl_per_dimension: torch.Tensor) -> torch.Tensor:
         """The loss's KL, a scalar in nats per example, from KL(q(z_d|x) || p(z_d)) of shape (batch, latent)."""
         return kl_per_dimension.sum(-1).mean()
+
+    def check(self, latent_dim: int) -> None:
+        """Refuse, when the model is built, a latent dimension the term cannot use (raise
+        `MisconfigurationException`)."""

@@ -27,8 +27,9 @@ class TrainingProcedure:
         """Called when the model is built: refuse a model the procedure cannot train (raise
         `MisconfigurationException` with the reason)."""
 
-    def on_fit_start(self, model: ModelWithParts) -> None:
-        """Called at the start of fitting, with the trainer attached: refuse a run the procedure cannot follow."""
+    def check_fit(self, model: ModelWithParts, trainer) -> None:
+        """Called before a fit writes anything: refuse a run the procedure cannot follow under `trainer`'s settings
+        (raise `MisconfigurationException` with the reason)."""
 
     def before_step(self, model: ModelWithParts, batch: dict) -> None:
         """Runs at the start of each training step, before the model's loss on `batch`."""

@@ -96,6 +96,7 @@ class VAE(CheckpointIdentity, L.LightningModule):
         self.make_optimizer = optimizer
         self.kl_schedule = kl_schedule if kl_schedule is not None else LinearWarmup()
         self.kl_term = kl_term if kl_term is not None else KLTerm()
+        self.kl_term.check(latent_dim)
         self.refinement = refinement
         self.procedure = procedure if procedure is not None else TrainingProcedure()
         self.procedure.setup(self)
@@ -240,8 +241,14 @@ class VAE(CheckpointIdentity, L.LightningModule):
         return {key: value.detach().cpu() for key, value in outputs.items()}
 
     # ------------------------------------------------------------------ the training procedure's hooks
+    def check_fit(self, trainer) -> None:
+        """Refuse a fit the model's parts cannot follow under `trainer`'s settings. The CLI calls it before the run
+        writes anything; the start of fitting calls it again (for a fit without the CLI)."""
+        self.kl_schedule.check_fit(trainer)
+        self.procedure.check_fit(self, trainer)
+
     def on_fit_start(self) -> None:
-        self.procedure.on_fit_start(self)
+        self.check_fit(self.trainer)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """A procedure that holds the encoder for this step: its gradients are dropped before clipping and the

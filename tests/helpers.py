@@ -65,6 +65,13 @@ def on_fake_trainer(model, step: int, batches: int = 10, max_epochs: int = -1):
     return model
 
 
+def checkpoint_of(model) -> dict:
+    """What a checkpoint of `model` holds for loading it: weights, hyper-parameters and the model's identity."""
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    model.on_save_checkpoint(checkpoint)
+    return checkpoint
+
+
 def config_args(*names: str) -> list[str]:
     args = []
     for name in names:

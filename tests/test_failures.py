@@ -357,6 +357,37 @@ class TestBadFiles:
         assert checkpoints(tmp_path) == []
 
 
+def test_last_is_the_newest_version_that_holds_a_last_checkpoint(tmp_path):
+    """`fit` continues that version; `test` reads its checkpoint and logs into a new version; a fit whose logger
+    names a version continues that one or is refused."""
+    from jsonargparse import Namespace
+
+    from run_setup import RunSetupError, resolve_last_checkpoint
+
+    root = tmp_path / "run"
+    for version, has_last in ((0, True), (2, True), (10, True), (11, False)):
+        (root / f"version_{version}" / "checkpoints").mkdir(parents=True)
+        if has_last:
+            (root / f"version_{version}" / "checkpoints" / "last.ckpt").write_bytes(b"")
+
+    def config(version=None):
+        logger = Namespace(save_dir=str(tmp_path), name="run", version=version)
+        return Namespace(
+            ckpt_path="last", trainer=Namespace(logger=Namespace(class_path="TensorBoardLogger", init_args=logger))
+        )
+
+    newest = str(root / "version_10" / "checkpoints" / "last.ckpt")
+    for subcommand, logged_into in (("fit", 10), ("test", None), ("predict", None)):
+        resolved = config()
+        resolve_last_checkpoint(subcommand, resolved)
+        assert resolved.ckpt_path == newest and resolved.trainer.logger.init_args.version == logged_into
+    pinned = config(version=2)
+    resolve_last_checkpoint("fit", pinned)
+    assert pinned.ckpt_path == str(root / "version_2" / "checkpoints" / "last.ckpt")
+    with pytest.raises(RunSetupError, match="no last checkpoint under .*version_11/checkpoints/; start without"):
+        resolve_last_checkpoint("fit", config(version=11))
+
+
 class TestOutputFolders:
     def test_log_folder_that_cannot_be_created(self, tmp_path):
         blocker = tmp_path / "a_file"

@@ -5,7 +5,7 @@ from functools import partial
 
 import pytest
 import torch
-from helpers import TEXT_FORMAT, on_fake_trainer, tiny
+from helpers import TEXT_FORMAT, checkpoint_of, on_fake_trainer, tiny
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from callbacks.contract import LabeledData, TextData
@@ -133,12 +133,6 @@ class TestContract:
         assert issubclass(MNISTDataModule, LabeledData) and issubclass(OmniglotDataModule, LabeledData)
         assert issubclass(YahooDataModule, TextData) and not issubclass(YahooDataModule, LabeledData)
         assert not issubclass(MNISTDataModule, TextData)
-
-
-def checkpoint_of(model) -> dict:
-    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
-    model.on_save_checkpoint(checkpoint)
-    return checkpoint
 
 
 class TestCheckpointIdentity:

@@ -94,7 +94,7 @@ def test_the_diagnostics_refuse_a_run_that_would_not_log_the_mi_every_epoch():
 
     model = small_model(AggressiveInference())
     assert model.needed_validation_metrics == ("val/mi",)
-    LatentDiagnostics(every_n_epochs=1).on_fit_start(None, model)
+    LatentDiagnostics(every_n_epochs=1).check_fit(None, model)
     with pytest.raises(MisconfigurationException, match="reads val/mi after every validation epoch"):
-        LatentDiagnostics(every_n_epochs=2).on_fit_start(None, model)
-    LatentDiagnostics(every_n_epochs=2).on_fit_start(None, tiny())  # standard training reads none
+        LatentDiagnostics(every_n_epochs=2).check_fit(None, model)
+    LatentDiagnostics(every_n_epochs=2).check_fit(None, tiny())  # standard training reads none

@@ -34,10 +34,17 @@ def test_the_model_reads_the_run_length_from_its_trainer():
     assert model.kl_weight() == 1.0
     model._trainer.global_step = 25
     assert model.kl_weight() == pytest.approx(0.5)
+    assert not math.isnan(CyclicalAnnealing().weight(0, math.inf, 8))
+
+
+def test_a_fit_without_a_run_length_is_refused_before_it_starts():
+    model = on_fake_trainer(tiny(kl_schedule=CyclicalAnnealing()), 15, max_epochs=4)
+    model.check_fit(model._trainer)
     model._trainer.max_epochs = -1
     with pytest.raises(MisconfigurationException, match="max_epochs or trainer.max_steps"):
-        model.kl_weight()
-    assert not math.isnan(CyclicalAnnealing().weight(0, math.inf, 8))
+        model.check_fit(model._trainer)
+    model._trainer.max_steps = 100
+    model.check_fit(model._trainer)
 
 
 def test_a_run_too_short_for_its_cycles_gets_fewer_so_that_beta_rises(recwarn):

@@ -22,8 +22,8 @@ def test_no_kl_gradient_below_lambda():
 def test_groups_are_held_as_a_whole():
     kl = torch.tensor([[0.1, 0.3, 2.0, 0.0]])  # groups of two: 0.4 (held at 1) and 2.0
     assert FreeBits(lambda_=1.0, group_size=2)(kl).item() == pytest.approx(3.0)
-    with pytest.raises(MisconfigurationException, match="does not divide"):
-        FreeBits(group_size=3)(kl)
+    with pytest.raises(MisconfigurationException, match="group_size 3 does not divide the latent dimension 4"):
+        tiny(latent_dim=4, kl_term=FreeBits(group_size=3))  # refused when the model is built
 
 
 def test_zero_lambda_is_the_elbo_and_reported_kl_is_exact():

@@ -33,11 +33,13 @@ class CyclicalAnnealing(KLSchedule):
         self.cycles, self.ratio, self.start = cycles, ratio, start
         self._warned = False
 
-    def weight(self, step: int, steps_per_epoch: float, total_steps: float) -> float:
-        if not 0 < total_steps < math.inf:
+    def check_fit(self, trainer) -> None:
+        if trainer.max_steps in (-1, None) and trainer.max_epochs in (-1, None):
             raise MisconfigurationException(
                 "cyclical KL annealing needs the run's length: set trainer.max_epochs or trainer.max_steps"
             )
+
+    def weight(self, step: int, steps_per_epoch: float, total_steps: float) -> float:
         cycles = max(1, min(self.cycles, math.floor(total_steps / 2)))
         if cycles < self.cycles and not self._warned:
             self._warned = True

@@ -28,11 +28,13 @@ class FreeBits(KLTerm):
         """
         self.lambda_, self.group_size = lambda_, group_size
 
+    def check(self, latent_dim: int) -> None:
+        if latent_dim % self.group_size:
+            raise MisconfigurationException(
+                f"free bits: group_size {self.group_size} does not divide the latent dimension {latent_dim}"
+            )
+
     def __call__(self, kl_per_dimension: torch.Tensor) -> torch.Tensor:
         batch, latent = kl_per_dimension.shape
-        if latent % self.group_size:
-            raise MisconfigurationException(
-                f"free bits: group_size {self.group_size} does not divide the latent dimension {latent}"
-            )
         per_group = kl_per_dimension.mean(0).view(latent // self.group_size, self.group_size).sum(-1)
         return torch.clamp(per_group, min=self.lambda_).sum()
