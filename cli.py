@@ -12,10 +12,11 @@ from typing import Any, NoReturn
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
+from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
+from callbacks.checkpoint import Checkpoint
 from callbacks.diagnostics import ImportanceWeightedEvaluation, LatentDiagnostics
 from callbacks.guards import NonFiniteGuard, NonFiniteLossError
 from callbacks.latent_views import LatentSpaceViews
@@ -50,7 +51,7 @@ DEFAULTS = Path(__file__).resolve().parent / "configs" / "parts" / "defaults.yam
 # Callbacks present in every run, each configured under its own key (`--nll_iw.num_samples 5000`), so a config or
 # preset changes one setting without restating a callback list. `trainer.callbacks` adds others.
 RUN_CALLBACKS = {
-    "checkpoint": ModelCheckpoint,
+    "checkpoint": Checkpoint,
     "diagnostics": LatentDiagnostics,
     "nll_iw": ImportanceWeightedEvaluation,
     "probe": LatentProbe,

@@ -118,7 +118,7 @@ def fit_command(run: Run, run_dir: Path, resume: bool = True) -> list[str]:
 
 
 def best_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint with the best val/elbo (ModelCheckpoint keeps one), else the last one."""
+    """The checkpoint with the best val/elbo (the checkpoint callback keeps one), else the last one."""
     folder = run_dir / "fit" / "checkpoints"
     best = sorted(folder.glob("best-*.ckpt"))
     return best[-1] if best else folder / "last.ckpt"
