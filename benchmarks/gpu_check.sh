@@ -39,7 +39,7 @@ for devices in "${device_counts[@]}"; do
         "$PYTHON" main.py test --config "configs/mnist_$model.yaml" --config configs/presets/bf16.yaml \
             --trainer.accelerator gpu --trainer.devices 1 "${budget[@]}" "${logging[@]}" \
             --trainer.logger.init_args.version test \
-            --ckpt_path "$OUT/$name/0/checkpoints/last.ckpt" > "$OUT/$name.test.log" 2>&1
+            --ckpt_path "$OUT/$name/version_0/checkpoints/last.ckpt" > "$OUT/$name.test.log" 2>&1
         "$PYTHON" - "$OUT/$name/test" "$model" "$devices" "$start" "$end" "$BATCHES" >> "$summary" <<'PY'
 import sys
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -34,8 +34,9 @@ the products J(g_k)^T a_p (`hessian_products`):
   the encoder's gradient is the direction of the amortized ELBO's gradient at the encoder's output, rescaled.
   With no clip active it equals "finite_difference".
 
-All finite-difference gradient evaluations run in float32 (autocast off): a difference at r = 1e-5 means nothing
-in bfloat16. They need a smooth decoder: the gradient of a ReLU network jumps where lambda_k + r w crosses a kink.
+All finite-difference gradient evaluations run in IEEE float32 (autocast off, no TF32): a difference at r = 1e-5
+means nothing in bfloat16, nor in the TF32 that cuDNN's convolutions use by default on recent GPUs. They need a
+smooth decoder: the gradient of a ReLU network jumps where lambda_k + r w crosses a kink.
 
 Each step is recomputed with the random seed it used (same eps, same dropout masks), one step's graph at a time,
 so memory holds no graph of more than one step.
@@ -45,7 +46,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -69,6 +70,26 @@ class SVITrace:
     gradients: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     param_gradient_sum: list[torch.Tensor] = field(default_factory=list)
     param_gradients: list[list[torch.Tensor]] = field(default_factory=list)
+
+
+# The TF32 switches of the float32 operations a decoder runs on a GPU (PyTorch's per-backend settings).
+TF32_BACKENDS: tuple[Any, ...] = (torch.backends.cudnn.conv, torch.backends.cudnn.rnn, torch.backends.cuda.matmul)  # type: ignore[attr-defined]
+
+
+@contextmanager
+def ieee_float32(device: torch.device) -> Iterator[None]:
+    """float32 computed as float32 inside: autocast off, and no TF32 (10 mantissa bits, about 1e-3 relative) in
+    cuDNN's convolutions and RNNs or in CUDA matrix products. PyTorch lets cuDNN convolutions use TF32 by default on
+    Ampere and later GPUs; in a difference quotient at r = 1e-5 that error is amplified 1e5 times."""
+    before = [backend.fp32_precision for backend in TF32_BACKENDS]
+    try:
+        for backend in TF32_BACKENDS:
+            backend.fp32_precision = "ieee"
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        for backend, precision in zip(TF32_BACKENDS, before):
+            backend.fp32_precision = precision
 
 
 @contextmanager
@@ -149,9 +170,9 @@ class UnrolledSVI:
         return self.hessian_products == "official"
 
     def precision(self, device: torch.device) -> AbstractContextManager:
-        """float32 gradient evaluations for finite differences (autocast off); the run's precision otherwise."""
+        """IEEE float32 gradient evaluations for finite differences; the run's precision otherwise."""
         if self.hessian_products != "exact":
-            return torch.autocast(device.type, enabled=False)
+            return ieee_float32(device)
         return nullcontext()
 
     def clip(self, g_mean: torch.Tensor, g_logvar: torch.Tensor) -> list[torch.Tensor]:

@@ -14,7 +14,7 @@ from models.distributions import gaussian_kl_per_dim
 from models.encoders import MLPEncoder
 from models.kl_schedule import LinearWarmup
 from models.refinement import SVI
-from models.svi import seeded
+from models.svi import TF32_BACKENDS, UnrolledSVI, seeded
 
 
 def small_model(model_class, architecture: str, refined: bool = True, **svi):
@@ -286,3 +286,23 @@ def test_the_kl_weight_of_the_validation_svi(validation_beta, expected, stage):
     tokens = example_batch("lstm")
     model.evaluate({"x": tokens, "index": torch.arange(len(tokens))})
     assert seen == [pytest.approx(expected if stage == "validating" else 1.0)]
+
+
+@pytest.mark.parametrize("hessian_products", ["official", "finite_difference", "exact"])
+def test_difference_quotients_are_evaluated_without_tf32_or_autocast(hessian_products):
+    """A difference at r = 1e-5 drowns in TF32's 1e-3 relative error (cuDNN's default on recent GPUs): the
+    finite-difference modes evaluate their gradients in IEEE float32, and leave the run's settings as they were."""
+    svi = UnrolledSVI(hessian_products=hessian_products)
+    before = [backend.fp32_precision for backend in TF32_BACKENDS]
+    seen = []
+
+    def objective(mean, logvar):
+        seen.append(([backend.fp32_precision for backend in TF32_BACKENDS], torch.is_autocast_enabled("cpu")))
+        return (mean**2 + logvar.exp()).sum()
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        svi.refine(objective, torch.randn(2, 3), torch.zeros(2, 3))
+    finite_differences = hessian_products != "exact"
+    assert seen and all((precisions == ["ieee"] * 3) == finite_differences for precisions, _ in seen)
+    assert all(autocast != finite_differences for _, autocast in seen)
+    assert [backend.fp32_precision for backend in TF32_BACKENDS] == before
