@@ -3,23 +3,28 @@
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 CONFIG ?= configs/mnist_skipvae.yaml
+PRESET ?= configs/presets/debug.yaml
+RUN_CONFIGS = --config $(CONFIG) $(if $(PRESET),--config $(PRESET))
 REQUIREMENTS_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQUIREMENTS_HASH)
 
-.PHONY: train test test-fast data lint format
+.PHONY: run test test-fast data lint format
 
 $(STAMP):
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -r requirements.txt
 	touch $@
 
-train: $(STAMP)  ## set up, then train Skip-VAE on MNIST (override CONFIG=...)
-	$(PYTHON) main.py fit --config $(CONFIG)
+run: $(STAMP)  ## set up, train CONFIG with PRESET (PRESET= for the paper's settings) and test its last checkpoint
+	$(PYTHON) main.py fit $(RUN_CONFIGS)
+	$(PYTHON) main.py test $(RUN_CONFIGS) --ckpt_path last
+	@echo "curves, samples, latent views and HParams: $(VENV)/bin/tensorboard --logdir logs"
 
 data: $(STAMP)  ## fetch every downloadable data file into $$SKIPVAE_DATA_DIR (default ./data), checksums checked
 	$(PYTHON) -m datamodules.fetch
 
-test: $(STAMP)  ## set up, then run the full test suite (what CI runs)
+test: $(STAMP)  ## set up, fetch the data files the tests read, run the full test suite (what CI runs)
+	$(PYTHON) -m datamodules.fetch --for-tests
 	$(PYTHON) -m pytest
 
 test-fast: $(STAMP)  ## unit-level tests only, for the development loop (no data, no training runs, no subprocesses)

@@ -12,10 +12,11 @@ import hashlib
 import io
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 DATA_DIR_ENV = "SKIPVAE_DATA_DIR"
+MIRROR_ENV = "SKIPVAE_MIRROR"  # base URL of a copy of the files laid out as <dataset>/<file name>
 
 
 class DataError(RuntimeError):
@@ -72,11 +73,11 @@ def fetch(folder: Path, remote: RemoteFile, download: bool = True, check: bool =
     failure = ""
     if not path.exists() and download:
         failures = download_file(folder, remote)
-        failure = " (download failed: " + "; ".join(failures) + ")" if failures else ""
+        failure = f" (download failed: {failures[0][:120]})" if failures else ""
     if not path.exists():
         raise DataError(
-            f"missing data file {path}{failure}. Download it from {remote.urls[0]} and put it in {folder}/, or point "
-            f"--data.init_args.data_dir (or ${DATA_DIR_ENV}) at a folder that holds {folder.name}/{remote.name}."
+            f"missing data file {path}{failure}; download {remote.urls[0]} to that path, or set "
+            f"--data.init_args.data_dir (or ${DATA_DIR_ENV}) to a folder that holds {folder.name}/"
         )
     if check:
         verify_checksum(path, remote)
@@ -104,16 +105,25 @@ def verify_checksum(path: Path, remote: RemoteFile) -> None:
     _verified.add(key)
 
 
-def download_file(folder: Path, remote: RemoteFile) -> list[str]:
-    """Try each URL of `remote` until one gives the file (checked afterwards, not here); returns why each URL
-    failed, `url: reason` (empty on success)."""
+def mirrored(folder: Path, remote: RemoteFile, mirror: str | None = None) -> RemoteFile:
+    """`remote` as fetched from `mirror` (else $SKIPVAE_MIRROR), a copy laid out as <dataset>/<file name>: its one
+    URL is `<mirror>/<dataset>/<file name>`. Unchanged without a mirror."""
+    mirror = mirror or os.environ.get(MIRROR_ENV)
+    if not mirror:
+        return remote
+    return replace(remote, urls=(f"{mirror.rstrip('/')}/{folder.name}/{remote.name}",))
+
+
+def download_file(folder: Path, remote: RemoteFile, mirror: str | None = None) -> list[str]:
+    """Try each URL of `remote` (its `mirrored` URL when a mirror is set) until one gives the file (checked
+    afterwards, not here); returns why each URL failed, `url: reason` (empty on success)."""
     from urllib.error import URLError
 
     from torchvision.datasets.utils import download_url
 
     folder.mkdir(parents=True, exist_ok=True)
     failures = []
-    for url in remote.urls:
+    for url in mirrored(folder, remote, mirror).urls:
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints each URL; the caller reports
                 download_url(url, str(folder), remote.name)

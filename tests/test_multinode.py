@@ -243,7 +243,7 @@ def test_single_node_commands_resolve(monkeypatch, capsys):
     assert len(commands) == len(expected)
     for command, (devices, strategy, precision) in zip(commands, expected):
         args = shlex.split(command)
-        assert args[:3] == ["python", "main.py", "fit"]
+        assert args[:3] == [".venv/bin/python", "main.py", "fit"]
         with pytest.raises(SystemExit) as stop:
             cli_main([*args[2:], "--print_config"])
         assert stop.value.code in (0, None)
