@@ -21,6 +21,7 @@ from callbacks.diagnostics import ImportanceWeightedEvaluation, LatentDiagnostic
 from callbacks.guards import NonFiniteGuard, NonFiniteLossError
 from callbacks.latent_views import LatentSpaceViews
 from callbacks.posteriors import PosteriorWriter
+from callbacks.preemption import RequeueOnPreemption
 from callbacks.probe import LatentProbe
 from callbacks.samples import SampleLogger
 from callbacks.schedules import HalveLearningRateAfterPlateau
@@ -60,6 +61,7 @@ RUN_CALLBACKS = {
     "nonfinite": NonFiniteGuard,
     "posteriors": PosteriorWriter,
     "latent_views": LatentSpaceViews,
+    "preemption": RequeueOnPreemption,
 }
 
 # Bad input that `main.py` reports as one `error: ...` line (jsonargparse reports config errors itself).

@@ -3,7 +3,9 @@
 import sys
 
 from callbacks.checkpoint_step import CheckpointStep
+from callbacks.preemption import Preempted
 from callbacks.random_state import RandomStateCheckpoint
+from callbacks.slurm import EXIT_CODE
 from cli import USER_ERRORS, SkipVAECLI, user_error
 from models import VAE
 from run_setup import keep_freed_memory
@@ -23,9 +25,13 @@ def cli_main(args: list[str] | None = None) -> SkipVAECLI:
 
 def main(args: list[str] | None = None) -> int:
     """What `python main.py` runs: the CLI, with bad input reported as one `error: ...` line and exit code 1
-    (a bad config key or value exits with 2 from the parser, also as one line)."""
+    (a bad config key or value exits with 2 from the parser, also as one line); a fit that SLURM preempted saves
+    its checkpoint, says so in one line and exits with `callbacks.slurm.EXIT_CODE`."""
     try:
         cli_main(args)
+    except Preempted as stop:
+        print(f"preempted: {stop}", file=sys.stderr)
+        return EXIT_CODE
     except (*USER_ERRORS, ValueError) as error:
         reported = user_error(error)
         if reported is None:

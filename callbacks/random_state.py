@@ -5,6 +5,11 @@ torch's generator at the start of each epoch), dynamic binarization, the reparam
 Lightning restores weights, optimizer, loops and callbacks but not these generators, so without them a resumed run
 would see other data orders and noise than an uninterrupted one. Each process's states are saved (a collective:
 checkpoints are written by all processes together) and each process gets its own back on resume.
+
+A checkpoint written between two batches of an epoch (a SLURM preemption, see `callbacks/preemption.py`) also
+holds the epoch's order (the sampler's seed) and how many of its batches were done; the resumed fit starts that
+epoch's order after them, with the generators put back when that iteration starts (on the same number of
+processes; on another it warns).
 """
 
 import random
@@ -79,7 +84,28 @@ class RandomStateCheckpoint(Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint["rng_states"] = gather_rng_states()  # a collective: every process saves checkpoints together
+        done = trainer.fit_loop.epoch_loop.batch_idx + 1  # batches of this epoch done (after one's end)
+        sampler = getattr(getattr(trainer, "datamodule", None), "train_sampler", None)
+        if 0 < done < trainer.num_training_batches and sampler is not None and sampler.seed is not None:
+            checkpoint["training_order"] = {"seed": sampler.seed, "batches": done}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        if trainer.state.fn == TrainerFn.FITTING:
-            restore_rng_states(checkpoint.get("rng_states"), trainer.global_rank, trainer.world_size)
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        states, rank, world_size = checkpoint.get("rng_states"), trainer.global_rank, trainer.world_size
+        restore_rng_states(states, rank, world_size)
+        order = checkpoint.get("training_order")
+        if order is None:
+            return
+        resume_epoch = getattr(getattr(trainer, "datamodule", None), "resume_epoch", None)
+        if resume_epoch is None or not states or len(states) != world_size:
+            warnings.warn(
+                f"the checkpoint was written after {order['batches']} batches of an epoch, and this run cannot "
+                "go on with that epoch's data order (another number of processes, or another datamodule): the "
+                "rest of that epoch repeats some examples and leaves out others",
+                stacklevel=2,
+            )
+            return
+        resume_epoch(order["seed"], order["batches"], lambda: restore_rng_states(states, rank, world_size))
+        # Lightning's warning that a mid-epoch resume repeats the epoch's first batches does not hold here.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")

@@ -7,16 +7,17 @@ sampler pads shards with repeated examples so all processes see the same number 
 some examples twice in KL, MI, AU and NLL).
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal
 
 import lightning as L
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.files import check_batch_size, dataset_dir
+from datamodules.sampling import ResumableDistributedSampler, ResumableRandomSampler, Resume
 
 
 def keep_batch(batch):
@@ -59,6 +60,8 @@ class SkipVAEDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.folder = dataset_dir(data_dir, self.dataset_name)
         self.datasets: dict[str, Any] = {}  # the splits, of the subclass's dataset type
+        self.train_sampler: ResumableRandomSampler | ResumableDistributedSampler | None = None  # the training order
+        self._resume: Resume | None = None
 
     def load_splits(self) -> Mapping[str, Dataset]:
         """The "train", "val" and "test" datasets, read from the data folder."""
@@ -92,18 +95,28 @@ class SkipVAEDataModule(L.LightningDataModule):
             check_batch_size(self.hparams.batch_size, self.num_training_examples(), self.example_name)
 
     def _loader(self, split: str, training: bool = False) -> DataLoader:
-        """Training: shuffled batches of `batch_size`. Evaluation: batches of `eval_batch_size` in order, under DDP
-        disjoint shards that never repeat an example."""
-        dataset, trainer, sampler = self.datasets[split], getattr(self, "trainer", None), None
-        if not training and trainer is not None and trainer.world_size > 1:
-            sampler = UnrepeatedDistributedSampler(
-                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+        """Training: shuffled batches of `batch_size`, in an order a fit resumed between two batches continues
+        (`datamodules/sampling.py`). Evaluation: batches of `eval_batch_size` in order, under DDP disjoint shards that
+        never repeat an example."""
+        dataset, trainer = self.datasets[split], getattr(self, "trainer", None)
+        sampler: Sampler | None = None
+        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if training:
+            self.train_sampler = (
+                ResumableDistributedSampler(dataset, world_size, rank)
+                if world_size > 1
+                else ResumableRandomSampler(len(dataset))
             )
+            if self._resume is not None:
+                self.train_sampler.resume(*self._resume)
+                self._resume = None
+            sampler = self.train_sampler
+        elif world_size > 1:
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
         size = self.hparams.batch_size if training else self.hparams.eval_batch_size
         return DataLoader(
             dataset,
             batch_size=None if self.prebatched else size,
-            shuffle=training,
             sampler=sampler,
             num_workers=self.hparams.num_workers,
             collate_fn=keep_batch,
@@ -112,6 +125,11 @@ class SkipVAEDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         check_batch_size(self.hparams.batch_size, self.num_training_examples(), self.example_name)
         return self._loader("train", training=True)
+
+    def resume_epoch(self, seed: int, batches: int, before_first: Callable[[], None] | None = None) -> None:
+        """The next training loader starts its epoch after `batches` batches of the order drawn with `seed` (see
+        `ResumableRandomSampler.resume`): a fit resumed from a checkpoint written between two batches."""
+        self._resume = (seed, batches * (1 if self.prebatched else self.hparams.batch_size), before_first)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

@@ -34,14 +34,19 @@ import json
 import os
 import queue
 import shlex
+import signal
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
+from callbacks.slurm import EXIT_CODE as PREEMPTED
+from callbacks.slurm import slurm_job
 from experiments.report import write_report
 from experiments.studies import STUDIES, Run, Study
 
@@ -50,6 +55,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 class RunFailed(RuntimeError):
     """A fit or test subprocess exited with an error, or the study cannot be run as asked."""
+
+
+class RunPreempted(RunFailed):
+    """A run's fit stopped for a SLURM preemption after saving its checkpoint; the requeued job resumes it."""
+
+
+# The fit and test processes running now (several with --jobs), which a forwarded signal reaches.
+RUNNING: set[subprocess.Popen] = set()
+RUNNING_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -143,14 +157,28 @@ def _execute(command: list[str], log: Path, quiet: bool, slot: Slot = Slot()) ->
     env = {**os.environ, **slot.env}
     cpus = slot.cpus
     pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-    if quiet:
-        with open(log, "w") as handle:
-            result = subprocess.run(full, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=env, preexec_fn=pin)
-    else:
-        result = subprocess.run(full, cwd=ROOT, env=env, preexec_fn=pin)
-    if result.returncode != 0:
-        where = f"; its output is in {log}" if quiet else ""
-        raise RunFailed(f"`python {' '.join(command)}` exited with code {result.returncode}{where}")
+    with open(log, "w") if quiet else nullcontext() as handle:
+        output = {"stdout": handle, "stderr": subprocess.STDOUT} if quiet else {}
+        process = subprocess.Popen(full, cwd=ROOT, env=env, preexec_fn=pin, **output)  # type: ignore[call-overload]
+        with RUNNING_LOCK:
+            RUNNING.add(process)
+        try:
+            returncode = process.wait()
+        finally:
+            with RUNNING_LOCK:
+                RUNNING.discard(process)
+    where = f"; its output is in {log}" if quiet else ""
+    if returncode == PREEMPTED:
+        raise RunPreempted(f"`python {' '.join(command)}` was preempted and saved its checkpoint{where}")
+    if returncode != 0:
+        raise RunFailed(f"`python {' '.join(command)}` exited with code {returncode}{where}")
+
+
+def forward_to_runs(signum: int, frame: FrameType | None) -> None:
+    """SLURM's warning before it ends the job reaches the batch script (this runner): pass it on to the runs."""
+    with RUNNING_LOCK:
+        for process in RUNNING:
+            process.send_signal(signum)
 
 
 def read_test_metrics(run_dir: Path) -> dict[str, float]:
@@ -297,6 +325,11 @@ def slurm_array_scripts(name: str, study: Study, out: Path, precision: str | Non
             "#SBATCH --cpus-per-task=8",
             "#SBATCH --gpus=1",
             f"#SBATCH --output={folder}/run_%a.out",
+            "#SBATCH --open-mode=append",
+            "# preemption: the runner passes the signal to the run, which saves, requeues this task and stops;",
+            "# the requeued task resumes the run from its last.ckpt",
+            "#SBATCH --signal=B:USR1@120",
+            "#SBATCH --requeue",
             f"# one run of the study per array task: {len(study.runs)} runs",
             f"cd {shlex.quote(str(ROOT))}",
             f'exec {runner} --quiet --run-index "$SLURM_ARRAY_TASK_ID"',
@@ -398,11 +431,16 @@ def main(argv: list[str] | None = None) -> int:
             f"with: bash {folder}/submit.sh [sbatch options for the runs]"
         )
         return 0
+    if slurm_job() is not None:  # `#SBATCH --signal=B:USR1@<seconds>` signals this process, not its runs
+        signal.signal(signal.SIGUSR1, forward_to_runs)
     try:
         if args.report_only:
             report_study(args.study, study, out)
         else:
             run_study(args.study, study, out, args.quiet, args.jobs, args.run_index)
+    except RunPreempted as stop:
+        print(f"preempted: {stop}; the requeued job resumes it", file=sys.stderr)
+        return PREEMPTED
     except RunFailed as error:
         print(f"error: {error}. Finished runs are kept: fix the cause and run the same command again.", file=sys.stderr)
         return 1

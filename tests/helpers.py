@@ -332,3 +332,17 @@ def fit_test_predict_resume_reload(tmp_path: Path, configs: list[str], *extra: s
     saved = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
     torch.testing.assert_close(model.state_dict(), saved, rtol=0, atol=0)
     return metrics
+
+
+class SignalMidEpoch(Callback):
+    """Sends this process `signal` (SLURM's warning before it ends a job) as the second batch of `epoch` starts."""
+
+    def __init__(self, epoch: int = 1, signal: str = "SIGUSR1"):
+        self.epoch, self.signal = epoch, signal
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        import os
+        import signal
+
+        if trainer.current_epoch == self.epoch and batch_idx == 1:
+            os.kill(os.getpid(), getattr(signal, self.signal))
