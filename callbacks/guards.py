@@ -1,5 +1,6 @@
 """Run guards: never update the weights from a non-finite loss or gradient."""
 
+import math
 from typing import Literal
 
 import lightning as L
@@ -55,23 +56,22 @@ class NonFiniteGuard(Callback):
 
     @staticmethod
     def _message(trainer: L.Trainer, what: str, parts: dict) -> str:
-        logged = ", ".join(f"{name} {float(value):.4g}" for name, value in parts.items())
+        values = {name: float(value) for name, value in parts.items()}
+        shown = {name: value for name, value in values.items() if not math.isfinite(value)} or dict(
+            list(values.items())[:1]
+        )
+        logged = ", ".join(f"{name} {value:.4g}" for name, value in shown.items())
         checkpoints = [
             path
             for callback in trainer.checkpoint_callbacks
             for path in (getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", ""))
             if path
         ]
-        last = (
-            f"the last good checkpoint is {checkpoints[0]} (resume with --ckpt_path {checkpoints[0]})"
-            if checkpoints
-            else "no checkpoint had been written yet"
-        )
+        last = f"last good checkpoint {checkpoints[0]}" if checkpoints else "no checkpoint yet"
         return (
             f"{what} is not finite at global step {trainer.global_step} (epoch {trainer.current_epoch}, batch "
-            f"{trainer.fit_loop.epoch_loop.batch_idx}; {logged}); weights were not updated from it and "
-            f"{last}. Lower the learning rate, keep gradient clipping on (trainer.gradient_clip_val), check the "
-            "input data, or set --nonfinite.action skip to drop such steps."
+            f"{trainer.fit_loop.epoch_loop.batch_idx}; {logged}); not applied, {last}; lower the lr or use "
+            "--nonfinite.action skip"
         )
 
     def state_dict(self) -> dict:

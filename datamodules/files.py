@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import io
 import os
+import re
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -66,18 +67,25 @@ def file_digest(path: Path, algorithm: str) -> str:
     return digest.hexdigest()
 
 
+def download_reason(failure: str) -> str:
+    """Why a download failed, from `download_file`'s `url: reason`, without the URL (named anyway) or urllib's
+    wrapping, at most 60 characters."""
+    reason = failure.split(": ", 1)[-1]
+    return re.sub(r"^<urlopen error (.*)>$", r"\1", reason)[:60]
+
+
 def fetch(folder: Path, remote: RemoteFile, download: bool = True, check: bool = True) -> Path:
     """Return the path of `remote` in `folder`, downloading it first when it is missing, and (with `check`)
     verified against its published checksum."""
     path = folder / remote.name
-    failure = ""
+    failure = "; download"
     if not path.exists() and download:
         failures = download_file(folder, remote)
-        failure = f" (download failed: {failures[0][:120]})" if failures else ""
+        failure = f"; downloading failed ({download_reason(failures[0])}): download" if failures else failure
     if not path.exists():
         raise DataError(
-            f"missing data file {path}{failure}; download {remote.urls[0]} to that path, or set "
-            f"--data.init_args.data_dir (or ${DATA_DIR_ENV}) to a folder that holds {folder.name}/"
+            f"missing data file {path}{failure} {remote.urls[0]} there, or set --data.init_args.data_dir "
+            f"(or ${DATA_DIR_ENV}) to a folder holding {folder.name}/"
         )
     if check:
         verify_checksum(path, remote)

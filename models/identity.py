@@ -103,18 +103,11 @@ def refuse_mismatch(model, checkpoint: dict, datamodule=None) -> None:
     problems = checkpoint_mismatches(model, checkpoint, datamodule)
     if not problems:
         return
-    hint = ""
+    remedy = "use the config.yaml saved next to it"
     if any(problem.startswith("data_dims=") for problem in problems) and len(model.hparams.data_dims) == 1:
-        hint = (
-            " For text, data_dims is the vocabulary size: pass the training run's vocabulary "
-            "(vocab.txt in its log folder) as --data.init_args.vocab_file."
-        )
-    raise CheckpointMismatchError(
-        "checkpoint does not match the configured model: "
-        + "; ".join(problems)
-        + ". Use the config the checkpoint was trained with (saved as config.yaml next to it)."
-        + hint
-    )
+        remedy = "a text model's data_dims is its vocabulary: pass the run's vocab.txt as --data.init_args.vocab_file"
+    shown = "; ".join(problems[:2]) + (f" (and {len(problems) - 2} more)" if len(problems) > 2 else "")
+    raise CheckpointMismatchError(f"checkpoint does not match the configured model: {shown}; {remedy}")
 
 
 class CheckpointIdentity:

@@ -156,7 +156,8 @@ class TestFiles:
 
         remote = RemoteFile("a.bin", ("http://127.0.0.1:9/a.bin",))  # nothing listens on port 9 of this machine
         with pytest.raises(
-            DataError, match=r"missing data file .*a\.bin \(download failed: http://127\.0\.0\.1:9/a\.bin: "
+            DataError,
+            match=r"missing data file .*a\.bin; downloading failed \(.*refused.*\): download http://127\.0\.0\.1:9/a\.bin",
         ):
             fetch(tmp_path, remote, download=True)
         assert not (tmp_path / "a.bin").exists()

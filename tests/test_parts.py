@@ -33,7 +33,7 @@ FAST_REMEDY: dict[str, list[str]] = {
 }
 # Remedies refused with the SA models, with the reason the user reads.
 SA_REFUSED: dict[str, str] = {
-    "remedies/aggressive.yaml": "does not apply to SA-VAE models: their encoder is trained through the refinement"
+    "remedies/aggressive.yaml": "does not apply to SA-VAE models: their encoder learns through the SVI steps"
 }
 # A smaller network where the experiment's would only slow the fit down: the remedy is the point.
 SHALLOW = {"models.decoders.GatedPixelCNNDecoder": ["--model.init_args.decoder.init_args.kernel_sizes", "[3,3]"]}

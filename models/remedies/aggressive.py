@@ -50,8 +50,8 @@ class AggressiveInference(TrainingProcedure):
     def setup(self, model: ModelWithParts) -> None:
         if model.refines_posterior:
             raise MisconfigurationException(
-                "aggressive inference-network training does not apply to SA-VAE models: their encoder is trained "
-                "through the refinement's SVI steps, not on the amortized loss; leave out model.init_args.refinement"
+                "aggressive inference-network training does not apply to SA-VAE models: their encoder learns "
+                "through the SVI steps; leave out model.init_args.refinement"
             )
 
     # ------------------------------------------------------------------ the phase
