@@ -16,13 +16,10 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 Resume = tuple[int, int, Callable[[], None] | None]  # the epoch's seed, the items to leave out, what runs first
 
 
-class ResumableRandomSampler(Sampler[int]):
-    """A random permutation of `size` items per epoch, as torch's `RandomSampler` draws it."""
+class ResumableOrder:
+    """What both samplers share: a pending start part-way into the next epoch, taken once."""
 
-    def __init__(self, size: int):
-        self.size = size
-        self.seed: int | None = None  # the current epoch's, once its iteration has started
-        self._resume: Resume | None = None
+    _resume: Resume | None = None
 
     def resume(self, seed: int, skip: int, before_first: Callable[[], None] | None = None) -> None:
         """The next epoch's iteration uses `seed` and leaves out its first `skip` items. `before_first` runs when
@@ -31,38 +28,43 @@ class ResumableRandomSampler(Sampler[int]):
         are put back there, not earlier."""
         self._resume = (seed, skip, before_first)
 
+    def take_resume(self) -> tuple[int | None, int]:
+        """(the seed to use or None, the items to leave out) of this epoch's start, running `before_first`."""
+        if self._resume is None:
+            return None, 0
+        (seed, skip, before_first), self._resume = self._resume, None
+        if before_first is not None:
+            before_first()
+        return seed, skip
+
+
+class ResumableRandomSampler(ResumableOrder, Sampler[int]):
+    """A random permutation of `size` items per epoch, as torch's `RandomSampler` draws it."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.seed: int | None = None  # the current epoch's, once its iteration has started
+
     def __len__(self) -> int:
         return self.size
 
     def __iter__(self) -> Iterator[int]:
-        if self._resume is None:
-            self.seed, skip = int(torch.empty((), dtype=torch.int64).random_().item()), 0
-        else:
-            (self.seed, skip, before_first), self._resume = self._resume, None
-            if before_first is not None:
-                before_first()
+        seed, skip = self.take_resume()
+        self.seed = int(torch.empty((), dtype=torch.int64).random_().item()) if seed is None else seed
         generator = torch.Generator()
         generator.manual_seed(self.seed)
         yield from torch.randperm(self.size, generator=generator).tolist()[skip:]
 
 
-class ResumableDistributedSampler(DistributedSampler):
+class ResumableDistributedSampler(ResumableOrder, DistributedSampler):
     """Lightning's distributed training order (shuffled by the run's seed plus the epoch; this process's share),
     which can start an epoch part-way like `ResumableRandomSampler` (the epoch's seed is its own: not needed)."""
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
         # What Lightning would inject for a shuffled training loader.
         super().__init__(dataset, num_replicas, rank, shuffle=True, seed=int(os.getenv("PL_GLOBAL_SEED", 0)))
-        self._resume: Resume | None = None
-
-    def resume(self, seed: int, skip: int, before_first: Callable[[], None] | None = None) -> None:
-        self._resume = (seed, skip, before_first)
 
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())
-        if self._resume is None:
-            return iter(indices)
-        (_, skip, before_first), self._resume = self._resume, None
-        if before_first is not None:
-            before_first()
+        _, skip = self.take_resume()
         return iter(indices[skip:])
