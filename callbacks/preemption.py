@@ -19,6 +19,7 @@ from types import FrameType
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -39,7 +40,7 @@ class RequeueOnPreemption(Callback):
             requeue: run `scontrol requeue` for the job after the checkpoint (off: save and stop only).
         """
         if not (signal.startswith("SIG") and hasattr(signals, signal)):
-            raise ValueError(f"preemption.signal: {signal!r} is not a signal name such as SIGUSR1 or SIGTERM")
+            raise MisconfigurationException(f"preemption.signal: {signal!r} is not a signal name such as SIGUSR1")
         self.signal, self.requeue = getattr(signals, signal), requeue
         self.requested, self.active = False, False
         self.stopped: str | None = None  # what was saved, once it was

@@ -18,6 +18,7 @@ from helpers import (
     assert_same_run,
     callbacks_config,
     config_args,
+    error_line,
     logging_args,
     main_exit,
 )
@@ -113,6 +114,15 @@ def test_without_the_epochs_order_the_resumed_run_would_differ(tmp_path, slurm, 
     assert main_exit([*args, *parts, "--ckpt_path", "last"], capsys).returncode == 0
     with pytest.raises(AssertionError):
         assert_same_run(tmp_path / "full/version_0", tmp_path / "parts/version_0")
+
+
+def test_an_unknown_signal_is_refused_in_one_line(tmp_path, capsys):
+    result = main_exit(
+        ["fit", *config_args(MLP, "presets/debug.yaml"), *logging_args(tmp_path), "--preemption.signal", "SIGFOO"],
+        capsys,
+    )
+    assert result.returncode == 1
+    assert error_line(result) == "error: preemption.signal: 'SIGFOO' is not a signal name such as SIGUSR1"
 
 
 def test_the_job_to_requeue(monkeypatch):
