@@ -47,6 +47,7 @@ from types import FrameType
 
 from callbacks.slurm import EXIT_CODE as PREEMPTED
 from callbacks.slurm import slurm_job
+from experiments.provenance import code_commit, cpu_name
 from experiments.report import write_report
 from experiments.studies import STUDIES, Run, Study
 
@@ -182,11 +183,22 @@ def forward_to_runs(signum: int, frame: FrameType | None) -> None:
 
 
 def read_test_metrics(run_dir: Path) -> dict[str, float]:
+    return {tag: points[-1][1] for tag, points in read_scalars(run_dir / "test", "test/").items()}
+
+
+def read_scalars(log_dir: Path, prefix: str) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar under `prefix` in the TensorBoard events of `log_dir`, as (step, value) in step order; a step
+    logged twice (a resumed run) keeps its latest value."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run_dir / "test"), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     events.Reload()
-    return {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"] if tag.startswith("test/")}
+    out = {}
+    for tag in events.Tags()["scalars"]:
+        if tag.startswith(prefix):
+            steps = {event.step: event.value for event in events.Scalars(tag)}
+            out[tag] = sorted(steps.items())
+    return out
 
 
 def check_run_arguments(run: Run, run_dir: Path) -> None:
@@ -223,8 +235,11 @@ def run_one(run: Run, run_dir: Path, quiet: bool, slot: Slot = Slot()) -> dict:
         "command": "python " + " ".join(fit_command(run, run_dir, resume=False)),
         "metrics": read_test_metrics(run_dir),
         "kl_per_dimension": diagnostics.get("kl_per_dimension"),
+        "curves": read_scalars(run_dir / "fit", "val/"),
         "fit_seconds": fit_seconds,
         "seconds": fit_seconds + time.time() - test_started,
+        "commit": code_commit(ROOT),
+        "cpu": cpu_name(),
     }
     # Written last and atomically: its presence means the run is complete.
     tmp = run_dir / "metrics.json.tmp"
