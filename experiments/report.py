@@ -2,11 +2,11 @@
 
 import csv
 import math
-import os
-import platform
 from collections import defaultdict
 from pathlib import Path
 
+from experiments.events import read_scalars
+from experiments.paired import paired_differences, paired_table
 from experiments.studies import Study
 
 
@@ -70,42 +70,59 @@ def markdown_table(study: Study, records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def provenance(records: list[dict]) -> str:
+    """Which commits and CPUs made the runs (runs recorded before the runner kept them count as `not recorded`)."""
+
+    def runs_by(key: str) -> str:
+        seen: dict[str, list[str]] = defaultdict(list)
+        for r in records:
+            seen[r.get(key) or "not recorded"].append(r["run"])
+        if len(seen) == 1:
+            return next(iter(seen))
+        return "; ".join(f"{value} ({', '.join(runs)})" for value, runs in seen.items())
+
+    return f"Commit: {runs_by('commit')}. CPU: {runs_by('cpu')}."
+
+
 def write_markdown(name: str, study: Study, records: list[dict], path: Path) -> None:
     hours = sum(r["seconds"] for r in records) / 3600
     precision = "" if study.precision == "32-true" else f" --precision {study.precision}"
-    per_run = "; ".join(
-        f"{r['run']} ({r['seconds'] / 60:.1f} min): "
-        + ", ".join(f"{m.split('/', 1)[1]} {r['metrics'][m]:.3f}" for m in study.metrics if m in r["metrics"])
+    metrics = reported_metrics(study, records)
+    per_run = "\n".join(
+        f"| {r['run']} | {r['seconds'] / 60:.1f} | " + " | ".join(_plain(r["metrics"].get(m)) for m in metrics) + " |"
         for r in records
+    )
+    names = [m.split("/", 1)[1] for m in metrics]
+    differences = paired_differences(records, metrics)
+    paired = (
+        "Paired differences Skip − base on the same seeds (positive: the Skip model's value is higher; for elbo, "
+        "nll_iw and ppl lower is better), their mean and its 95 % paired t interval over seeds; a difference is "
+        "claimed only where the interval excludes 0.\n\n" + paired_table(differences) + "\n\n"
+        if differences
+        else ""
     )
     text = (
         f"# Study `{name}`\n\n{study.description}\n\n"
         f"Command: `python -m experiments.run {name}{precision}`. Precision: {study.precision}. "
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; "
-        f"{hours:.2f} h of run time in all (fit + test).\n\n"
+        f"{provenance(records)} {hours:.2f} h of run time in all (fit + test).\n\n"
         "All values are test-set numbers, mean ± sample std over seeds: elbo (negative ELBO, all test examples) "
         "and nll_iw (importance-weighted NLL; with elbo_subset where shown, on the examples it was computed on) "
         "in nats per example, lower is better; kl and mi in nats; au the count of active units; probe_acc the test "
         "accuracy of a logistic regression on posterior means.\n\n"
-        f"{markdown_table(study, records)}\n\nPer run: {per_run}.\n"
+        f"{markdown_table(study, records)}\n\n{paired}"
+        f"Per run (wall time of fit + test in minutes):\n\n| run | min | {' | '.join(names)} |\n"
+        f"|---|---|{'---|' * len(names)}\n{per_run}\n"
     )
     path.write_text(text)
 
 
-def _scalars(log_dir: Path, tags: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    available = set(events.Tags()["scalars"])
-    out = {}
-    for tag in tags:
-        if tag in available:
-            steps = {}
-            for event in events.Scalars(tag):  # a resumed run may log a step twice: keep the latest value
-                steps[event.step] = event.value
-            out[tag] = sorted(steps.items())
-    return out
+def _curves(record: dict, study_dir: Path, tags: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
+    """A run's validation curves: from its record, else (runs recorded before the runner kept them) from the
+    TensorBoard events of its fit."""
+    if "curves" in record:
+        return {tag: [tuple(point) for point in record["curves"][tag]] for tag in tags if tag in record["curves"]}
+    scalars = read_scalars(study_dir / "runs" / record["run"] / "fit", "val/")
+    return {tag: scalars[tag] for tag in tags if tag in scalars}
 
 
 def plot_curves(study: Study, records: list[dict], study_dir: Path, path: Path) -> None:
@@ -118,7 +135,7 @@ def plot_curves(study: Study, records: list[dict], study_dir: Path, path: Path) 
     colours = {group: f"C{i}" for i, group in enumerate(_grouped(records))}
     styles = ["-", "--", ":", "-."]
     for record in records:
-        curves = _scalars(study_dir / "runs" / record["run"] / "fit", study.curves)
+        curves = _curves(record, study_dir, study.curves)
         seeds = sorted({r["seed"] for r in records if r["group"] == record["group"]})
         for ax, tag in zip(axes, study.curves):
             if tag in curves:
@@ -139,6 +156,52 @@ def plot_curves(study: Study, records: list[dict], study_dir: Path, path: Path) 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_matched_likelihood(records: list[dict], study_dir: Path, path: Path) -> bool:
+    """KL and MI against the validation −ELBO along training, one line per run: compares the models' use of z at
+    the same likelihood rather than at the same step. False (nothing drawn) without those curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tags = ("val/elbo", "val/kl", "val/mi")
+    runs = [(record, _curves(record, study_dir, tags)) for record in records]
+    runs = [(record, curves) for record, curves in runs if "val/elbo" in curves and "val/kl" in curves]
+    if not runs:
+        return False
+    shown = [tag for tag in ("val/kl", "val/mi") if any(tag in curves for _, curves in runs)]
+    fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 3.6), squeeze=False)
+    colours = {group: f"C{i}" for i, group in enumerate(_grouped(records))}
+    styles = ["-", "--", ":", "-."]
+    for record, curves in runs:
+        seeds = sorted({r["seed"] for r in records if r["group"] == record["group"]})
+        elbo = dict(curves["val/elbo"])
+        for ax, tag in zip(axes[0], shown):
+            points = [(elbo[step], value) for step, value in curves.get(tag, []) if step in elbo]
+            if not points:
+                continue
+            x, y = zip(*points)
+            ax.plot(
+                x,
+                y,
+                styles[seeds.index(record["seed"]) % len(styles)],
+                marker="o",
+                markersize=3,
+                color=colours[record["group"]],
+                label=f"{record['group']} seed {record['seed']}",
+            )
+            ax.annotate("end", (x[-1], y[-1]), fontsize=6, textcoords="offset points", xytext=(3, 3))
+    for ax, tag in zip(axes[0], shown):
+        ax.set_xlabel("validation −ELBO (nats), training runs right to left")
+        ax.set_ylabel(f"validation {tag.split('/')[1].upper()} (nats)")
+        ax.invert_xaxis()
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def plot_kl_per_dimension(records: list[dict], path: Path) -> None:
@@ -170,3 +233,4 @@ def write_report(name: str, study: Study, records: list[dict], study_dir: Path) 
     write_markdown(name, study, records, study_dir / "results.md")
     plot_curves(study, records, study_dir, study_dir / "curves.png")
     plot_kl_per_dimension(records, study_dir / "kl_per_dimension.png")
+    plot_matched_likelihood(records, study_dir, study_dir / "matched_likelihood.png")

@@ -47,6 +47,7 @@ from types import FrameType
 
 from callbacks.slurm import EXIT_CODE as PREEMPTED
 from callbacks.slurm import slurm_job
+from experiments.events import read_scalars
 from experiments.provenance import code_commit, cpu_name
 from experiments.report import write_report
 from experiments.studies import STUDIES, Run, Study
@@ -184,21 +185,6 @@ def forward_to_runs(signum: int, frame: FrameType | None) -> None:
 
 def read_test_metrics(run_dir: Path) -> dict[str, float]:
     return {tag: points[-1][1] for tag, points in read_scalars(run_dir / "test", "test/").items()}
-
-
-def read_scalars(log_dir: Path, prefix: str) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar under `prefix` in the TensorBoard events of `log_dir`, as (step, value) in step order; a step
-    logged twice (a resumed run) keeps its latest value."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    out = {}
-    for tag in events.Tags()["scalars"]:
-        if tag.startswith(prefix):
-            steps = {event.step: event.value for event in events.Scalars(tag)}
-            out[tag] = sorted(steps.items())
-    return out
 
 
 def check_run_arguments(run: Run, run_dir: Path) -> None:

@@ -13,6 +13,7 @@ import torch
 from conftest import DATA_DIR, ROOT
 
 from callbacks.probe import probe_accuracy
+from experiments.paired import paired_differences, paired_table
 from experiments.report import markdown_table, mean_std
 from experiments.run import fit_command
 from experiments.run import main as run_study
@@ -59,9 +60,11 @@ class TestStudyRunner:
         assert [r.split(",")[0] for r in rows[1:]] == ["vae_seed1", "skipvae_seed1"]
         table = (study_dir / "results.md").read_text()
         assert "| VAE | 1 |" in table and "| SkipVAE | 1 |" in table
-        for image in ("curves.png", "kl_per_dimension.png"):
+        assert "| SkipVAE − VAE | kl | 1 |" in table and "one seed: untested" in table
+        for image in ("curves.png", "kl_per_dimension.png", "matched_likelihood.png"):
             assert (study_dir / image).read_bytes()[:4] == b"\x89PNG"
         record = json.loads(first.read_text())
+        assert record["commit"] and record["cpu"] in table and [step for step, _ in record["curves"]["val/kl"]]
         # both are Monte-Carlo estimates (one z per example for the ELBO, K = 10 for IW): close, IW not above by much
         assert record["metrics"]["test/nll_iw"] <= record["metrics"]["test/elbo"] + 0.5
         assert "test/probe_acc" in record["metrics"] and len(record["kl_per_dimension"]) == 20
@@ -158,6 +161,59 @@ class TestStudyRunner:
         unused = Study("t", (), metrics=("test/kl", "test/ppl_iw"))  # a metric no run logged is left out
         assert markdown_table(unused, records).splitlines()[0] == "| model | seeds | kl |"
         assert mean_std([1.0, 3.0]) == pytest.approx((2.0, 2**0.5))
+
+
+class TestPairedStatistics:
+    # Made-up rows of a results.csv: three seeds of each model, a fourth seed that only SkipVAE ran, and a
+    # one-seed pair of another setting.
+    ROWS = """run,group,seed,test/elbo,test/kl,test/mi,test/au
+vae_seed1,VAE,1,90.0,6.0,5.0,20
+vae_seed2,VAE,2,91.0,6.5,5.5,20
+vae_seed3,VAE,3,92.0,7.0,6.0,20
+skipvae_seed1,SkipVAE,1,88.0,7.0,6.0,20
+skipvae_seed2,SkipVAE,2,88.8,7.7,4.5,20
+skipvae_seed3,SkipVAE,3,90.2,8.4,6.3,20
+skipvae_seed4,SkipVAE,4,70.0,1.0,1.0,3
+vae_depth2_seed1,VAE depth 2,1,95.0,7.0,5.0,20
+skipvae_depth2_seed1,SkipVAE depth 2,1,94.0,7.5,5.5,20
+"""
+
+    @staticmethod
+    def records() -> list[dict]:
+        header, *rows = [line.split(",") for line in TestPairedStatistics.ROWS.strip().splitlines()]
+        return [
+            {"run": row[0], "group": row[1], "seed": int(row[2]), "metrics": dict(zip(header[3:], map(float, row[3:])))}
+            for row in rows
+        ]
+
+    def test_differences_intervals_and_verdicts(self):
+        metrics = ["test/elbo", "test/kl", "test/mi", "test/au"]
+        found = {(d.skip, d.metric): d for d in paired_differences(self.records(), metrics)}
+        assert set(found) == {(skip, m) for skip in ("SkipVAE", "SkipVAE depth 2") for m in metrics}
+        t = 4.302652729911275  # t(0.975) with 2 degrees of freedom
+        half = t * 0.2 / 3**0.5  # the sd of the differences is 0.2 for elbo and kl
+        elbo, kl, mi, au = (found["SkipVAE", m] for m in metrics)
+        assert elbo.base == "VAE" and elbo.seeds == (1, 2, 3)  # seed 4 has no VAE run: left out
+        assert elbo.differences == pytest.approx((-2.0, -2.2, -1.8))
+        assert elbo.mean == pytest.approx(-2.0)
+        assert elbo.interval == pytest.approx((-2.0 - half, -2.0 + half))
+        assert elbo.verdict == "Skip lower"
+        assert kl.differences == pytest.approx((1.0, 1.2, 1.4)) and kl.interval == pytest.approx(
+            (1.2 - half, 1.2 + half)
+        )
+        assert kl.verdict == "Skip higher"
+        assert mi.differences == pytest.approx((1.0, -1.0, 0.3)) and mi.verdict == "not separated"
+        assert au.differences == (0.0, 0.0, 0.0) and au.interval == (0.0, 0.0) and au.verdict == "not separated"
+        one = found["SkipVAE depth 2", "test/kl"]
+        assert one.base == "VAE depth 2" and one.interval is None and one.verdict == "one seed: untested"
+
+    def test_table_rows(self):
+        differences = paired_differences(self.records(), ["test/kl"])
+        lines = paired_table(differences).splitlines()
+        assert lines[2] == (
+            "| SkipVAE − VAE | kl | 1, 2, 3 | +1.00, +1.20, +1.40 | +1.20 | [+0.70, +1.70] | Skip higher |"
+        )
+        assert lines[3] == "| SkipVAE depth 2 − VAE depth 2 | kl | 1 | +0.50 | +0.50 | – | one seed: untested |"
 
 
 class TestProbe:
