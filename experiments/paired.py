@@ -4,10 +4,16 @@ Both models of a pair are trained with the same seed (the same initial draw of t
 order), so the per-seed difference removes the variation that the two share; the interval is the paired t interval
 of the mean difference, mean ± t(0.975, n − 1) · sd / √n, over the n seeds that both models ran. A difference is
 claimed only where that interval excludes 0.
+
+    python -m experiments.paired docs/results/mlp_cpu/results.csv    # the table of a finished study
 """
 
+import argparse
+import csv
 import math
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from scipy import stats
 
@@ -74,6 +80,14 @@ def paired_differences(records: list[dict], metrics: list[str]) -> list[PairedDi
     return out
 
 
+def _digits(values: list[float], least: int) -> int:
+    """Decimals that show at least two significant digits of the largest value (at most 4), `least` at minimum."""
+    largest = max((abs(v) for v in values), default=0.0)
+    if largest == 0:
+        return least
+    return min(4, max(least, 1 - math.floor(math.log10(largest))))
+
+
 def _number(value: float, digits: int) -> str:
     return f"{value:+.{digits}f}"
 
@@ -86,8 +100,8 @@ def paired_table(differences: list[PairedDifference]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for d in differences:
-        digits = 3 if d.metric.endswith("probe_acc") else 2
         interval = d.interval
+        digits = _digits([*d.differences, *(interval or ())], 3 if d.metric.endswith("probe_acc") else 2)
         cells = [
             f"{d.skip} − {d.base}",
             d.metric.split("/", 1)[-1],
@@ -99,3 +113,34 @@ def paired_table(differences: list[PairedDifference]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def records_from_csv(path: Path) -> list[dict]:
+    """The runs of a study's results.csv as records (group, seed, metrics), for studies reported before the
+    paired table was part of the report."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    fixed = {"run", "group", "seed", "seconds"}
+    return [
+        {
+            "run": row["run"],
+            "group": row["group"],
+            "seed": int(row["seed"]),
+            "metrics": {k: float(v) for k, v in row.items() if k not in fixed and v not in ("", None)},
+        }
+        for row in rows
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="The paired-difference table of a study's results.csv.")
+    parser.add_argument("csv", type=Path, help="a results.csv written by experiments.run")
+    args = parser.parse_args(argv)
+    records = records_from_csv(args.csv)
+    metrics = list(dict.fromkeys(m for r in records for m in r["metrics"]))
+    print(paired_table(paired_differences(records, metrics)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
