@@ -49,7 +49,8 @@ class SkipVAEDataModule(L.LightningDataModule):
         Args:
             data_dir: folder holding the dataset's subfolder; default $SKIPVAE_DATA_DIR, then ./data.
             batch_size: training batch size.
-            eval_batch_size: validation/test batch size (does not change any metric).
+            eval_batch_size: validation/test batch size: changes only the minibatch MI (`mi_batch`, bounded by
+                log of it) and an SA model's SVI (each step moves an example by lr / batch size).
             split_seed: seed of the random choice of the validation examples.
             download: try the official URLs when a file is missing.
             check_file: compare the files with their published checksums (turn off for a re-saved copy).

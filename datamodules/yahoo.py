@@ -198,7 +198,8 @@ class YahooDataModule(SkipVAEDataModule):
             vocab_file: read the vocabulary from this file instead of building it from train_file.
             max_vocab: vocabulary size, special tokens included, when built from train_file.
             batch_size: training documents per batch.
-            eval_batch_size: validation/test documents per batch (does not change any metric but the SA models').
+            eval_batch_size: validation/test documents per batch: changes only the minibatch MI (`mi_batch`) and
+                the SA models' SVI.
             batching: "padded" (documents sorted by length, cut every batch size, padded) or "same_length" (the
                 authors': batches of documents of one length, a length's last batch partial; `split_seed` shuffles
                 the documents within a length), for every split; either way the batch order is shuffled each
