@@ -124,6 +124,43 @@ def config_files(args: list[str] | None) -> list[Path]:
     return [Path(name) for name in files]
 
 
+def _sets_log_name(config: object) -> bool:
+    """Whether a config file's YAML sets the logger's name (nested keys or dotted ones)."""
+    if not isinstance(config, dict):
+        return False
+    flat: dict[str, object] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            flat[name] = value
+            if isinstance(value, dict):
+                walk(value, f"{name}.")
+
+    walk(config, "")
+    return "trainer.logger.init_args.name" in flat
+
+
+def with_experiment_log_name(args: list[str]) -> list[str]:
+    """`args` with the log folder named after the experiment (the first `--config` file's name) unless that file
+    names one: a copied experiment logs apart with no edit. Configs stacked after it and later arguments still win."""
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            path, end = Path(args[i + 1]), i + 2
+        elif arg.startswith("--config="):
+            path, end = Path(arg.split("=", 1)[1]), i + 1
+        else:
+            continue
+        try:
+            config = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            return args  # the parser reports an unreadable file
+        if _sets_log_name(config):
+            return args
+        return [*args[:end], "--trainer.logger.init_args.name", path.stem, *args[end:]]
+    return args
+
+
 def warn_of_parts_set_twice(files: list[Path]) -> None:
     """When two of the configs stacked on an experiment (presets, remedies) choose the same model part, the later
     one wins: say so once, rather than drop the earlier one silently."""
@@ -161,10 +198,14 @@ class SkipVAEArgumentParser(LightningArgumentParser):
 class SkipVAECLI(LightningCLI):
     def __init__(self, *args, **kwargs):
         defaults = {"default_config_files": [str(DEFAULTS)]}
+        command_line = kwargs.pop("args", None)
+        if command_line is None or isinstance(command_line, list):
+            command_line = with_experiment_log_name(list(sys.argv[1:] if command_line is None else command_line))
         super().__init__(
             *args,
             parser_kwargs={name: defaults for name in self.subcommands()},
             parser_class=SkipVAEArgumentParser,
+            args=command_line,
             **kwargs,
         )
 

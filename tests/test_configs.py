@@ -32,7 +32,8 @@ def test_an_experiment_is_a_model_of_parts_on_a_datamodule(tmp_path, capsys, con
     assert issubclass(imported(model["init_args"]["encoder"]["class_path"]), Encoder)
     assert issubclass(imported(model["init_args"]["decoder"]["class_path"]), Decoder)
     assert issubclass(imported(printed["data"]["class_path"]), SkipVAEDataModule)
-    assert printed["trainer"]["logger"]["init_args"]["name"] == config.removesuffix(".yaml")
+    assert printed["trainer"]["logger"]["init_args"]["name"] == config.removesuffix(".yaml")  # by default: a copy
+    assert "trainer.logger.init_args.name" not in flat(yaml.safe_load((CONFIGS / config).read_text()))  # logs apart
     assert printed["trainer"]["gradient_clip_val"] == 5.0 and printed["checkpoint"]["save_last"] is True
     saved = tmp_path / "printed.yaml"
     saved.write_text(yaml.safe_dump(printed))
@@ -241,3 +242,31 @@ def test_two_stacked_configs_that_choose_the_same_part_are_named_once(recwarn):
     )
     warn_of_parts_set_twice([CONFIGS / "yahoo_vae.yaml", CONFIGS / "remedies/cyclical_annealing.yaml"])  # replaces the
     assert len([w for w in recwarn if "both choose" in str(w.message)]) == 1  # experiment's warm-up: no warning
+
+
+def test_an_experiment_logs_under_its_file_name_unless_a_config_names_one(tmp_path, capsys):
+    """A copied experiment logs under its own name with no edit; a name set by the experiment, a stacked preset or
+    the command line wins."""
+    import shutil
+
+    configs = tmp_path / "configs"
+    shutil.copytree(CONFIGS, configs)
+    copy = configs / "my_experiment.yaml"
+    shutil.copy(configs / "mnist_skipvae.yaml", copy)
+
+    def name(*args: str) -> str:
+        return printed_config(capsys, *args)["trainer"]["logger"]["init_args"]["name"]
+
+    assert name("--config", str(copy)) == "my_experiment"
+    assert name(f"--config={copy}") == "my_experiment"
+    text = configs / "my_text.yaml"
+    shutil.copy(configs / "yahoo_vae.yaml", text)
+    assert name("--config", str(text)) == "my_text"
+    assert name("--config", str(text), "--config", str(configs / "presets/yahoo_small.yaml")) == "yahoo_small"
+    assert name("--config", str(copy), "--trainer.logger.init_args.name", "mine") == "mine"
+    named = configs / "named.yaml"
+    named.write_text(copy.read_text() + "trainer.logger.init_args.name: chosen\n")
+    assert name("--config", str(named)) == "chosen"
+    nested = configs / "nested.yaml"
+    nested.write_text(copy.read_text() + "trainer:\n  logger:\n    init_args:\n      name: nested_choice\n")
+    assert name("--config", str(nested)) == "nested_choice"
