@@ -9,6 +9,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -139,6 +140,22 @@ def keep_freed_memory() -> bool:
     return bool(mmap_ok and mallopt(m_trim_threshold, 2**31 - 1))
 
 
+def checkpoint_damage(path: Path) -> str | None:
+    """What is wrong with a file that cannot be a whole checkpoint, read from its first and last bytes: empty, cut
+    off (a zip archive, as torch writes, whose closing directory is missing: an interrupted copy or save), or of
+    another format; None when it may be one."""
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty"
+    with open(path, "rb") as handle:
+        start = handle.read(4)
+    if start == b"PK\x03\x04":
+        return None if zipfile.is_zipfile(path) else f"the file is incomplete, cut off after {size:,} bytes"
+    if start[:1] != b"\x80":  # neither torch's zip format nor its older pickle format
+        return "not a file that torch.save writes"
+    return None
+
+
 def check_checkpoint_file(ckpt_path) -> dict | None:
     """A `--ckpt_path` that names a file must be a readable PyTorch checkpoint (LightningCLI reads its
     hyper-parameters, with torch's safe loader, before anything else); returns it. Special values (`last`, `best`)
@@ -148,6 +165,8 @@ def check_checkpoint_file(ckpt_path) -> dict | None:
     path = Path(ckpt_path)
     if not path.is_file():
         raise RunSetupError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
+    if damage := checkpoint_damage(path):
+        raise RunSetupError(f"--ckpt_path {ckpt_path} is not a readable checkpoint: {damage}; it was not loaded")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -158,7 +177,7 @@ def check_checkpoint_file(ckpt_path) -> dict | None:
         if "WeightsUnpickler error:" in text:
             text = text.split("WeightsUnpickler error:", 1)[1]
         lines = [line.strip() for line in text.splitlines() if line.strip()]
-        reason = lines[0] if lines else type(error).__name__
+        reason = lines[0].split(". ")[0][:120] if lines else type(error).__name__  # torch's advice left out
         raise RunSetupError(
             f"--ckpt_path {ckpt_path} is not a readable checkpoint: {reason}; it was not "
             "loaded (only files written by this project's runs are)"

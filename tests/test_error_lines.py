@@ -56,6 +56,12 @@ def trained(tmp: Path, data: Path, configs: list[str], *args: str) -> str:
     return str(tmp / "trained/version_0/checkpoints/last.ckpt")
 
 
+def cut_off(checkpoint: str, to: Path) -> str:
+    """The first 1,000 bytes of a checkpoint, as an interrupted copy leaves it (`head -c 1000`)."""
+    to.write_bytes(Path(checkpoint).read_bytes()[:1000])
+    return str(to)
+
+
 TEXT = ["yahoo_skipvae.yaml", "presets/debug.yaml"]
 
 # Each documented error: (the start of its row's first message in docs/troubleshooting.md, the subcommand, configs,
@@ -152,6 +158,12 @@ CASES = {
         "test",
         [MLP],
         lambda t, d: (torch.save({"state_dict": {}}, t / "foreign.ckpt"), ["--ckpt_path", str(t / "foreign.ckpt")])[1],
+    ),
+    "cut_off_checkpoint": (
+        "--ckpt_path ... is not a readable checkpoint",
+        "test",
+        [MLP],
+        lambda t, d: ["--ckpt_path", cut_off(trained(t, d, [MLP, "presets/debug.yaml"]), t / "bad.ckpt")],
     ),
     "nothing_to_resume": ("--ckpt_path last: there is no last checkpoint", "fit", [MLP], ["--ckpt_path", "last"]),
     "batch_size": (

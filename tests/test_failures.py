@@ -228,7 +228,9 @@ class TestBadConfig:
         assert len(line) < 200 and not logs.exists()
 
     @pytest.mark.integration
-    @pytest.mark.parametrize("content", [b"not a checkpoint", b"\x80\x04\x95" + bytes(64)])
+    @pytest.mark.parametrize(
+        "content", [b"not a checkpoint", b"\x80\x04\x95" + bytes(64), b"", b"PK\x03\x04" + bytes(996)]
+    )
     def test_unreadable_checkpoint(self, tmp_path, content, capsys):
         path = tmp_path / "broken.ckpt"
         path.write_bytes(content)
