@@ -39,9 +39,12 @@ from run_setup import (
 
 # Messages of the pinned Lightning and torch versions about their own internals or offers, not about the run:
 # Lightning's pytree helper uses a torch API that torch deprecated, `test` from a checkpoint of another folder
-# notes that the checkpoint folder changed, and every run advertises a logging service.
+# notes that the checkpoint folder changed, every run advertises a logging service, and the command line is passed
+# on (below).
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 warnings.filterwarnings("ignore", message="The dirpath has changed from", category=UserWarning)
+# The CLI hands LightningCLI the command line itself (with the experiment's log name), which Lightning warns about.
+warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: "litlogger" not in record.getMessage()
 )

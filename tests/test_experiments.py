@@ -147,6 +147,22 @@ class TestStudyRunner:
                     assert (ROOT / config).exists(), (name, config)
             assert len({run.name for run in study.runs}) == len(study.runs), name
 
+    @pytest.mark.integration
+    def test_every_study_run_is_a_valid_command(self, capsys):
+        """Each run's configs and overrides resolve (`--print_config`), e.g. no override of a part a preset replaced."""
+        from main import cli_main
+
+        refused = []
+        for configs, overrides in {(run.configs, run.overrides) for study in STUDIES.values() for run in study.runs}:
+            args = [arg for config in configs for arg in ("--config", str(ROOT / config))]
+            capsys.readouterr()
+            with pytest.raises(SystemExit):
+                cli_main(["fit", *args, *overrides, "--print_config"])
+            out, err = capsys.readouterr()
+            if not out.strip():
+                refused.append(f"{' '.join(configs)} {' '.join(overrides)}: {err.strip().splitlines()[-1:]}")
+        assert not refused, refused
+
     def test_markdown_table_mean_and_std_over_seeds(self):
         study = Study("t", (), metrics=("test/kl", "test/au"))
         records = [
