@@ -20,13 +20,15 @@ from jsonargparse.typing import PositiveInt
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import nn
 
+from models.abstract import CompleteModule
 from models.distributions import bernoulli_log_prob
 from models.initialisation import LinearInit, init_linear_layers
 from models.networks import DataSpec
 
 
-class Decoder(nn.Module):
-    """Base class: an autoregressive (or factorised) likelihood p(x|z) with a choice of where z enters.
+class Decoder(CompleteModule):
+    """Base class: an autoregressive (or factorised) likelihood p(x|z) with a choice of where z enters. A subclass
+    that lacks one of the `@abstractmethod`s is refused when it is built.
 
     `output_layer` is the number of the output layer; a decoder whose skip model leaves the output layer without z
     (the MLP, as in the paper's code) sets `latent_into_output` to False.
@@ -82,6 +84,16 @@ class BernoulliImageDecoder(Decoder):
 
     def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return bernoulli_log_prob(self(x, z), x)
+
+
+class FactorisedImageDecoder(BernoulliImageDecoder):
+    """Binary images whose pixels are independent given z: `forward(None, z)` gives every pixel's logit, so a
+    sample takes one pass. An autoregressive image decoder subclasses `BernoulliImageDecoder` and samples itself."""
+
+    @torch.no_grad()
+    def sample(self, z: torch.Tensor, greedy: bool = False) -> torch.Tensor:
+        probs = torch.sigmoid(self(None, z).float())
+        return (probs > 0.5).float() if greedy else torch.bernoulli(probs)
 
 
 def gate(x: torch.Tensor) -> torch.Tensor:
@@ -238,7 +250,7 @@ class GatedPixelCNNDecoder(BernoulliImageDecoder):
         return x
 
 
-class MLPDecoder(BernoulliImageDecoder):
+class MLPDecoder(FactorisedImageDecoder):
     """Factorised Bernoulli decoder: z -> linear -> `num_layers` ReLU layers -> pixel logits.
 
     In the skip model each hidden layer also receives a linear projection of z (added, which equals a linear layer
@@ -276,8 +288,3 @@ class MLPDecoder(BernoulliImageDecoder):
         for i, layer in enumerate(self.hidden, start=1):
             h = torch.relu(self._add_latent(i, layer(h), z))
         return self.output(h).view(z.shape[0], *self.image_shape)
-
-    @torch.no_grad()
-    def sample(self, z: torch.Tensor, greedy: bool = False) -> torch.Tensor:
-        probs = torch.sigmoid(self(None, z).float())
-        return (probs > 0.5).float() if greedy else torch.bernoulli(probs)

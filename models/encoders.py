@@ -13,13 +13,14 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from models.abstract import CompleteModule
 from models.initialisation import BatchNormInit, LinearInit, init_batchnorm_scales, init_linear_layers, init_uniform
 from models.networks import DataSpec
 
 
-class Encoder(nn.Module):
+class Encoder(CompleteModule):
     """Base class of the inference networks: a batch of examples to the (mean, logvar) of q(z|x), each of shape
-    (batch, latent_dim)."""
+    (batch, latent_dim). A subclass without `forward` is refused when it is built."""
 
     @abstractmethod
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...

@@ -5,16 +5,20 @@ subclass in its own file (e.g. `models/remedies/cyclical_annealing.py`). Schedul
 step, so a resumed run continues them exactly.
 """
 
+from abc import abstractmethod
+
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat
 
+from models.abstract import CompletePart
 
-class KLSchedule:
-    """Base class: beta at an optimizer step."""
 
+class KLSchedule(CompletePart):
+    """Base class: beta at an optimizer step. A subclass without `weight` is refused when it is built."""
+
+    @abstractmethod
     def weight(self, step: int, steps_per_epoch: float, total_steps: float) -> float:
         """beta at optimizer step `step` (from 0) of a run of `total_steps` steps, `steps_per_epoch` per epoch
         (either may be infinite when the trainer does not know it)."""
-        raise NotImplementedError
 
     def check_fit(self, trainer) -> None:
         """Refuse, before any work, a fit whose trainer settings the schedule cannot follow (raise

@@ -13,17 +13,20 @@ paper. SA-VAE and Skip-SA-VAE are VAE and SkipVAE with this part:
           init_args: {steps: 20, hessian_products: official}
 """
 
+from abc import abstractmethod
 from typing import ClassVar, Literal
 
 import torch
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveFloat
 
+from models.abstract import CompletePart
 from models.contract import EvaluationOutputs, ModelWithParts
 from models.svi import HessianProducts, Objective, UnrolledSVI, seeded
 
 
-class PosteriorRefinement:
-    """Base class of a refinement: the model's training loss and evaluation at the refined posterior.
+class PosteriorRefinement(CompletePart):
+    """Base class of a refinement: the model's training loss and evaluation at the refined posterior. A subclass
+    without `training_loss` or `evaluate` is refused when it is built.
 
     `metric_names` are logged besides the model's own (`val/<name>`, `test/<name>`), each a per-example value of
     what `evaluate` returns.
@@ -31,19 +34,19 @@ class PosteriorRefinement:
 
     metric_names: ClassVar[tuple[str, ...]] = ()
 
+    @abstractmethod
     def training_loss(
         self, model: ModelWithParts, x: torch.Tensor, beta: float
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(what Lightning's backward runs on, the logged values: `loss` and per-example `elbo`, `recon`, `kl` at
         the encoder's posterior, and the refinement's own)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def evaluate(
         self, model: ModelWithParts, batch: dict, outputs: EvaluationOutputs, noise: torch.Tensor
     ) -> EvaluationOutputs:
         """The model's evaluation `outputs` at the encoder's posterior (drawn with `noise`), completed with the
         refined posterior's values."""
-        raise NotImplementedError
 
 
 class SVI(PosteriorRefinement):

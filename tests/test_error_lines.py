@@ -135,6 +135,12 @@ CASES = {
         [MLP, "remedies/aggressive.yaml"],
         ["--diagnostics.every_n_epochs", "2"],
     ),
+    "incomplete_network": (
+        "<Class> does not define <method>(), which every <base class> must",
+        "fit",
+        [MLP],
+        ["--model.init_args.decoder", "test_examples.DecoderWithoutSample"],
+    ),
     "network_kind": (
         "... is a network for images",
         "fit",

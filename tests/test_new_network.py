@@ -11,7 +11,7 @@ from helpers import error_line, fit_test_predict_resume_reload, main_exit
 from jsonargparse.typing import PositiveInt
 from torch import nn
 
-from models.decoders import BernoulliImageDecoder
+from models.decoders import FactorisedImageDecoder
 from models.encoders import Encoder
 from models.initialisation import init_linear_layers
 from models.networks import DataSpec
@@ -32,7 +32,7 @@ class TinyEncoder(Encoder):
         return self.mean(h), self.logvar(h)
 
 
-class TinyDecoder(BernoulliImageDecoder):
+class TinyDecoder(FactorisedImageDecoder):
     """One hidden layer fed by z (layer 0), then the output layer (layer 1), which the skip model also feeds z."""
 
     def __init__(self, data: DataSpec, latent_dim: int, latent_skip: bool, hidden: PositiveInt = 16):
@@ -46,11 +46,6 @@ class TinyDecoder(BernoulliImageDecoder):
         if self.takes_latent(1):
             h = torch.cat([h, z], dim=-1)
         return self.output(h).view(len(z), *self.image_shape)
-
-    @torch.no_grad()
-    def sample(self, z, greedy: bool = False):
-        probs = torch.sigmoid(self(None, z).float())
-        return (probs > 0.5).float() if greedy else torch.bernoulli(probs)
 
 
 EXPERIMENT = """\
