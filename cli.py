@@ -1,5 +1,5 @@
 """The project's LightningCLI: the data shape given once to the model, the callbacks every run has, and the
-run-setup checks (`run_setup.py`) before any work starts."""
+run-setup checks (`runtime/run_setup.py`) before any work starts."""
 
 import logging
 import re
@@ -16,19 +16,18 @@ from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
-from callbacks.checkpoint import Checkpoint
-from callbacks.diagnostics import ImportanceWeightedEvaluation, LatentDiagnostics
-from callbacks.guards import NonFiniteGuard, NonFiniteLossError
-from callbacks.latent_views import LatentSpaceViews
-from callbacks.posteriors import PosteriorWriter
-from callbacks.preemption import RequeueOnPreemption
-from callbacks.probe import LatentProbe
-from callbacks.samples import SampleLogger
-from callbacks.schedules import HalveLearningRateAfterPlateau
-from callbacks.summary import ModelSummaryWithoutZeroFlops
 from datamodules.files import DataError
-from models.identity import CheckpointMismatchError, refuse_mismatch, refuse_unloadable
-from run_setup import (
+from diagnostics.evaluation import ImportanceWeightedEvaluation, LatentDiagnostics
+from diagnostics.latent_views import LatentSpaceViews
+from diagnostics.posteriors import PosteriorWriter
+from diagnostics.probe import LatentProbe
+from diagnostics.samples import SampleLogger
+from models.lr_schedule import HalveLearningRateAfterPlateau
+from runtime.checkpoint import Checkpoint
+from runtime.checkpoint_identity import CheckpointMismatchError, refuse_mismatch, refuse_unloadable
+from runtime.guards import NonFiniteGuard, NonFiniteLossError
+from runtime.preemption import RequeueOnPreemption
+from runtime.run_setup import (
     RunSetupError,
     check_checkpoint_file,
     check_devices,
@@ -36,6 +35,7 @@ from run_setup import (
     checkpoint_bytes,
     resolve_last_checkpoint,
 )
+from runtime.summary import ModelSummaryWithoutZeroFlops
 
 # Messages of the pinned Lightning and torch versions about their own internals or offers, not about the run:
 # Lightning's pytree helper uses a torch API that torch deprecated, `test` from a checkpoint of another folder

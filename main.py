@@ -2,13 +2,13 @@
 
 import sys
 
-from callbacks.checkpoint_step import CheckpointStep
-from callbacks.preemption import Preempted
-from callbacks.random_state import RandomStateCheckpoint
-from callbacks.slurm import EXIT_CODE
 from cli import USER_ERRORS, SkipVAECLI, user_error
 from models import VAE
-from run_setup import keep_freed_memory
+from runtime.checkpoint_step import CheckpointStep
+from runtime.preemption import Preempted
+from runtime.random_state import RandomStateCheckpoint
+from runtime.run_setup import keep_freed_memory
+from runtime.slurm import EXIT_CODE
 
 
 def cli_main(args: list[str] | None = None) -> SkipVAECLI:
@@ -26,7 +26,7 @@ def cli_main(args: list[str] | None = None) -> SkipVAECLI:
 def main(args: list[str] | None = None) -> int:
     """What `python main.py` runs: the CLI, with bad input reported as one `error: ...` line and exit code 1
     (a bad config key or value exits with 2 from the parser, also as one line); a fit that SLURM preempted saves
-    its checkpoint, says so in one line and exits with `callbacks.slurm.EXIT_CODE`."""
+    its checkpoint, says so in one line and exits with `runtime.slurm.EXIT_CODE`."""
     try:
         cli_main(args)
     except Preempted as stop:

@@ -7,9 +7,9 @@ import time
 import torch
 
 from models import VAE, SkipVAE
-from models.decoders import GatedPixelCNNDecoder, MLPDecoder
-from models.encoders import MLPEncoder, ResidualConvEncoder
-from run_setup import keep_freed_memory
+from networks.decoders import GatedPixelCNNDecoder, MLPDecoder
+from networks.encoders import MLPEncoder, ResidualConvEncoder
+from runtime.run_setup import keep_freed_memory
 
 # The MNIST networks of the experiment configs (configs/parts/): each class's defaults are the authors' settings.
 NETWORKS = {
@@ -62,7 +62,7 @@ def add_allocator_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--default-allocator",
         action="store_true",
-        help="measure without run_setup.keep_freed_memory(), i.e. with glibc's default of returning "
+        help="measure without runtime.run_setup.keep_freed_memory(), i.e. with glibc's default of returning "
         "freed memory to the operating system",
     )
 

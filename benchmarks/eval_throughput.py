@@ -29,10 +29,10 @@ from benchmarks.common import (  # noqa: E402
     minor_page_faults,
 )
 from benchmarks.train_throughput import train_step  # noqa: E402
-from callbacks.diagnostics import LatentDiagnostics  # noqa: E402
 from datamodules import MNISTDataModule  # noqa: E402
+from diagnostics.evaluation import LatentDiagnostics  # noqa: E402
 from models import SkipVAE  # noqa: E402
-from models.distributions import log_importance_weights, per_example_normal  # noqa: E402
+from networks.distributions import log_importance_weights, per_example_normal  # noqa: E402
 
 
 def main() -> None:

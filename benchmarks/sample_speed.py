@@ -17,8 +17,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import MNIST_DIMS  # noqa: E402
-from models.decoders import GatedPixelCNNDecoder  # noqa: E402
-from models.networks import DataSpec  # noqa: E402
+from networks.contract import DataSpec  # noqa: E402
+from networks.decoders import GatedPixelCNNDecoder  # noqa: E402
 
 DECODERS = {
     "paper (8 x 3x3, latent 20)": dict(latent_dim=20, kernel_sizes=[3] * 8, latent_feature_maps=1),

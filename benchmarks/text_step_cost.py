@@ -27,10 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import MODELS, synchronize  # noqa: E402
-from models.encoders import LSTMEncoder  # noqa: E402
-from models.text_decoders import LSTMDecoder  # noqa: E402
-from models.transformer_decoder import TransformerDecoder  # noqa: E402
-from run_setup import keep_freed_memory  # noqa: E402
+from networks.encoders import LSTMEncoder  # noqa: E402
+from networks.text_decoders import LSTMDecoder  # noqa: E402
+from networks.transformer_decoder import TransformerDecoder  # noqa: E402
+from runtime.run_setup import keep_freed_memory  # noqa: E402
 
 VOCABULARY, BATCH, LATENT = 20_000, 32, 32
 TEXT_FORMAT = {"pad": 0, "bos": 1, "eos": 2, "longest": 201}

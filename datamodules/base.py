@@ -17,7 +17,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.files import check_batch_size, dataset_dir
-from datamodules.sampling import ResumableDistributedSampler, ResumableRandomSampler, Resume
+from runtime.sampling import ResumableDistributedSampler, ResumableRandomSampler, Resume
 
 
 def keep_batch(batch):
@@ -97,7 +97,7 @@ class SkipVAEDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, training: bool = False) -> DataLoader:
         """Training: shuffled batches of `batch_size`, in an order a fit resumed between two batches continues
-        (`datamodules/sampling.py`). Evaluation: batches of `eval_batch_size` in order, under DDP disjoint shards that
+        (`runtime/sampling.py`). Evaluation: batches of `eval_batch_size` in order, under DDP disjoint shards that
         never repeat an example."""
         dataset, trainer = self.datasets[split], getattr(self, "trainer", None)
         sampler: Sampler | None = None

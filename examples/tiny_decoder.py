@@ -7,9 +7,9 @@ import torch
 from jsonargparse.typing import PositiveInt
 from torch import nn
 
-from models.decoders import FactorisedImageDecoder
-from models.initialisation import init_linear_layers
-from models.networks import DataSpec
+from networks.contract import DataSpec
+from networks.decoders import FactorisedImageDecoder
+from networks.initialisation import init_linear_layers
 
 
 class TinyDecoder(FactorisedImageDecoder):

@@ -4,7 +4,7 @@
 
 A file holds `mean` and `logvar` (N x D) and optionally `labels` (N) and `index` (N): what `main.py predict`
 writes, and the format of the Skip-VAE authors' released MNIST posteriors. Printed per file, with the metric
-classes of the training callbacks (`callbacks/metrics.py`, `callbacks/probe.py`):
+classes of the training callbacks (`diagnostics/metrics.py`, `diagnostics/probe.py`):
 - KL: mean over examples of KL(q(z|x) || N(0, I));
 - MI: the full-set estimator (the aggregate posterior over all N), z drawn per example seeded by its index
   (`index`, else the row number) and `--seed`;
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from callbacks.metrics import ActiveUnits, KLDivergence, MutualInformation
-from callbacks.probe import probe_accuracy
+from diagnostics.metrics import ActiveUnits, KLDivergence, MutualInformation
+from diagnostics.probe import probe_accuracy
 
 
 class PosteriorFileError(ValueError):

@@ -26,9 +26,9 @@ import torch
 import yaml
 
 import models
-from callbacks.metrics import KLDivergence, MutualInformation
 from datamodules.files import DataError
-from models.identity import CheckpointMismatchError
+from diagnostics.metrics import KLDivergence, MutualInformation
+from runtime.checkpoint_identity import CheckpointMismatchError
 
 CODES = ("z ~ q", "z = mean", "z = average mean", "z = 0")
 

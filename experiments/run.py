@@ -45,12 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from callbacks.slurm import EXIT_CODE as PREEMPTED
-from callbacks.slurm import slurm_job
 from experiments.events import read_scalars
 from experiments.provenance import code_commit, cpu_name
 from experiments.report import write_report
 from experiments.studies import STUDIES, Run, Study
+from runtime.slurm import EXIT_CODE as PREEMPTED
+from runtime.slurm import slurm_job
 
 ROOT = Path(__file__).resolve().parents[1]
 

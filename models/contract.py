@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from models.decoders import Decoder
+from networks.decoders import Decoder
 
 
 @runtime_checkable

@@ -9,7 +9,7 @@ from abc import abstractmethod
 
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat
 
-from models.abstract import CompletePart
+from networks.abstract import CompletePart
 
 
 class KLSchedule(CompletePart):

@@ -19,9 +19,9 @@ from typing import ClassVar, Literal
 import torch
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveFloat
 
-from models.abstract import CompletePart
 from models.contract import EvaluationOutputs, ModelWithParts
 from models.svi import HessianProducts, Objective, UnrolledSVI, seeded
+from networks.abstract import CompletePart
 
 
 class PosteriorRefinement(CompletePart):

@@ -51,7 +51,7 @@ from typing import Any, Literal, cast
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from models.distributions import at_least_float32
+from networks.distributions import at_least_float32
 
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (mean, logvar) -> batch loss, a scalar
 HessianProducts = Literal["official", "finite_difference", "exact"]

@@ -2,15 +2,15 @@
 
 The two classes are identical except for `latent_skip`, which the decoder reads in one place
 (`Decoder.takes_latent`). The model is built from parts, each an `__init__` argument chosen in the config by
-`class_path` with its own settings: the encoder and the decoder (`models/networks.py`; the built-in ones are config
+`class_path` with its own settings: the encoder and the decoder (`networks/contract.py`; the built-in ones are config
 parts in `configs/parts/`), the optimizer, and those posterior-collapse remedies change: the KL weight schedule
 (`models/kl_schedule.py`), the KL term of the training loss (`models/kl_term.py`), a normalisation of the posterior
 means and the training procedure (`models/procedure.py`); and the posterior refinement (`models/refinement.py`: none,
 or SA-VAE's SVI, which makes the SA-VAE and Skip-SA-VAE of the paper). Every part builds and initialises itself; the
 model adds nothing to them. LightningCLI stores the parts' configs in the hyper-parameters, so checkpoints reload
 with `load_from_checkpoint`. What applies to every model of the project lives elsewhere: checkpoint identity
-(`models/identity.py`), the non-finite-step guard and random-state checkpointing (`callbacks/guards.py`,
-`callbacks/random_state.py`).
+(`runtime/checkpoint_identity.py`), the non-finite-step guard and random-state checkpointing (`runtime/guards.py`,
+`runtime/random_state.py`).
 """
 
 import math
@@ -25,15 +25,15 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from models.contract import EvaluationOutputs
-from models.decoders import DecoderPart
-from models.distributions import at_least_float32, gaussian_kl_per_dim, per_example_normal
-from models.encoders import EncoderPart
-from models.identity import CheckpointIdentity
 from models.kl_schedule import KLSchedule, LinearWarmup
 from models.kl_term import KLTerm
-from models.networks import DataSpec, TextFormat
 from models.procedure import TrainingProcedure
 from models.refinement import PosteriorRefinement
+from networks.contract import DataSpec, TextFormat
+from networks.decoders import DecoderPart
+from networks.distributions import at_least_float32, gaussian_kl_per_dim, per_example_normal
+from networks.encoders import EncoderPart
+from runtime.checkpoint_identity import CheckpointIdentity
 
 OptimizerPart = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]  # the model's parameters -> an optimizer
 
@@ -67,9 +67,9 @@ class VAE(CheckpointIdentity, L.LightningModule):
     ):
         """
         Args:
-            encoder: the inference network q(z|x), a `models.encoders.Encoder` built with (data, latent_dim) and its
-                own settings (`models/networks.py`; e.g. `configs/parts/residual_conv_encoder.yaml`).
-            decoder: the generative network p(x|z), a `models.decoders.Decoder` built with (data, latent_dim,
+            encoder: the inference network q(z|x), a `networks.encoders.Encoder` built with (data, latent_dim) and its
+                own settings (`networks/contract.py`; e.g. `configs/parts/residual_conv_encoder.yaml`).
+            decoder: the generative network p(x|z), a `networks.decoders.Decoder` built with (data, latent_dim,
                 latent_skip) and its own settings.
             data_dims: shape of one example, [channels, height, width] for images or [vocab_size] for text; linked
                 from the datamodule, not set by hand.
@@ -206,7 +206,7 @@ class VAE(CheckpointIdentity, L.LightningModule):
         return per_example_normal(batch["index"].cpu(), (self.latent_dim,), seed=0).to(self.device)
 
     def evaluate(self, batch: dict) -> EvaluationOutputs:
-        """What the callbacks read of an evaluation batch (`callbacks.contract.EvaluationOutputs`), with every
+        """What the callbacks read of an evaluation batch (`diagnostics.contract.EvaluationOutputs`), with every
         per-example value of `eval_metric_names`: at the encoder's posterior, completed by the refinement."""
         noise = self.evaluation_noise(batch)
         out = self(batch["x"], noise)
@@ -232,7 +232,7 @@ class VAE(CheckpointIdentity, L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         """The encoder's posterior of each example and one z drawn from it with the evaluation noise, on the CPU
-        (`callbacks.posteriors.PosteriorWriter` writes them)."""
+        (`diagnostics.posteriors.PosteriorWriter` writes them)."""
         mean, logvar = self.encode(batch["x"])
         z = mean + torch.exp(0.5 * logvar) * self.evaluation_noise(batch)
         outputs = {"mean": mean, "logvar": logvar, "z": z, "index": batch["index"]}

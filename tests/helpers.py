@@ -23,9 +23,9 @@ def tiny_networks(kind: str = "mlp") -> dict:
     the data they are built for and a latent dimension of 3."""
     from functools import partial
 
-    from models.decoders import GatedPixelCNNDecoder, MLPDecoder
-    from models.encoders import LSTMEncoder, MLPEncoder, ResidualConvEncoder
-    from models.text_decoders import LSTMDecoder
+    from networks.decoders import GatedPixelCNNDecoder, MLPDecoder
+    from networks.encoders import LSTMEncoder, MLPEncoder, ResidualConvEncoder
+    from networks.text_decoders import LSTMDecoder
 
     networks = {
         "mlp": ([1, 28, 28], partial(MLPEncoder, hidden=8), partial(MLPDecoder, hidden=8, num_layers=1)),

@@ -5,7 +5,7 @@ import lightning as L
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from callbacks.checkpoint import Checkpoint
+from runtime.checkpoint import Checkpoint
 
 
 class Worsening(BoringModel):

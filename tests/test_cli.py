@@ -12,7 +12,7 @@ from helpers import MLP, config_args, error_line, last_scalar, logging_args, mai
 
 from datamodules.files import DataError
 from main import cli_main
-from models.identity import CheckpointMismatchError
+from runtime.checkpoint_identity import CheckpointMismatchError
 
 # SA-VAE configs run their debug fits with K = 2 SVI steps on batches of 10 (K = 20 on batches of 50 is about 40 s a
 # step on 2 CPU cores); every other setting is the config's.
@@ -216,7 +216,7 @@ class TestBadInput:
 
     @pytest.mark.integration
     def test_nan_loss_stops_with_clear_error(self, tmp_path):
-        from callbacks.guards import NonFiniteLossError
+        from runtime.guards import NonFiniteLossError
 
         with pytest.raises(NonFiniteLossError, match="training loss is not finite at global step"):
             fit(tmp_path, MLP, "--model.init_args.optimizer.init_args.lr", "1e30", "--trainer.limit_train_batches", "4")

@@ -11,8 +11,8 @@ from helpers import config_args, flat, printed_config
 
 from datamodules.base import SkipVAEDataModule
 from models import VAE
-from models.decoders import Decoder
-from models.encoders import Encoder
+from networks.decoders import Decoder
+from networks.encoders import Encoder
 
 PART_KEYS = ("kl_schedule", "kl_term", "mean_normalisation", "procedure", "refinement", "optimizer")
 
@@ -55,22 +55,22 @@ IMAGE = {
     "model.init_args.kl_schedule": None,  # beta 1 from the first step: no warm-up
 }
 PIXELCNN = {
-    "model.init_args.encoder.class_path": "models.encoders.ResidualConvEncoder",
+    "model.init_args.encoder.class_path": "networks.encoders.ResidualConvEncoder",
     "model.init_args.encoder.init_args.channels": 64,
     "model.init_args.encoder.init_args.stages": 3,
     "model.init_args.encoder.init_args.linear_init": "he_normal",
     "model.init_args.encoder.init_args.batchnorm_init": "uniform",
-    "model.init_args.decoder.class_path": "models.decoders.GatedPixelCNNDecoder",
+    "model.init_args.decoder.class_path": "networks.decoders.GatedPixelCNNDecoder",
     "model.init_args.decoder.init_args.channels": 32,
     "model.init_args.decoder.init_args.kernel_sizes": [3] * 8,
     "model.init_args.decoder.init_args.latent_feature_maps": 1,
     "model.init_args.decoder.init_args.linear_init": "he_normal",
 }
 MLP_MODEL = {
-    "model.init_args.encoder.class_path": "models.encoders.MLPEncoder",
+    "model.init_args.encoder.class_path": "networks.encoders.MLPEncoder",
     "model.init_args.encoder.init_args.hidden": 1024,
     "model.init_args.encoder.init_args.linear_init": "default",
-    "model.init_args.decoder.class_path": "models.decoders.MLPDecoder",
+    "model.init_args.decoder.class_path": "networks.decoders.MLPDecoder",
     "model.init_args.decoder.init_args.hidden": 1024,
     "model.init_args.decoder.init_args.num_layers": 2,
     "model.init_args.decoder.init_args.linear_init": "default",
@@ -92,11 +92,11 @@ TEXT = {
     "data.init_args.batch_size": 32,
     "data.init_args.max_vocab": 20000,
     "data.init_args.batching": "same_length",
-    "model.init_args.encoder.class_path": "models.encoders.LSTMEncoder",
+    "model.init_args.encoder.class_path": "networks.encoders.LSTMEncoder",
     "model.init_args.encoder.init_args.embedding_dim": 512,
     "model.init_args.encoder.init_args.hidden": 1024,
     "model.init_args.encoder.init_args.init_range": 0.1,
-    "model.init_args.decoder.class_path": "models.text_decoders.LSTMDecoder",
+    "model.init_args.decoder.class_path": "networks.text_decoders.LSTMDecoder",
     "model.init_args.decoder.init_args.embedding_dim": 512,
     "model.init_args.decoder.init_args.hidden": 1024,
     "model.init_args.decoder.init_args.num_layers": 1,

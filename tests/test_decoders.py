@@ -5,9 +5,9 @@ import torch
 from helpers import TEXT_FORMAT, tiny
 
 from models import VAE, SkipVAE
-from models.decoders import GatedPixelCNNDecoder, MLPDecoder
-from models.networks import DataSpec
-from models.text_decoders import LSTMDecoder
+from networks.contract import DataSpec
+from networks.decoders import GatedPixelCNNDecoder, MLPDecoder
+from networks.text_decoders import LSTMDecoder
 
 
 def pixelcnn(skip: bool, kernels=(5, 3, 3), shape=(1, 8, 8)) -> GatedPixelCNNDecoder:
@@ -45,7 +45,7 @@ class TestPixelCNNCausality:
     def test_the_shifted_in_row_and_column_are_zero_as_in_the_authors_code(self):
         """The shift pads the convolution's output: the vertical stack's first row, and the first layer's horizontal
         first column, are exactly zero before the gate, whatever the convolutions' biases."""
-        from models.decoders import GatedMaskedConv2d
+        from networks.decoders import GatedMaskedConv2d
 
         torch.manual_seed(0)
         layer = GatedMaskedConv2d(2, 4, 3, mask_a=True).double()

@@ -3,7 +3,7 @@
 import torch
 from torch.distributions import Bernoulli, Categorical, Independent, Normal, kl_divergence
 
-from models.distributions import (
+from networks.distributions import (
     bernoulli_log_prob,
     categorical_log_prob,
     gaussian_kl,

@@ -145,7 +145,7 @@ CASES = {
         "... is a network for images",
         "fit",
         [MLP],
-        ["--model.init_args.decoder", "models.text_decoders.LSTMDecoder"],
+        ["--model.init_args.decoder", "networks.text_decoders.LSTMDecoder"],
     ),
     "cyclical": (
         "cyclical KL annealing needs the run's length",

@@ -9,11 +9,11 @@ from conftest import ROOT, fixture_args
 from helpers import error_line, main_exit
 
 from experiments.events import read_scalars
-from models.abstract import IncompleteClassError
-from models.decoders import BernoulliImageDecoder, FactorisedImageDecoder
-from models.encoders import Encoder
 from models.kl_schedule import KLSchedule
-from models.networks import DataSpec
+from networks.abstract import IncompleteClassError
+from networks.contract import DataSpec
+from networks.decoders import BernoulliImageDecoder, FactorisedImageDecoder
+from networks.encoders import Encoder
 
 EXAMPLE = ROOT / "examples" / "tiny_decoder.py"
 EXPERIMENT = ROOT / "examples" / "mnist_skipvae_tiny.yaml"

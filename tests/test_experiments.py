@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import DATA_DIR, ROOT
 
-from callbacks.probe import probe_accuracy
+from diagnostics.probe import probe_accuracy
 from experiments.paired import paired_differences, paired_table
 from experiments.report import markdown_table, mean_std
 from experiments.run import fit_command

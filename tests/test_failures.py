@@ -9,11 +9,11 @@ import pytest
 import torch
 from helpers import MLP, callbacks_config, config_args, error_line, logging_args, main_exit, read_events
 
-from callbacks.guards import NonFiniteGuard, NonFiniteLossError
 from datamodules.files import DataError
 from main import cli_main
-from models.identity import CheckpointMismatchError
-from run_setup import RunSetupError
+from runtime.checkpoint_identity import CheckpointMismatchError
+from runtime.guards import NonFiniteGuard, NonFiniteLossError
+from runtime.run_setup import RunSetupError
 
 
 def checkpoints(folder) -> list:
@@ -146,7 +146,7 @@ class TestBadConfig:
     @pytest.mark.parametrize(
         "args, words",
         [
-            (["--model.init_args.decoder", "models.decoders.PixelCNN"], ["decoder", "PixelCNN"]),
+            (["--model.init_args.decoder", "networks.decoders.PixelCNN"], ["decoder", "PixelCNN"]),
             (["--trainer.max_epochs", "ten"], ["max_epochs", "ten"]),
             (["--data.init_args.binarization", "dinamic"], ["binarization", "dinamic"]),
             (["--model.init_args.latent_dimm", "3"], ["latent_dimm"]),
@@ -266,8 +266,8 @@ class TestBadConfig:
         )
         line = error_line(result)
         assert line.startswith("error: checkpoint does not match the configured model:")
-        assert "encoder=models.encoders.MLPEncoder(hidden=1024, linear_init='default') (configured: " in line
-        assert "decoder=models.decoders.MLPDecoder(" in line and "config.yaml" in line
+        assert "encoder=networks.encoders.MLPEncoder(hidden=1024, linear_init='default') (configured: " in line
+        assert "decoder=networks.decoders.MLPDecoder(" in line and "config.yaml" in line
 
     @pytest.mark.integration
     def test_checkpoint_of_another_dataset(self, tmp_path, mlp_checkpoint, fixture_data_dir):
@@ -362,7 +362,7 @@ def test_last_is_the_newest_version_that_holds_a_last_checkpoint(tmp_path):
     names a version continues that one or is refused."""
     from jsonargparse import Namespace
 
-    from run_setup import RunSetupError, resolve_last_checkpoint
+    from runtime.run_setup import RunSetupError, resolve_last_checkpoint
 
     root = tmp_path / "run"
     for version, has_last in ((0, True), (2, True), (10, True), (11, False)):
@@ -411,7 +411,7 @@ class TestOutputFolders:
         assert checkpoints(tmp_path) == []
 
     def test_disk_too_full_for_checkpoints(self, tmp_path, monkeypatch):
-        import run_setup
+        from runtime import run_setup
 
         usage = namedtuple("usage", "total used free")
         monkeypatch.setattr(run_setup.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))

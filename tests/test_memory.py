@@ -1,4 +1,5 @@
-"""`run_setup.keep_freed_memory`: the PixelCNN's activations reuse freed memory instead of faulting in fresh pages."""
+"""`runtime.run_setup.keep_freed_memory`: the PixelCNN's activations reuse freed memory instead of faulting in fresh
+pages."""
 
 import subprocess
 import sys
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.integration  # every test here trains, tests or starts 
 MEASURE = textwrap.dedent("""
     import torch
     from benchmarks.common import binary_images, build, minor_page_faults
-    from run_setup import keep_freed_memory
+    from runtime.run_setup import keep_freed_memory
     from models import SkipVAE
 
     torch.manual_seed(0)

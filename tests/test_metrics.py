@@ -8,7 +8,7 @@ import torch
 from conftest import DATA_DIR
 from scipy.special import logsumexp
 
-from callbacks.metrics import (
+from diagnostics.metrics import (
     ActiveUnits,
     ImportanceWeightedNLL,
     KLDivergence,
@@ -16,7 +16,7 @@ from callbacks.metrics import (
     TokenPerplexity,
     sample_posterior,
 )
-from models.distributions import log_importance_weights
+from networks.distributions import log_importance_weights
 
 BATCHES = [7, 1, 13, 4]  # uneven sizes, including a single-example batch
 

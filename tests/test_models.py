@@ -8,17 +8,17 @@ import torch
 from helpers import TEXT_FORMAT, checkpoint_of, on_fake_trainer, tiny
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from callbacks.contract import LabeledData, TextData
 from datamodules import MNISTDataModule, OmniglotDataModule, YahooDataModule
+from diagnostics.contract import LabeledData, TextData
 from models import VAE, SkipVAE
 from models.contract import LatentVariableModel
-from models.decoders import MLPDecoder
-from models.encoders import LSTMEncoder, MLPEncoder, ResidualConvEncoder
-from models.identity import NETWORK_SETTINGS, CheckpointMismatchError, checkpoint_mismatches
 from models.kl_schedule import LinearWarmup
-from models.networks import DataSpec
 from models.refinement import SVI
-from models.text_decoders import LSTMDecoder
+from networks.contract import DataSpec
+from networks.decoders import MLPDecoder
+from networks.encoders import LSTMEncoder, MLPEncoder, ResidualConvEncoder
+from networks.text_decoders import LSTMDecoder
+from runtime.checkpoint_identity import NETWORK_SETTINGS, CheckpointMismatchError, checkpoint_mismatches
 
 IMAGES, TEXT = DataSpec((1, 28, 28)), DataSpec((11,), TEXT_FORMAT)
 

@@ -12,10 +12,10 @@ from helpers import TEXT_FORMAT
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from models import VAE, SkipVAE
-from models.decoders import Decoder
-from models.encoders import Encoder
-from models.networks import DataSpec
 from models.refinement import SVI
+from networks.contract import DataSpec
+from networks.decoders import Decoder
+from networks.encoders import Encoder
 
 IMAGES, TEXT = DataSpec((1, 28, 28)), DataSpec((50,), TEXT_FORMAT)
 

@@ -11,10 +11,10 @@ from helpers import error_line, fit_test_predict_resume_reload, main_exit
 from jsonargparse.typing import PositiveInt
 from torch import nn
 
-from models.decoders import FactorisedImageDecoder
-from models.encoders import Encoder
-from models.initialisation import init_linear_layers
-from models.networks import DataSpec
+from networks.contract import DataSpec
+from networks.decoders import FactorisedImageDecoder
+from networks.encoders import Encoder
+from networks.initialisation import init_linear_layers
 
 
 class TinyEncoder(Encoder):

@@ -10,7 +10,7 @@ from helpers import MLP, config_args, error_line, logging_args, main_exit, tiny
 
 from main import cli_main
 from models import VAE, SkipVAE
-from models.identity import checkpoint_mismatches
+from runtime.checkpoint_identity import checkpoint_mismatches
 
 
 def experiments_by_decoder() -> dict[str, tuple[str, str]]:
@@ -36,7 +36,7 @@ SA_REFUSED: dict[str, str] = {
     "remedies/aggressive.yaml": "does not apply to SA-VAE models: their encoder learns through the SVI steps"
 }
 # A smaller network where the experiment's would only slow the fit down: the remedy is the point.
-SHALLOW = {"models.decoders.GatedPixelCNNDecoder": ["--model.init_args.decoder.init_args.kernel_sizes", "[3,3]"]}
+SHALLOW = {"networks.decoders.GatedPixelCNNDecoder": ["--model.init_args.decoder.init_args.kernel_sizes", "[3,3]"]}
 
 
 def fit(tmp_path, data_dir, config: str, remedy: str, *extra: str):

@@ -24,7 +24,7 @@ from helpers import (
 )
 from test_resume import TEXT_ARGS
 
-from callbacks.slurm import EXIT_CODE, slurm_job
+from runtime.slurm import EXIT_CODE, slurm_job
 
 pytestmark = pytest.mark.integration  # every test here trains
 

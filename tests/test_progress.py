@@ -4,7 +4,7 @@ import logging
 import time
 from types import SimpleNamespace
 
-from callbacks.progress import reported
+from runtime.progress import reported
 
 RANK_ZERO = SimpleNamespace(is_global_zero=True)
 

@@ -10,10 +10,10 @@ from helpers import tiny
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from models import VAE
-from models.decoders import MLPDecoder
-from models.encoders import MLPEncoder
 from models.refinement import SVI
 from models.remedies.aggressive import AggressiveInference
+from networks.decoders import MLPDecoder
+from networks.encoders import MLPEncoder
 
 
 def small_model(procedure: AggressiveInference) -> VAE:
@@ -90,7 +90,7 @@ def test_sa_models_are_refused():
 def test_the_diagnostics_refuse_a_run_that_would_not_log_the_mi_every_epoch():
     """The procedure reads val/mi after every validation epoch (`needed_metrics`): logged every second epoch, a stale
     value would end the phase, so the run is refused at its start."""
-    from callbacks.diagnostics import LatentDiagnostics
+    from diagnostics.evaluation import LatentDiagnostics
 
     model = small_model(AggressiveInference())
     assert model.needed_validation_metrics == ("val/mi",)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from helpers import tiny
 
-from models.distributions import gaussian_kl
 from models.remedies.bn_vae import BatchNormMeans
+from networks.distributions import gaussian_kl
 
 
 @pytest.mark.parametrize("seed", range(5))

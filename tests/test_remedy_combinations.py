@@ -17,8 +17,8 @@ from helpers import (
     scalars,
 )
 
-from callbacks.guards import NonFiniteLossError
 from main import cli_main
+from runtime.guards import NonFiniteLossError
 
 pytestmark = pytest.mark.integration
 

@@ -85,9 +85,9 @@ class TestExactResume:
 
     def test_without_saved_generators_the_run_would_differ(self, tmp_path, monkeypatch):
         # Guards the test above: resuming with the random streams not restored changes the run.
-        import callbacks.random_state
+        import runtime.random_state
 
-        monkeypatch.setattr(callbacks.random_state, "set_rng_states", lambda states: None)
+        monkeypatch.setattr(runtime.random_state, "set_rng_states", lambda states: None)
         full, resumed = fit_in_parts(tmp_path, [*config_args(MLP, "presets/debug.yaml"), *IMAGE_ARGS])
         with pytest.raises(AssertionError):
             assert_same_run(full, resumed)

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import torch
 
-from callbacks.schedules import HalveLearningRateAfterPlateau
+from models.lr_schedule import HalveLearningRateAfterPlateau
 
 
 def run_schedule(values: list[float], start_epoch: int, min_lr: float = 0.0):

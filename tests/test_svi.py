@@ -9,12 +9,12 @@ import torch
 from helpers import on_fake_trainer, tiny, tiny_networks
 
 from models import VAE, SkipVAE
-from models.decoders import MLPDecoder
-from models.distributions import gaussian_kl_per_dim
-from models.encoders import MLPEncoder
 from models.kl_schedule import LinearWarmup
 from models.refinement import SVI
 from models.svi import TF32_BACKENDS, UnrolledSVI, seeded
+from networks.decoders import MLPDecoder
+from networks.distributions import gaussian_kl_per_dim
+from networks.encoders import MLPEncoder
 
 
 def small_model(model_class, architecture: str, refined: bool = True, **svi):
@@ -254,7 +254,7 @@ def test_official_mode_without_active_clips_is_finite_differences(architecture):
 @pytest.mark.parametrize("posterior", ["encoder", "refined"])
 def test_latent_diagnostics_use_the_posterior_the_model_names(posterior):
     """The paper's text code computes MI and AU of SA models on the refined posteriors (`diagnostics_posterior`)."""
-    from callbacks.diagnostics import LatentDiagnostics
+    from diagnostics.evaluation import LatentDiagnostics
 
     model = small_model(VAE, "lstm", steps=3, diagnostics_posterior=posterior).eval()
     tokens = example_batch("lstm")

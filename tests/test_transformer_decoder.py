@@ -12,10 +12,10 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from test_svi import unrolled_gradients
 
 from models import VAE, SkipVAE
-from models.encoders import LSTMEncoder
-from models.networks import DataSpec
 from models.refinement import SVI
-from models.transformer_decoder import TransformerDecoder
+from networks.contract import DataSpec
+from networks.encoders import LSTMEncoder
+from networks.transformer_decoder import TransformerDecoder
 
 TEXT = DataSpec((11,), TEXT_FORMAT)
 INJECTIONS = ["input", "memory"]

@@ -1,5 +1,5 @@
 """What a preempted run and the programs around it share, without importing Lightning: the SLURM job to requeue
-and the exit code of a run that stopped for a preemption (`callbacks/preemption.py`, `main.py`, the study runner)."""
+and the exit code of a run that stopped for a preemption (`runtime/preemption.py`, `main.py`, the study runner)."""
 
 import os
 import re

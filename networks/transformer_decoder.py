@@ -27,8 +27,8 @@ from jsonargparse.typing import ClosedUnitInterval, PositiveFloat, PositiveInt
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from models.networks import DataSpec
-from models.text_decoders import TextDecoder
+from networks.contract import DataSpec
+from networks.text_decoders import TextDecoder
 
 KeysValues = tuple[torch.Tensor, torch.Tensor]  # (batch, heads, positions, head width) each
 

@@ -6,7 +6,7 @@ Lightning restores weights, optimizer, loops and callbacks but not these generat
 would see other data orders and noise than an uninterrupted one. Each process's states are saved (a collective:
 checkpoints are written by all processes together) and each process gets its own back on resume.
 
-A checkpoint written between two batches of an epoch (a SLURM preemption, see `callbacks/preemption.py`) also
+A checkpoint written between two batches of an epoch (a SLURM preemption, see `runtime/preemption.py`) also
 holds the epoch's order (the sampler's seed) and how many of its batches were done; the resumed fit starts that
 epoch's order after them, with the generators put back when that iteration starts (on the same number of
 processes; on another it warns).

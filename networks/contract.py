@@ -7,16 +7,16 @@ settings (the built-in networks are config parts in `configs/parts/`):
       init_args:
         encoder: parts/residual_conv_encoder.yaml        # a part file, or inline:
         decoder:
-          class_path: models.decoders.GatedPixelCNNDecoder
+          class_path: networks.decoders.GatedPixelCNNDecoder
           init_args: {channels: 64, kernel_sizes: [7, 3, 3, 3]}
 
-A network is a class built as `Encoder(data, latent_dim, **settings)` (a `models.encoders.Encoder`; the model's
-argument is an `EncoderPart`) or `Decoder(data, latent_dim, latent_skip, **settings)` (a `models.decoders.Decoder`;
+A network is a class built as `Encoder(data, latent_dim, **settings)` (a `networks.encoders.Encoder`; the model's
+argument is an `EncoderPart`) or `Decoder(data, latent_dim, latent_skip, **settings)` (a `networks.decoders.Decoder`;
 a `DecoderPart`): the model supplies the leading arguments, the config the settings. The rules a network keeps:
 - its settings are typed so that the config parser refuses a bad value with one line (`PositiveInt`, a `Literal`, ...),
   and default to the authors' values where it has them;
 - it initialises its own weights, as one of its settings says, at the end of `__init__`; the model initialises
-  nothing it did not build (`models/initialisation.py` holds the schemes the built-in networks use);
+  nothing it did not build (`networks/initialisation.py` holds the schemes the built-in networks use);
 - it reads the data's shape and, for text, the special tokens' ids and the longest document from `data`, never
   from defaults of its own.
 """

@@ -17,11 +17,11 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torchmetrics import MeanMetric, Metric
 
-from callbacks.contract import TextData, datamodule_of, latent_model
-from callbacks.metrics import ActiveUnits, ImportanceWeightedNLL, KLDivergence, MutualInformation, TokenPerplexity
-from callbacks.progress import reported
+from diagnostics.contract import TextData, datamodule_of, latent_model
+from diagnostics.metrics import ActiveUnits, ImportanceWeightedNLL, KLDivergence, MutualInformation, TokenPerplexity
 from models.contract import EvaluationOutputs
-from models.distributions import log_importance_weights, per_example_normal
+from networks.distributions import log_importance_weights, per_example_normal
+from runtime.progress import reported
 
 # The values logged here are computed from states gathered across processes, so they are already the same on
 # every process; Lightning's advice to average them with `sync_dist=True` does not apply.

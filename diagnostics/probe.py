@@ -10,9 +10,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.aggregation import CatMetric
 
-from callbacks.contract import LabeledData, datamodule_of, latent_model
-from callbacks.diagnostics import EvaluationCallback
-from callbacks.modes import evaluation_mode
+from diagnostics.contract import LabeledData, datamodule_of, latent_model
+from diagnostics.evaluation import EvaluationCallback
+from runtime.modes import evaluation_mode
 
 
 def fit_logistic_regression(

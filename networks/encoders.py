@@ -1,7 +1,7 @@
 """Inference networks q(z|x): each maps a batch to the mean and log-variance of a diagonal Gaussian.
 
 Each is built as `Encoder(data, latent_dim, **settings)`, the form a model's `encoder` part takes (the contract:
-`models/networks.py`), and initialises itself.
+`networks/contract.py`), and initialises itself.
 """
 
 from abc import abstractmethod
@@ -13,9 +13,9 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from models.abstract import CompleteModule
-from models.initialisation import BatchNormInit, LinearInit, init_batchnorm_scales, init_linear_layers, init_uniform
-from models.networks import DataSpec
+from networks.abstract import CompleteModule
+from networks.contract import DataSpec
+from networks.initialisation import BatchNormInit, LinearInit, init_batchnorm_scales, init_linear_layers, init_uniform
 
 
 class Encoder(CompleteModule):
@@ -59,7 +59,7 @@ class ResidualConvEncoder(Encoder):
         batchnorm_init: BatchNormInit = "uniform",
     ):
         """The defaults are the paper code's image encoder: three stages of 64 channels, He-normal linear weights and
-        BatchNorm scales U(0, 1), as the PyTorch of that code started them (`models/initialisation.py`)."""
+        BatchNorm scales U(0, 1), as the PyTorch of that code started them (`networks/initialisation.py`)."""
         super().__init__()
         in_channels, height, width = data.image_shape(type(self).__name__)
         if min(height, width) < 2**stages:

@@ -19,10 +19,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.seed import isolate_rng
 from torchvision.utils import make_grid
 
-from callbacks.contract import TextData, datamodule_of, latent_model
-from callbacks.diagnostics import due_this_epoch
-from callbacks.modes import evaluation_mode
-from callbacks.progress import reported
+from diagnostics.contract import TextData, datamodule_of, latent_model
+from diagnostics.evaluation import due_this_epoch
+from runtime.modes import evaluation_mode
+from runtime.progress import reported
 
 
 class LatentSpaceViews(Callback):

@@ -6,8 +6,8 @@ a Skip-VAE (Dieng et al., 2019) feeds it to every layer and to the output layer,
 "forget" z on its way up and the posterior is harder to collapse.
 
 Each is built as `Decoder(data, latent_dim, latent_skip, **settings)`, the form a model's `decoder` part takes (the
-contract: `models/networks.py`), and initialises itself: a new decoder subclasses `Decoder` (for images
-`BernoulliImageDecoder`, for text `models.text_decoders.TextDecoder`) and sizes its layers with `latent_width`.
+contract: `networks/contract.py`), and initialises itself: a new decoder subclasses `Decoder` (for images
+`BernoulliImageDecoder`, for text `networks.text_decoders.TextDecoder`) and sizes its layers with `latent_width`.
 """
 
 from abc import abstractmethod
@@ -20,10 +20,10 @@ from jsonargparse.typing import PositiveInt
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from models.abstract import CompleteModule
-from models.distributions import bernoulli_log_prob
-from models.initialisation import LinearInit, init_linear_layers
-from models.networks import DataSpec
+from networks.abstract import CompleteModule
+from networks.contract import DataSpec
+from networks.distributions import bernoulli_log_prob
+from networks.initialisation import LinearInit, init_linear_layers
 
 
 class Decoder(CompleteModule):
@@ -165,7 +165,7 @@ class GatedPixelCNNDecoder(BernoulliImageDecoder):
         linear_init: LinearInit = "he_normal",
     ):
         """The defaults are the paper code's decoder: 8 gated layers (one per kernel size) of 32 channels, 3x3 kernels,
-        one z map, He-normal linear weights (`models/initialisation.py`)."""
+        one z map, He-normal linear weights (`networks/initialisation.py`)."""
         if not kernel_sizes:
             raise MisconfigurationException("GatedPixelCNNDecoder needs at least one layer: kernel_sizes is empty")
         super().__init__(data, latent_skip, output_layer=len(kernel_sizes))

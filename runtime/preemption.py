@@ -5,7 +5,7 @@ Clusters preempt and time out jobs; SLURM can warn a job with a signal before it
 process happens to be (in the middle of a batch, or of a collective under DDP), into `hpc_ckpt_N.ckpt`, and resumes
 from it with the data order of a new epoch. Here the handler only takes note; at the end of the current training
 batch every process agrees, the run's `last.ckpt` is written there (with the epoch's data order and the random
-generators, `callbacks/random_state.py`), global rank 0 runs `scontrol requeue` for this job (or array task), and
+generators, `runtime/random_state.py`), global rank 0 runs `scontrol requeue` for this job (or array task), and
 the run stops with `Preempted` as the next batch starts (once the batch's values are logged), which `main.py`
 reports in one line. The requeued job runs the same command with
 `--ckpt_path last` (`experiments/slurm/main.sbatch`; the study runner's array tasks resume by themselves), and
@@ -23,7 +23,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
-from callbacks.slurm import slurm_job
+from runtime.slurm import slurm_job
 
 
 class Preempted(Exception):

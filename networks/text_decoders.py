@@ -1,7 +1,7 @@
 """Autoregressive decoders of text: `TextDecoder`, the base every text decoder shares, and the LSTM decoder.
 
 Documents are padded token batches `<bos> w_1 .. w_n <eos> <pad>..`, their format (the special tokens' ids, the
-longest document) given by the datamodule (`models.networks.DataSpec`). A decoder models p(w_1 .. w_n <eos> | z) one
+longest document) given by the datamodule (`networks.contract.DataSpec`). A decoder models p(w_1 .. w_n <eos> | z) one
 token at a time; the base turns its one method, `decode_steps` (logits for a run of input tokens, continuing from a
 state), into teacher-forced logits, the log-likelihood with padding masked out, and sampling.
 """
@@ -14,10 +14,10 @@ from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, PositiveIn
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from models.decoders import Decoder
-from models.distributions import categorical_log_prob
-from models.initialisation import init_uniform
-from models.networks import DataSpec
+from networks.contract import DataSpec
+from networks.decoders import Decoder
+from networks.distributions import categorical_log_prob
+from networks.initialisation import init_uniform
 
 
 class TextDecoder(Decoder):

@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torchmetrics import Metric
 
-from models.distributions import (
+from networks.distributions import (
     LOG_2PI,
     gaussian_kl,
     gaussian_kl_per_dim,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from callbacks.contract import datamodule_of
+from diagnostics.contract import datamodule_of
 
 KEYS = ("mean", "logvar", "z", "labels", "index")
 
