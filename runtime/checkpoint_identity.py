@@ -20,19 +20,44 @@ EARLIER_LAYOUT = (
     "instead of network parts; it cannot be loaded: train again with today's configs"
 )
 
+# The modules of the project's earlier layout whose classes a checkpoint names (its networks' class paths, in its
+# hyper-parameters), and the modules that hold those classes now.
+EARLIER_MODULES = {
+    "models.encoders": "networks.encoders",
+    "models.decoders": "networks.decoders",
+    "models.text_decoders": "networks.text_decoders",
+    "models.transformer_decoder": "networks.transformer_decoder",
+}
+
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint was written by a different model class, networks or dataset than the one configured."""
 
 
+def earlier_class_path(value) -> str | None:
+    """The first class path in `value` (a checkpoint's hyper-parameters: nested dicts and lists) that names a module
+    of the earlier layout (`EARLIER_MODULES`), or None."""
+    if isinstance(value, str):
+        return value if value.rpartition(".")[0] in EARLIER_MODULES else None
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return next((found for item in items if (found := earlier_class_path(item)) is not None), None)
+
+
 def refuse_unloadable(checkpoint: dict) -> None:
-    """Raise `CheckpointMismatchError` for a checkpoint no model of this project can load: one it did not write, or
-    one of the layout before the model took its networks as parts."""
+    """Raise `CheckpointMismatchError` for a checkpoint no model of this project can load: one it did not write, one
+    of the layout before the model took its networks as parts, or one that names its networks by the module paths of
+    the earlier layout."""
     saved = checkpoint.get("skipvae_model")
     if saved is None:
         raise CheckpointMismatchError("this checkpoint was not written by a VAE/SkipVAE of this project")
-    if "architecture" in (checkpoint.get("hyper_parameters") or {}) or saved.get("class") in ("SAVAE", "SkipSAVAE"):
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if "architecture" in hparams or saved.get("class") in ("SAVAE", "SkipSAVAE"):
         raise CheckpointMismatchError(EARLIER_LAYOUT)
+    if (path := earlier_class_path(hparams)) is not None:
+        raise CheckpointMismatchError(
+            f"this checkpoint was written with the project's earlier module layout ({path}, now in "
+            f"{EARLIER_MODULES[path.rpartition('.')[0]]}); train again with today's configs"
+        )
 
 
 def datamodule_name(model, datamodule=None) -> str | None:

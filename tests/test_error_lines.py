@@ -117,6 +117,12 @@ CASES = {
         [MLP],
         lambda t, d: ["--ckpt_path", checkpoint_file(t, "earlier_layout")],
     ),
+    "earlier_modules": (
+        "this checkpoint was written with the project's earlier module layout",
+        "test",
+        [MLP],
+        lambda t, d: ["--ckpt_path", checkpoint_file(t, "earlier_modules")],
+    ),
     "other_parts": (
         "checkpoint does not match the configured model: the weights of mean_normalisation",
         "fit",

@@ -7,6 +7,7 @@ import pytest
 import torch
 from helpers import TEXT_FORMAT, checkpoint_of, on_fake_trainer, tiny
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from test_refusals import checkpoint_file
 
 from datamodules import MNISTDataModule, OmniglotDataModule, YahooDataModule
 from diagnostics.contract import LabeledData, TextData
@@ -174,3 +175,15 @@ class TestCheckpointIdentity:
         torch.save({**checkpoint, "pytorch-lightning_version": "2.6.6"}, path)
         with pytest.raises(CheckpointMismatchError, match="earlier version of this project"):
             VAE.load_from_checkpoint(path)
+
+    def test_a_checkpoint_of_the_earlier_module_layout_is_refused_in_one_line(self, tmp_path):
+        """Its weights fit, but its networks' class paths are those of the modules before networks/ held them."""
+        path = checkpoint_file(tmp_path, "earlier_modules")
+        checkpoint = torch.load(path, weights_only=True)
+        assert checkpoint["state_dict"].keys() == tiny(SkipVAE).state_dict().keys()
+        named = r"earlier module layout \(models\.encoders\.MLPEncoder, now in networks\.encoders\)"
+        with pytest.raises(CheckpointMismatchError, match=named) as refused:
+            checkpoint_mismatches(tiny(SkipVAE), checkpoint)
+        assert "\n" not in str(refused.value) and len(str(refused.value)) < 200
+        with pytest.raises(CheckpointMismatchError, match=named):
+            SkipVAE.load_from_checkpoint(path)

@@ -9,6 +9,8 @@ import pytest
 import torch
 from helpers import MLP, checkpoint_of, config_args, error_line, main_exit, tiny
 
+from models import SkipVAE
+
 
 def tree(folder: Path) -> dict[str, int] | None:
     """Every path under `folder` with its size (None when the folder does not exist)."""
@@ -24,6 +26,17 @@ def checkpoint_file(tmp_path: Path, kind: str) -> str:
     elif kind == "earlier_layout":
         hparams = {"architecture": "mlp", "latent_dim": 20, "_class_path": "models.SkipVAE"}
         torch.save({"state_dict": {}, "hyper_parameters": hparams, "skipvae_model": {"class": "SkipVAE"}}, path)
+    elif kind == "earlier_modules":  # as the CLI wrote it while the networks were modules of models/
+        checkpoint = checkpoint_of(tiny(SkipVAE))
+        checkpoint["hyper_parameters"] = {
+            "_instantiator": "lightning.pytorch.cli.instantiate_module",
+            "_class_path": "models.vae.SkipVAE",
+            "data_dims": [1, 28, 28],
+            "latent_dim": 3,
+            "encoder": {"class_path": "models.encoders.MLPEncoder", "init_args": {"hidden": 8}},
+            "decoder": {"class_path": "models.decoders.MLPDecoder", "init_args": {"hidden": 8, "num_layers": 1}},
+        }
+        torch.save({**checkpoint, "pytorch-lightning_version": "2.6.6"}, path)
     else:  # written by a model of another class and other networks, on another dataset
         checkpoint = checkpoint_of(tiny())
         checkpoint["hyper_parameters"] = {"latent_dim": 3}  # as saved by the CLI: plain values only
@@ -41,6 +54,7 @@ REFUSALS = {
     "checkpoint_folder_not_writable": (["--checkpoint.dirpath", "{tmp}/a_file/ckpt"], "cannot write"),
     "unreadable_checkpoint": (["--ckpt_path", "{ckpt:unreadable}"], "not a readable checkpoint"),
     "checkpoint_of_the_earlier_layout": (["--ckpt_path", "{ckpt:earlier_layout}"], "earlier version"),
+    "checkpoint_of_the_earlier_modules": (["--ckpt_path", "{ckpt:earlier_modules}"], "earlier module layout"),
     "checkpoint_of_another_model": (["--ckpt_path", "{ckpt:other}"], "does not match the configured model"),
     "missing_data_file": (
         ["--data.init_args.data_dir", "{tmp}/empty", "--data.init_args.download", "false"],
