@@ -27,90 +27,36 @@ With `--jobs N` up to N runs go at once, each in its own slot: one visible GPU p
 visible, else an equal share of this process's CPU cores (pinned, with as many threads). The table is the same
 as one by one: each run is seeded and runs alone in its slot; only the wall times differ. `--run-index I` runs
 the I-th run only (what each task of a SLURM array does) and `--report-only` writes the table once all are done.
+The slots and the runs' processes are `experiments/processes.py`; `--slurm-array` fills in the templates in
+`experiments/slurm/`.
 """
 
 import argparse
 import json
-import os
 import queue
 import shlex
 import signal
-import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 from experiments.events import read_scalars
+from experiments.processes import ROOT, RunFailed, RunPreempted, Slot, forward_to_runs, make_slots, run_process
 from experiments.provenance import code_commit, cpu_name
 from experiments.report import write_report
 from experiments.studies import STUDIES, Run, Study
 from runtime.slurm import EXIT_CODE as PREEMPTED
 from runtime.slurm import slurm_job
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class RunFailed(RuntimeError):
-    """A fit or test subprocess exited with an error, or the study cannot be run as asked."""
-
-
-class RunPreempted(RunFailed):
-    """A run's fit stopped for a SLURM preemption after saving its checkpoint; the requeued job resumes it."""
-
-
-# The fit and test processes running now (several with --jobs), which a forwarded signal reaches.
-RUNNING: set[subprocess.Popen] = set()
-RUNNING_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class Slot:
-    """Where one run of a parallel study executes: environment variables and the CPU cores it is pinned to."""
-
-    env: dict[str, str] = field(default_factory=dict)
-    cpus: frozenset[int] | None = None
-
-    def describe(self) -> str:
-        if self.cpus:
-            return f"CPU cores {','.join(map(str, sorted(self.cpus)))}"
-        return f"GPU {self.env['CUDA_VISIBLE_DEVICES']}" if self.env.get("CUDA_VISIBLE_DEVICES") else "all devices"
-
-
-def visible_gpus() -> list[str]:
-    """The CUDA devices this process may use, as CUDA_VISIBLE_DEVICES entries."""
-    import torch
-
-    count = torch.cuda.device_count()
-    if count == 0:
-        return []
-    listed = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    return listed[:count] if listed else [str(i) for i in range(count)]
-
-
-def make_slots(jobs: int) -> list[Slot]:
-    """`jobs` slots: one GPU each where GPUs are visible, else equal shares of the CPU cores."""
-    if jobs == 1:
-        return [Slot()]
-    if gpus := visible_gpus():
-        if jobs > len(gpus):
-            raise RunFailed(f"--jobs {jobs}: only {len(gpus)} GPU(s) are visible; use --jobs {len(gpus)} or fewer")
-        return [Slot({"CUDA_VISIBLE_DEVICES": gpu}) for gpu in gpus[:jobs]]
-    cores = sorted(os.sched_getaffinity(0))
-    if jobs > len(cores):
-        raise RunFailed(
-            f"--jobs {jobs}: this process may use {len(cores)} CPU core(s); use --jobs {len(cores)} "
-            "or fewer (parallel runs on shared cores slow each other down more than they gain)"
-        )
-    share = len(cores) // jobs
-    return [
-        Slot({"OMP_NUM_THREADS": str(share), "CUDA_VISIBLE_DEVICES": ""}, frozenset(cores[i * share : (i + 1) * share]))
-        for i in range(jobs)
-    ]
+# The SLURM submission of a study (`--slurm-array`): the array job of its runs, its report job and the script that
+# submits both, each filled in with `str.format`.
+SLURM_TEMPLATES = {
+    "runs.sbatch": ROOT / "experiments" / "slurm" / "runs.sbatch.template",
+    "report.sbatch": ROOT / "experiments" / "slurm" / "report.sbatch.template",
+    "submit.sh": ROOT / "experiments" / "slurm" / "submit.sh.template",
+}
 
 
 def _logger_args(run_dir: Path, phase: str) -> list[str]:
@@ -151,38 +97,6 @@ def test_command(run: Run, run_dir: Path) -> list[str]:
     ]
 
 
-def _execute(command: list[str], log: Path, quiet: bool, slot: Slot = Slot()) -> None:
-    """Run `python <command>` from the project root in `slot`; output to the terminal, or to `log` (without the
-    progress bar) when quiet."""
-    full = [sys.executable, *command, *(["--trainer.enable_progress_bar", "false"] if quiet else [])]
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **slot.env}
-    cpus = slot.cpus
-    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-    with open(log, "w") if quiet else nullcontext() as handle:
-        output = {"stdout": handle, "stderr": subprocess.STDOUT} if quiet else {}
-        process = subprocess.Popen(full, cwd=ROOT, env=env, preexec_fn=pin, **output)  # type: ignore[call-overload]
-        with RUNNING_LOCK:
-            RUNNING.add(process)
-        try:
-            returncode = process.wait()
-        finally:
-            with RUNNING_LOCK:
-                RUNNING.discard(process)
-    where = f"; its output is in {log}" if quiet else ""
-    if returncode == PREEMPTED:
-        raise RunPreempted(f"`python {' '.join(command)}` was preempted and saved its checkpoint{where}")
-    if returncode != 0:
-        raise RunFailed(f"`python {' '.join(command)}` exited with code {returncode}{where}")
-
-
-def forward_to_runs(signum: int, frame: FrameType | None) -> None:
-    """SLURM's warning before it ends the job reaches the batch script (this runner): pass it on to the runs."""
-    with RUNNING_LOCK:
-        for process in RUNNING:
-            process.send_signal(signum)
-
-
 def read_test_metrics(run_dir: Path) -> dict[str, float]:
     return {tag: points[-1][1] for tag, points in read_scalars(run_dir / "test", "test/").items()}
 
@@ -207,11 +121,11 @@ def run_one(run: Run, run_dir: Path, quiet: bool, slot: Slot = Slot()) -> dict:
     started = time.time()
     fit_done = run_dir / "fit.done"  # holds the fit's wall time in seconds
     if not fit_done.exists():
-        _execute(fit_command(run, run_dir), run_dir / "fit.log", quiet, slot)
+        run_process(fit_command(run, run_dir), run_dir / "fit.log", quiet, slot)
         fit_done.write_text(f"{time.time() - started:.1f}\n")
     fit_seconds = float(fit_done.read_text())
     test_started = time.time()
-    _execute(test_command(run, run_dir), run_dir / "test.log", quiet, slot)
+    run_process(test_command(run, run_dir), run_dir / "test.log", quiet, slot)
     diagnostics_file = run_dir / "test" / "latent_diagnostics.json"
     diagnostics = json.loads(diagnostics_file.read_text()) if diagnostics_file.exists() else {}
     record = {
@@ -302,9 +216,10 @@ def report_study(name: str, study: Study, out: Path, started: float | None = Non
 
 
 def slurm_array_scripts(name: str, study: Study, out: Path, precision: str | None) -> dict[str, str]:
-    """The files of a SLURM submission of the study: `runs.sbatch`, an array job with one task per run (task I
-    runs `--run-index I`), `report.sbatch`, which writes the table, and `submit.sh`, which submits the report to
-    start once every array task has succeeded. sbatch options on the command line override the #SBATCH lines."""
+    """The files of a SLURM submission of the study, from the templates in `experiments/slurm/`: `runs.sbatch`, an
+    array job with one task per run (task I runs `--run-index I`), `report.sbatch`, which writes the table, and
+    `submit.sh`, which submits the report to start once every array task has succeeded. sbatch options on the
+    command line override the #SBATCH lines."""
     folder = out / name / "slurm"
     runner = shlex.join(
         [
@@ -317,50 +232,17 @@ def slurm_array_scripts(name: str, study: Study, out: Path, precision: str | Non
             str(out),
         ]
     )
-    runs = "\n".join(
-        [
-            "#!/bin/bash",
-            f"#SBATCH --job-name={name}",
-            f"#SBATCH --array=0-{len(study.runs) - 1}",
-            "#SBATCH --ntasks=1",
-            "#SBATCH --cpus-per-task=8",
-            "#SBATCH --gpus=1",
-            f"#SBATCH --output={folder}/run_%a.out",
-            "#SBATCH --open-mode=append",
-            "# preemption: the runner passes the signal to the run, which saves, requeues this task and stops;",
-            "# the requeued task resumes the run from its last.ckpt",
-            "#SBATCH --signal=B:USR1@120",
-            "#SBATCH --requeue",
-            f"# one run of the study per array task: {len(study.runs)} runs",
-            f"cd {shlex.quote(str(ROOT))}",
-            f'exec {runner} --quiet --run-index "$SLURM_ARRAY_TASK_ID"',
-            "",
-        ]
-    )
-    report = "\n".join(
-        [
-            "#!/bin/bash",
-            f"#SBATCH --job-name={name}-report",
-            "#SBATCH --ntasks=1",
-            "#SBATCH --cpus-per-task=2",
-            f"#SBATCH --output={folder}/report.out",
-            f"cd {shlex.quote(str(ROOT))}",
-            f"exec {runner} --report-only",
-            "",
-        ]
-    )
-    submit = "\n".join(
-        [
-            "#!/bin/bash",
-            "# Submits the study's runs as one array job and its report after all of them succeeded.",
-            "# Options for the runs go to the first sbatch, e.g. bash submit.sh --partition gpu --time 12:00:00",
-            "set -euo pipefail",
-            f'runs=$(sbatch --parsable "$@" {shlex.quote(str(folder / "runs.sbatch"))})',
-            f'sbatch --dependency=afterok:"${{runs%%;*}}" {shlex.quote(str(folder / "report.sbatch"))}',
-            "",
-        ]
-    )
-    return {"runs.sbatch": runs, "report.sbatch": report, "submit.sh": submit}
+    fields = {
+        "name": name,
+        "runs": len(study.runs),
+        "last_task": len(study.runs) - 1,
+        "folder": folder,
+        "root": shlex.quote(str(ROOT)),
+        "runner": runner,
+        "runs_script": shlex.quote(str(folder / "runs.sbatch")),
+        "report_script": shlex.quote(str(folder / "report.sbatch")),
+    }
+    return {file: template.read_text().format(**fields) for file, template in SLURM_TEMPLATES.items()}
 
 
 def _clock(seconds: float) -> str:

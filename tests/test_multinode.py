@@ -16,6 +16,7 @@ import pytest
 import yaml
 from helpers import ROOT, config_args, read_events
 
+from experiments import processes
 from experiments import run as runner
 from experiments.studies import STUDIES
 from main import cli_main
@@ -184,20 +185,20 @@ def test_sbatch_script_under_a_simulated_slurm_allocation(tmp_path):
 
 class TestParallelStudies:
     def test_cpu_slots_split_the_cores(self, monkeypatch):
-        monkeypatch.setattr(runner, "visible_gpus", lambda: [])
-        monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
-        slots = runner.make_slots(2)
+        monkeypatch.setattr(processes, "visible_gpus", lambda: [])
+        monkeypatch.setattr(processes.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
+        slots = processes.make_slots(2)
         assert [sorted(s.cpus) for s in slots] == [[0, 1], [2, 3]]
         assert all(s.env["OMP_NUM_THREADS"] == "2" for s in slots)
-        assert runner.make_slots(1) == [runner.Slot()]  # one by one: all cores, the environment unchanged
-        with pytest.raises(runner.RunFailed, match="--jobs 6: this process may use 5 CPU core"):
-            runner.make_slots(6)
+        assert processes.make_slots(1) == [processes.Slot()]  # one by one: all cores, the environment unchanged
+        with pytest.raises(processes.RunFailed, match="--jobs 6: this process may use 5 CPU core"):
+            processes.make_slots(6)
 
     def test_gpu_slots_take_one_visible_gpu_each(self, monkeypatch):
-        monkeypatch.setattr(runner, "visible_gpus", lambda: ["2", "5", "7"])
-        assert [s.env["CUDA_VISIBLE_DEVICES"] for s in runner.make_slots(3)] == ["2", "5", "7"]
-        with pytest.raises(runner.RunFailed, match="only 3 GPU"):
-            runner.make_slots(4)
+        monkeypatch.setattr(processes, "visible_gpus", lambda: ["2", "5", "7"])
+        assert [s.env["CUDA_VISIBLE_DEVICES"] for s in processes.make_slots(3)] == ["2", "5", "7"]
+        with pytest.raises(processes.RunFailed, match="only 3 GPU"):
+            processes.make_slots(4)
 
     def test_slurm_array_runs_each_run_of_the_study_once(self, tmp_path, capsys):
         study = STUDIES["four_models_cpu"]
@@ -298,15 +299,15 @@ class TestStudyCommands:
     def test_parallel_runs_get_one_gpu_or_one_core_share_each(self, tmp_path, monkeypatch, executed):
         log, running = executed
         gpu_line, cpu_line = [c for c in self.commands(tmp_path) if "--jobs" in c]
-        monkeypatch.setattr(runner, "visible_gpus", lambda: ["0", "1", "2", "3"])
+        monkeypatch.setattr(processes, "visible_gpus", lambda: ["0", "1", "2", "3"])
         assert runner.main([*gpu_line[3:], "--out", str(tmp_path)]) == 0
         study = STUDIES[gpu_line[3]]
         assert sorted(name for name, _ in log) == sorted(run.name for run in study.runs)  # each run once
         assert {slot.env["CUDA_VISIBLE_DEVICES"] for _, slot in log} == {"0", "1", "2", "3"}
         assert running["most"] == 4
         log.clear()
-        monkeypatch.setattr(runner, "visible_gpus", lambda: [])
-        monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: {0, 1})
+        monkeypatch.setattr(processes, "visible_gpus", lambda: [])
+        monkeypatch.setattr(processes.os, "sched_getaffinity", lambda pid: {0, 1})
         assert runner.main([*cpu_line[3:], "--out", str(tmp_path)]) == 0
         assert len(log) == len(STUDIES[cpu_line[3]].runs)
         assert {frozenset(slot.cpus) for _, slot in log} == {frozenset({0}), frozenset({1})}

@@ -157,6 +157,7 @@ def test_the_requeued_sbatch_job_resumes_its_fit(tmp_path, restarts, resumes):
 def test_the_study_runner_passes_the_signal_on_and_stops(tmp_path):
     """In an array task, SLURM signals the batch script (the runner): the run gets the signal, and the runner stops
     with the run's preemption exit code instead of testing it."""
+    from experiments import processes
     from experiments import run as runner
 
     child, ready = tmp_path / "child.py", tmp_path / "ready"
@@ -170,7 +171,7 @@ def test_the_study_runner_passes_the_signal_on_and_stops(tmp_path):
 
     def execute():
         try:
-            runner._execute([str(child)], tmp_path / "child.log", quiet=True)
+            processes.run_process([str(child)], tmp_path / "child.log", quiet=True)
         except BaseException as error:
             errors.append(error)
 
@@ -179,9 +180,9 @@ def test_the_study_runner_passes_the_signal_on_and_stops(tmp_path):
     deadline = time.time() + 30
     while not ready.exists() and time.time() < deadline:
         time.sleep(0.05)
-    runner.forward_to_runs(signal.SIGUSR1, None)
+    processes.forward_to_runs(signal.SIGUSR1, None)
     thread.join(30)
-    assert len(errors) == 1 and isinstance(errors[0], runner.RunPreempted), errors
+    assert len(errors) == 1 and isinstance(errors[0], processes.RunPreempted), errors
     scripts = runner.slurm_array_scripts("debug", runner.STUDIES["debug"], tmp_path, None)
     assert "#SBATCH --signal=B:USR1@" in scripts["runs.sbatch"] and "#SBATCH --requeue" in scripts["runs.sbatch"]
 
