@@ -7,8 +7,8 @@
     python -m experiments.run mnist_paper --jobs 4      # up to 4 runs at once, each on its own GPU (or CPU cores)
     python -m experiments.run mnist_paper --slurm-array # write a SLURM array job (one run per task) and its report job
 
-Studies run in fp32 unless `--precision` says otherwise. bf16-mixed is faster only on CPUs with native bfloat16
-arithmetic (AVX512-BF16 or AMX) and on recent GPUs; elsewhere it is emulated and several times slower than fp32.
+Studies run in fp32 unless `--precision` says otherwise (where bf16-mixed is faster, and where it is emulated and
+slower: docs/performance.md).
 
 Each run is `python main.py fit <args>` then `python main.py test <args> --ckpt_path <best checkpoint>` in a
 fresh process. Outputs, under `<out>/<study>/`:

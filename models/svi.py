@@ -14,9 +14,9 @@ the products J(g_k)^T a_p (`hessian_products`):
 
 - "exact": double backward through each step, recomputed from lambda_k, including the derivative of the clipping
   (w = J_clip^T a_p; J_clip is symmetric, so J_lambda(g_k)^T a_p = H_lambda,lambda w and J_theta(g_k)^T a_p =
-  H_theta,lambda w). The gradient of the forward algorithm to rounding; about 1.6 times the time of finite
-  differences on the MNIST PixelCNN (CPU). The recomputation runs with cuDNN off and attention on PyTorch's math
-  kernel: cuDNN's LSTM and the fused attention kernels have no double backward. Recommended for new work.
+  H_theta,lambda w). The gradient of the forward algorithm to rounding (its cost against finite differences:
+  docs/performance.md). The recomputation runs with cuDNN off and attention on PyTorch's math kernel: cuDNN's LSTM
+  and the fused attention kernels have no double backward. Recommended for new work.
 - "finite_difference": the same products with H w = (grad f(lambda_k + r w) - grad f(lambda_k)) / r, r = 1e-5, one
   gradient evaluation per reverse step. grad_lambda f(lambda_k) is kept from the forward pass; the decoder's
   gradients at the lambda_k are summed in float64 during the forward pass, so the decoder part needs one sum, not

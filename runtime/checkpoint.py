@@ -1,9 +1,6 @@
-"""The run's checkpoints: the best by the monitored value, and `last.ckpt` after every epoch.
-
-Since Lightning 2.6, `save_last=True` writes `last.ckpt` only when a best (top-k) checkpoint is written at the
-same step, so after an epoch that did not improve the monitored value `last.ckpt` still holds an older epoch, and
-`--ckpt_path last` (resume, preemption, `test` of the last weights) would silently go back in training. Here
-`last.ckpt` is the end of the newest epoch, as the docs and the exact-resume guarantee say.
+"""The run's checkpoints: the best by the monitored value, and `last.ckpt` at the end of every epoch, whether or not
+the monitored value improved (Lightning's `save_last=True` writes it only beside a new best). So `--ckpt_path last`
+(resume, preemption, `test` of the last weights) is always the newest epoch, as the exact-resume guarantee needs.
 """
 
 import lightning as L

@@ -1,6 +1,5 @@
 """Progress of the work callbacks do after the last batch of an epoch (autoregressive sampling, latent-space views,
-the full-set diagnostics, the probe), which the progress bar does not show: it is done in seconds on idle cores, but
-a busy machine can make it minutes with the bar standing at 100%."""
+the full-set diagnostics, the probe), which the progress bar, standing at 100%, does not show."""
 
 import threading
 import time

@@ -124,10 +124,10 @@ def keep_freed_memory() -> bool:
     """Let glibc's malloc reuse freed tensor memory instead of handing it back to the operating system.
 
     By default glibc serves large blocks with mmap and returns them on free, so every step of the PixelCNN
-    faults in and zeroes ~100 MB of fresh pages again (about 20,000 minor page faults per training step, and
-    more in evaluation, where activations are freed layer by layer). Raising the mmap and trim thresholds keeps
-    that memory in the process; the numbers are unchanged, the steps are faster (see the README's Performance
-    section). Returns whether the setting took effect; on other C libraries it does nothing.
+    faults in and zeroes fresh pages for its activations again (in evaluation too, where activations are freed
+    layer by layer). Raising the mmap and trim thresholds keeps that memory in the process; the numbers are
+    unchanged, the steps are faster (the page faults and times: docs/performance.md, "Page faults"). Returns
+    whether the setting took effect; on other C libraries it does nothing.
     """
     if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
