@@ -192,9 +192,9 @@ def plot_matched_likelihood(records: list[dict], study_dir: Path, path: Path) ->
                 color=colours[record["group"]],
                 label=f"{record['group']} seed {record['seed']}",
             )
-            ax.annotate("end", (x[-1], y[-1]), fontsize=6, textcoords="offset points", xytext=(3, 3))
+            ax.annotate("end", (x[-1], y[-1]), fontsize=6, textcoords="offset points", xytext=(-12, 4))
     for ax, tag in zip(axes[0], shown):
-        ax.set_xlabel("validation −ELBO (nats), training runs right to left")
+        ax.set_xlabel("validation −ELBO (nats; axis reversed: training moves right)")
         ax.set_ylabel(f"validation {tag.split('/')[1].upper()} (nats)")
         ax.invert_xaxis()
     axes[0][0].legend(fontsize=7)
