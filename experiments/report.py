@@ -3,6 +3,7 @@
 import csv
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 from experiments.events import read_scalars
@@ -84,7 +85,7 @@ def provenance(records: list[dict]) -> str:
     return f"Commit: {runs_by('commit')}. CPU: {runs_by('cpu')}."
 
 
-def write_markdown(name: str, study: Study, records: list[dict], path: Path) -> None:
+def write_markdown(name: str, study: Study, records: list[dict], path: Path, missing: Sequence[str] = ()) -> None:
     hours = sum(r["seconds"] for r in records) / 3600
     precision = "" if study.precision == "32-true" else f" --precision {study.precision}"
     metrics = reported_metrics(study, records)
@@ -103,7 +104,13 @@ def write_markdown(name: str, study: Study, records: list[dict], path: Path) -> 
     )
     text = (
         f"# Study `{name}`\n\n{study.description}\n\n"
-        f"Command: `python -m experiments.run {name}{precision}`. Precision: {study.precision}. "
+        + (
+            f"**Partial report**: {len(records)} of {len(records) + len(missing)} runs finished; not yet: "
+            f"{', '.join(missing)}.\n\n"
+            if missing
+            else ""
+        )
+        + f"Command: `python -m experiments.run {name}{precision}`. Precision: {study.precision}. "
         f"{provenance(records)} {hours:.2f} h of run time in all (fit + test).\n\n"
         "All values are test-set numbers, mean ± sample std over seeds: elbo (negative ELBO, all test examples) "
         "and nll_iw (importance-weighted NLL; with elbo_subset where shown, on the examples it was computed on) "
@@ -227,10 +234,11 @@ def plot_kl_per_dimension(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(name: str, study: Study, records: list[dict], study_dir: Path) -> None:
+def write_report(name: str, study: Study, records: list[dict], study_dir: Path, missing: Sequence[str] = ()) -> None:
+    """The study's tables and plots from `records`; `missing` names the runs not finished yet (a partial report)."""
     study_dir.mkdir(parents=True, exist_ok=True)
     write_csv(study, records, study_dir / "results.csv")
-    write_markdown(name, study, records, study_dir / "results.md")
+    write_markdown(name, study, records, study_dir / "results.md", missing)
     plot_curves(study, records, study_dir, study_dir / "curves.png")
     plot_kl_per_dimension(records, study_dir / "kl_per_dimension.png")
     plot_matched_likelihood(records, study_dir, study_dir / "matched_likelihood.png")

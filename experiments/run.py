@@ -35,6 +35,7 @@ import argparse
 import json
 import queue
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -199,20 +200,36 @@ def run_study(name: str, study: Study, out: Path, quiet: bool = False, jobs: int
         report_study(name, study, out, started)
 
 
-def report_study(name: str, study: Study, out: Path, started: float | None = None) -> list[dict]:
-    """Write the study's tables and plots from its finished runs (in study order); every run must be finished."""
+def report_study(name: str, study: Study, out: Path, started: float | None = None, partial: bool = False) -> list[dict]:
+    """Write the study's tables and plots from its finished runs (in study order); every run must be finished,
+    unless `partial`, where the report names the runs still missing."""
     study_dir = out / name
     missing = [run.name for run in study.runs if not (study_dir / "runs" / run.name / "metrics.json").exists()]
-    if missing:
+    if missing and (not partial or len(missing) == len(study.runs)):
         raise RunFailed(
             f"{len(missing)} of the {len(study.runs)} runs of {name} are not finished "
             f"({', '.join(missing)}); run them first"
         )
-    records = [json.loads((study_dir / "runs" / run.name / "metrics.json").read_text()) for run in study.runs]
-    write_report(name, study, records, study_dir)
+    finished = [run for run in study.runs if run.name not in missing]
+    records = [json.loads((study_dir / "runs" / run.name / "metrics.json").read_text()) for run in finished]
+    write_report(name, study, records, study_dir, missing)
     elapsed = f" (elapsed {_clock(time.time() - started)})" if started is not None else ""
     print(f"{name}: {len(records)} runs; results in {study_dir}/results.md{elapsed}", flush=True)
     return records
+
+
+def publish(study_dir: Path, to: Path) -> None:
+    """Copy a study's report (results.csv, results.md, the plots) and each finished run's `args.json` and
+    `metrics.json` to `to` (e.g. docs/results/<study>/): what another machine needs to continue the study, without
+    checkpoints or event files."""
+    to.mkdir(parents=True, exist_ok=True)
+    for path in [*study_dir.glob("results.*"), *study_dir.glob("*.png")]:
+        shutil.copy2(path, to / path.name)
+    for record in study_dir.glob("runs/*/metrics.json"):
+        run = to / "runs" / record.parent.name
+        run.mkdir(parents=True, exist_ok=True)
+        for name in ("args.json", "metrics.json"):
+            shutil.copy2(record.parent / name, run / name)
 
 
 def slurm_array_scripts(name: str, study: Study, out: Path, precision: str | None) -> dict[str, str]:
@@ -277,12 +294,26 @@ def main(argv: list[str] | None = None) -> int:
         help="write the table and plots of a study whose runs are all finished; run nothing",
     )
     parser.add_argument(
+        "--partial",
+        action="store_true",
+        help="with --report-only: report the runs finished so far, naming the others",
+    )
+    parser.add_argument(
+        "--publish",
+        type=Path,
+        metavar="DIR",
+        help="with --report-only: copy the report and each finished run's args.json and metrics.json to DIR "
+        "(e.g. docs/results/<study>), from where another machine can continue the study",
+    )
+    parser.add_argument(
         "--slurm-array",
         action="store_true",
         help="write <out>/<study>/slurm/{runs.sbatch,"
         "report.sbatch,submit.sh} (one array task per run, then the report) and print how to submit",
     )
     args = parser.parse_args(argv)
+    if (args.partial or args.publish) and not args.report_only:
+        parser.error("--partial and --publish go with --report-only")
     if args.list or args.study is None:
         width = max(map(len, STUDIES))
         for name, study in STUDIES.items():
@@ -318,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGUSR1, forward_to_runs)
     try:
         if args.report_only:
-            report_study(args.study, study, out)
+            report_study(args.study, study, out, partial=args.partial)
+            if args.publish:
+                publish(study_dir := out / args.study, args.publish.resolve())
+                print(f"published {study_dir}'s report and finished runs to {args.publish}")
         else:
             run_study(args.study, study, out, args.quiet, args.jobs, args.run_index)
     except RunPreempted as stop:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -177,6 +178,43 @@ class TestStudyRunner:
         unused = Study("t", (), metrics=("test/kl", "test/ppl_iw"))  # a metric no run logged is left out
         assert markdown_table(unused, records).splitlines()[0] == "| model | seeds | kl |"
         assert mean_std([1.0, 3.0]) == pytest.approx((2.0, 2**0.5))
+
+
+def made_up_run(out, run, kl: float) -> None:
+    """A finished run's folder as the runner leaves it, without checkpoints or events (what is published)."""
+    folder = out / "debug" / "runs" / run.name
+    folder.mkdir(parents=True)
+    (folder / "args.json").write_text(json.dumps(run.main_args()))
+    curves = {"val/elbo": [[3, 200.0], [7, 180.0]], "val/kl": [[3, kl / 2], [7, kl]], "val/mi": [[3, 1.0], [7, 2.0]]}
+    record = {"run": run.name, "group": run.group, "seed": run.seed, "metrics": {"test/elbo": 170.0, "test/kl": kl}}
+    record |= {"kl_per_dimension": [kl / 2, kl / 2], "curves": curves, "seconds": 60.0, "fit_seconds": 50.0}
+    record |= {"commit": "abc1234", "cpu": "Test CPU (no native bf16)"}
+    (folder / "metrics.json").write_text(json.dumps(record))
+
+
+def test_partial_report_and_publishing_carry_a_study_to_another_machine(tmp_path, capsys):
+    vae, skip = STUDIES["debug"].runs
+    made_up_run(tmp_path / "here", vae, 3.0)
+    assert run_study(["debug", "--out", str(tmp_path / "here"), "--report-only"]) == 1  # not all finished
+    assert "1 of the 2 runs of debug are not finished (skipvae_seed1)" in capsys.readouterr().err
+    published = tmp_path / "docs" / "debug"
+    args = ["debug", "--out", str(tmp_path / "here"), "--report-only", "--partial", "--publish", str(published)]
+    assert run_study(args) == 0
+    assert "**Partial report**: 1 of 2 runs finished; not yet: skipvae_seed1." in (published / "results.md").read_text()
+    assert (published / "runs" / "vae_seed1" / "metrics.json").exists() and (published / "curves.png").exists()
+    assert not list(published.glob("runs/*/fit"))  # no checkpoints or events
+
+    # another machine: the published run and the one run there
+    there = tmp_path / "there" / "debug"
+    shutil.copytree(published / "runs", there / "runs")
+    made_up_run(tmp_path / "there", skip, 5.0)
+    assert run_study(["debug", "--out", str(tmp_path / "there"), "--report-only"]) == 0
+    table = (there / "results.md").read_text()
+    assert "Partial" not in table and "| SkipVAE − VAE | kl | 1 | +2.00 |" in table
+    assert "Commit: abc1234. CPU: Test CPU (no native bf16)." in table
+    assert (there / "matched_likelihood.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit):
+        run_study(["debug", "--partial"])
 
 
 class TestPairedStatistics:
