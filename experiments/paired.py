@@ -21,6 +21,14 @@ SKIP_PREFIX = "Skip"
 HIGHER, LOWER, NOT_SEPARATED, ONE_SEED = "Skip higher", "Skip lower", "not separated", "one seed: untested"
 
 
+def mean_std(values: list[float] | tuple[float, ...]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
 @dataclass(frozen=True)
 class PairedDifference:
     """One metric of one pair of groups: the per-seed differences Skip − base and what they show."""
@@ -41,9 +49,9 @@ class PairedDifference:
         n = len(self.differences)
         if n < 2:
             return None
-        sd = math.sqrt(sum((d - self.mean) ** 2 for d in self.differences) / (n - 1))
+        mean, sd = mean_std(self.differences)
         half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
-        return self.mean - half, self.mean + half
+        return mean - half, mean + half
 
     @property
     def verdict(self) -> str:

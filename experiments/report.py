@@ -1,22 +1,13 @@
 """Tables and plots of a finished study: results.csv, results.md, curves.png, kl_per_dimension.png."""
 
 import csv
-import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 from experiments.events import read_scalars
-from experiments.paired import paired_differences, paired_table
+from experiments.paired import mean_std, paired_differences, paired_table
 from experiments.studies import Study
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def _grouped(records: list[dict]) -> dict[str, list[dict]]:
