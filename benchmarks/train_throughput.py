@@ -20,7 +20,6 @@ import argparse
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -40,6 +39,7 @@ from benchmarks.common import (  # noqa: E402
     synchronize,
 )
 from models.refinement import SVI  # noqa: E402
+from models.svi import ClipCounts  # noqa: E402
 
 DEVICE = torch.device("cpu")  # --device
 
@@ -122,7 +122,7 @@ def peak_memory_of(
 
 
 def sa_gradients(
-    name: str, steps: int, x, architecture: str, hessian_products: str, clip_counts: Counter | None = None
+    name: str, steps: int, x, architecture: str, hessian_products: str, clip_counts: ClipCounts | None = None
 ) -> dict[str, torch.Tensor]:
     """The encoder's and the decoder's gradient (flattened) of one SA-VAE step, on seeded random streams; the
     reverse pass's clips are counted into `clip_counts` when given."""
@@ -146,7 +146,7 @@ def compare_svi_steps(x, steps: int, repeats: int, architecture: str, hessian_pr
 
 
 def time_svi_steps(x, steps: int, repeats: int, architecture: str, hessian_products: str | None) -> None:
-    resolved = hessian_products or model_of("SAVAE", 1, architecture).refinement.svi.hessian_products
+    resolved = hessian_products or model_of("SAVAE", 1, architecture).refinement.svi.name
     print(
         f"\nSA-VAE steps ({architecture}, fp32, batch {len(x)}, {resolved} Hessian-vector products): "
         f"median of {repeats} after a warm-up; peak {'GPU' if DEVICE.type == 'cuda' else 'resident'} memory of a "
@@ -174,17 +174,17 @@ def compare_svi_gradients(x, steps: int, architecture: str) -> None:
     for name in SA_MODELS:
         exact = sa_gradients(name, steps, x, architecture, "exact")
         for mode in ("finite_difference", "official"):
-            counts: Counter = Counter()
-            other = sa_gradients(name, steps, x, architecture, mode, counts)
+            clip_counts = ClipCounts()
+            other = sa_gradients(name, steps, x, architecture, mode, clip_counts)
+            counts = clip_counts.read()
             errors = ", ".join(
                 f"{part} {float((other[part] - exact[part]).norm() / exact[part].norm()):.2e} "
                 f"(cos {float(torch.nn.functional.cosine_similarity(other[part], exact[part], dim=0)):.3f})"
                 for part in exact
             )
             active = "".join(
-                f"; {clip} clip active in {counts[clip]} of {counts[clip + ' (evaluated)']} reverse steps"
-                for clip in ("perturbed gradient", "H_theta v", "lambda adjoint")
-                if counts[clip + " (evaluated)"]
+                f"; {clip} clip active in {fired} of {evaluated} reverse steps"
+                for clip, (fired, evaluated) in counts.items()
             )
             print(f"{name:9s} {mode:17s} {errors}{active}")
 

@@ -21,7 +21,30 @@ from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, NonNegativ
 
 from models.contract import EvaluationOutputs, ModelWithParts
 from models.svi import HessianProducts, Objective, UnrolledSVI, seeded
+from models.svi_exact import ExactSVI, StepGraphs
+from models.svi_finite_difference import FiniteDifferenceSVI
+from models.svi_official import OfficialSVI
 from networks.abstract import CompletePart
+
+STRATEGIES: dict[str, type[UnrolledSVI]] = {
+    "exact": ExactSVI,
+    "finite_difference": FiniteDifferenceSVI,
+    "official": OfficialSVI,
+}
+
+
+class InjectedGradients(torch.autograd.Function):
+    """A zero whose backward hands each of `tensors` its given gradient (times the incoming one): one autograd node
+    that puts the SA-VAE's gradients on the encoder's output and the decoder's parameters."""
+
+    @staticmethod
+    def forward(ctx, gradients: list[torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
+        ctx.gradients = gradients
+        return tensors[0].new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple:
+        return (None, *torch._foreach_mul(ctx.gradients, grad_output))
 
 
 class PosteriorRefinement(CompletePart):
@@ -75,6 +98,7 @@ class SVI(PosteriorRefinement):
         hessian_products: HessianProducts = "exact",
         diagnostics_posterior: Literal["encoder", "refined"] = "encoder",
         validation_beta: Literal["one", "current"] = "one",
+        step_graphs: StepGraphs = "auto",
     ):
         """
         Args:
@@ -93,8 +117,16 @@ class SVI(PosteriorRefinement):
             validation_beta: the KL weight of the SVI objective in validation: "one" (the ELBO's) or "current", the
                 KL schedule's at that step, as the paper code's text models do (below 1 during the warm-up). Test
                 runs always use 1, as theirs do.
+            step_graphs: with "exact" products, whether the reverse pass keeps each step's graph from the forward
+                pass ("keep") or recomputes it ("recompute": one step's graph in memory at a time, a forward and a
+                first backward more per step); "auto" keeps them when K graphs fit in half the free memory. The
+                other modes take no graphs.
         """
-        self.svi = UnrolledSVI(steps, lr, momentum, max_grad_norm, hessian_products)
+        if hessian_products not in STRATEGIES:
+            raise ValueError(f"hessian_products must be one of {', '.join(STRATEGIES)}, not {hessian_products!r}")
+        self.svi = STRATEGIES[hessian_products](steps, lr, momentum, max_grad_norm)
+        if isinstance(self.svi, ExactSVI):
+            self.svi.step_graphs = step_graphs
         self.diagnostics_posterior, self.validation_beta = diagnostics_posterior, validation_beta
 
     def objective(self, model: ModelWithParts, x: torch.Tensor, beta: float) -> Objective:
@@ -111,7 +143,7 @@ class SVI(PosteriorRefinement):
         """The decoder parameters the SVI steps are differentiated with respect to: every one, except, in the
         authors' mode, those their code keeps outside its decoder (`Decoder.outside_authors_decoder`), which get
         their gradient at lambda_K only."""
-        if not self.svi.official:
+        if not isinstance(self.svi, OfficialSVI):
             return params
         outside = {id(p) for p in model.decoder.outside_authors_decoder()}
         return [p for p in params if id(p) not in outside]
@@ -126,21 +158,23 @@ class SVI(PosteriorRefinement):
         objective = self.objective(model, x, beta)
         params = [p for p in model.decoder.parameters() if p.requires_grad]
         svi_params = self.svi_parameters(model, params)
-        refined_mean, refined_logvar, trace = self.svi.refine(objective, mean, logvar, svi_params)
+        refined_mean, refined_logvar, trace = self.svi.refine(
+            objective, mean, logvar, svi_params, model.decoder.double_backward_context
+        )
         refined_mean.requires_grad_()
         refined_logvar.requires_grad_()
         noise = torch.randn_like(mean)
         refined = model.elbo_terms(x, refined_mean, refined_logvar, noise)
         loss = model.training_loss(refined, beta)
-        grad_mean, grad_logvar, *direct = torch.autograd.grad(
-            loss, [refined_mean, refined_logvar, *params], allow_unused=True
+        grad_mean, grad_logvar, *gradients = torch.autograd.grad(
+            loss, [refined_mean, refined_logvar, *params], allow_unused=True, materialize_grads=True
         )
-        grad_mean0, grad_logvar0, through = self.svi.backward(objective, trace, grad_mean, grad_logvar, svi_params)
-        through_svi = dict(zip(map(id, svi_params), through))
-        surrogate = (mean * grad_mean0).sum() + (logvar * grad_logvar0).sum()
-        for param, at_svi in zip(params, direct):
-            gradient = through_svi.get(id(param), torch.zeros_like(param))
-            surrogate = surrogate + (param * (gradient if at_svi is None else at_svi + gradient)).sum()
+        grad_mean0, grad_logvar0, through = self.svi.backward(trace, grad_mean, grad_logvar)
+        svi_ids = {id(p) for p in svi_params}
+        at_svi = [gradient for param, gradient in zip(params, gradients) if id(param) in svi_ids]
+        if at_svi:
+            torch._foreach_add_(at_svi, through)  # the gradient at lambda_K plus what flows through the steps
+        surrogate = InjectedGradients.apply([grad_mean0, grad_logvar0, *gradients], mean, logvar, *params)
         with torch.no_grad():
             amortized = model.elbo_terms(x, mean, logvar, noise) if self.svi.steps else refined
         logs = {
@@ -164,7 +198,9 @@ class SVI(PosteriorRefinement):
             beta = model.kl_weight()
         with torch.inference_mode(False), seeded(int(batch["index"].min()), noise.device):
             x, mean, logvar = batch["x"].clone(), outputs["mean"].clone(), outputs["logvar"].clone()
-            refined_mean, refined_logvar, _ = self.svi.refine(self.objective(model, x, beta), mean, logvar)
+            refined_mean, refined_logvar, _ = self.svi.refine(
+                self.objective(model, x, beta), mean, logvar, for_backward=False
+            )
         refined = model.elbo_terms(batch["x"], refined_mean, refined_logvar, noise)
         outputs["elbo_svi"], outputs["kl_svi"] = refined["elbo"], refined["kl"]
         outputs["proposal_mean"], outputs["proposal_logvar"] = refined_mean, refined_logvar

@@ -1,75 +1,59 @@
 """Stochastic variational inference (SVI) that refines an amortized posterior, with its reverse pass: the
-inference of the semi-amortized VAE (Kim, Wiseman, Miller, Sontag and Rush, 2018).
+inference of the semi-amortized VAE (Kim, Wiseman, Miller, Sontag and Rush, 2018). This file holds what every
+strategy shares; each way of computing the reverse pass's products is one class beside it.
 
-Forward. lambda = (mean, logvar) starts at the encoder's output; each of K steps takes the gradient of the batch
-loss f(lambda) = mean over the batch of E_eps[-log p(x|z)] + beta KL(q_lambda || p), one fresh eps per step,
-clips its mean and log-variance parts each to norm `max_grad_norm` over the batch, and moves with heavy-ball
-momentum:  g_k = clip(grad f(lambda_k)),  p_{k+1} = momentum p_k - g_k,  lambda_{k+1} = lambda_k + lr p_{k+1}.
+Forward (`UnrolledSVI.refine`). lambda = (mean, logvar) starts at the encoder's output; each of K steps takes the
+gradient of the batch loss f(lambda) = mean over the batch of E_eps[-log p(x|z)] + beta KL(q_lambda || p), one fresh
+eps per step, clips its mean and log-variance parts each to norm `max_grad_norm` over the batch, and moves with
+heavy-ball momentum:
+    g_k = clip(grad f(lambda_k)),  p_{k+1} = momentum p_k - g_k,  lambda_{k+1} = lambda_k + lr p_{k+1}.
 
-Reverse. Given dL/dlambda_K of a loss L at lambda_K, the adjoints run back through the steps:
+Reverse (`UnrolledSVI.backward`). Given dL/dlambda_K of a loss L at lambda_K, the adjoints run back through the steps:
     a_p <- a_p + lr a_lambda;   a_lambda <- a_lambda - J_lambda(g_k)^T a_p;   dL/dtheta -= J_theta(g_k)^T a_p;
     a_p <- momentum a_p
-which gives dL/dlambda_0 (for the encoder) and the decoder's gradient through the K steps. Three ways to compute
-the products J(g_k)^T a_p (`hessian_products`):
+which gives dL/dlambda_0 (for the encoder) and the decoder's gradient through the K steps. The products
+J(g_k)^T a_p are the strategy's (`hessian_products`; `models.refinement.SVI` builds the one it names):
 
-- "exact": double backward through each step, recomputed from lambda_k, including the derivative of the clipping
-  (w = J_clip^T a_p; J_clip is symmetric, so J_lambda(g_k)^T a_p = H_lambda,lambda w and J_theta(g_k)^T a_p =
-  H_theta,lambda w). The gradient of the forward algorithm to rounding (its cost against finite differences:
-  docs/performance.md). The recomputation runs with cuDNN off and attention on PyTorch's math kernel: cuDNN's LSTM
-  and the fused attention kernels have no double backward. Recommended for new work.
-- "finite_difference": the same products with H w = (grad f(lambda_k + r w) - grad f(lambda_k)) / r, r = 1e-5, one
-  gradient evaluation per reverse step. grad_lambda f(lambda_k) is kept from the forward pass; the decoder's
-  gradients at the lambda_k are summed in float64 during the forward pass, so the decoder part needs one sum, not
-  K copies of the parameters' gradients. In float32 it is off by a few percent to tens of percent.
-- "official": the reverse pass of the SA-VAE authors' code (harvardnlp/sa-vae `optim_n2n.py`, run by the
-  Skip-VAE code), which produced the published SA-VAE and Skip-SA-VAE numbers. Finite differences along
-  v = a_p itself (no clipping Jacobian), and three more clips, each to `max_grad_norm` with the authors' scale
-  max_norm / (norm + 1e-6): the perturbed gradient with respect to (mean, logvar, every decoder parameter) is
-  clipped jointly, one norm over all of them; the decoder part H_theta v = (that clipped gradient - the unclipped
-  one stored in the forward pass) / r is clipped jointly over the parameters before it is subtracted; H_lambda v =
-  (clipped perturbed gradient - the clipped gradient stored in the forward pass) / r; and the new a_lambda is
-  clipped (mean and log-variance jointly). The forward pass is the same, with the authors' clipping scale and
-  K stored copies of the decoder's unclipped gradients. Whenever a clip is active this is not the gradient of
-  the forward algorithm: with max_grad_norm 5 on the image models all three clips fire at every reverse step and
-  the encoder's gradient is the direction of the amortized ELBO's gradient at the encoder's output, rescaled.
-  With no clip active it equals "finite_difference".
+- "exact", `models/svi_exact.py`: double backward, the gradient of the forward algorithm to rounding.
+- "finite_difference", `models/svi_finite_difference.py`: the same products by finite differences, r = 1e-5.
+- "official", `models/svi_official.py`: the SA-VAE authors' reverse pass (finite differences and three more clips),
+  which produced the published SA-VAE and Skip-SA-VAE numbers; not the gradient of the forward algorithm.
 
-All finite-difference gradient evaluations run in IEEE float32 (autocast off, no TF32): a difference at r = 1e-5
-means nothing in bfloat16, nor in the TF32 that cuDNN's convolutions use by default on recent GPUs. They need a
-smooth decoder: the gradient of a ReLU network jumps where lambda_k + r w crosses a kink.
-
-Each step is recomputed with the random seed it used (same eps, same dropout masks), one step's graph at a time,
-so memory holds no graph of more than one step.
+Nothing here reads a value back to the host, so that a GPU's queue never waits on Python: clip scales are tensors,
+the K steps' random seeds are drawn up front from torch's CPU generator, clip counters stay on the device. Sums
+over the decoder's parameters are `torch._foreach_*` operations, one dispatch for all of them. Each step runs on
+random streams seeded by its own seed, so that a reverse step can recompute it with the same eps and dropout masks.
 """
 
-from collections import Counter
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from networks.distributions import at_least_float32
 
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (mean, logvar) -> batch loss, a scalar
+Context = Callable[[], AbstractContextManager]  # what a network's double backward must run in
 HessianProducts = Literal["official", "finite_difference", "exact"]
-HESSIAN_PRODUCTS = ("official", "finite_difference", "exact")
 
 
 @dataclass
 class SVITrace:
-    """What the reverse pass needs of a forward pass: lambda_k and the random seed of each step; for finite
-    differences also grad_lambda f(lambda_k) (clipped in "official" mode) and the parameters' gradients (their sum
-    over k, or in "official" mode one list per step)."""
+    """What the reverse pass needs of a forward pass: the objective, the parameters asked about, the context of the
+    decoder's double backward, lambda_k and the random seed of each step; each strategy adds its own records."""
 
+    objective: Objective
+    params: list[torch.Tensor]
+    double_backward: Context
     means: list[torch.Tensor] = field(default_factory=list)
     logvars: list[torch.Tensor] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
-    gradients: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
-    param_gradient_sum: list[torch.Tensor] = field(default_factory=list)
-    param_gradients: list[list[torch.Tensor]] = field(default_factory=list)
+    records: list[Any] = field(default_factory=list)  # the strategy's, one per step
+    totals: list[torch.Tensor] = field(default_factory=list)  # the strategy's sums over the forward steps
+    shifted_totals: list[torch.Tensor] = field(default_factory=list)  # and over the reverse steps
 
 
 # The TF32 switches of the float32 operations a decoder runs on a GPU (PyTorch's per-backend settings).
@@ -111,35 +95,73 @@ def clip_norm(gradient: torch.Tensor, max_norm: float) -> torch.Tensor:
 def clip_norm_vjp(gradient: torch.Tensor, vector: torch.Tensor, max_norm: float) -> torch.Tensor:
     """J^T vector for J the Jacobian of `clip_norm` at `gradient`: s (v - u (u.v)) with u the unit gradient and
     s = max_norm / |gradient| where clipping is active; v itself where it is not."""
-    norm = gradient.norm()
-    if max_norm <= 0 or norm <= max_norm:
-        return vector
-    unit = gradient / norm
-    return (max_norm / norm) * (vector - unit * (unit * vector).sum())
-
-
-def clip_jointly(tensors: Sequence[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
-    """The tensors scaled by one factor, max_norm / (total norm + 1e-6) when that is below 1: the clipping of the
-    SA-VAE authors' code (one norm over all of them; max_norm <= 0 keeps them)."""
     if max_norm <= 0:
-        return list(tensors)
-    total = torch.stack([t.double().norm() for t in tensors]).norm()
-    scale = max_norm / (float(total) + 1e-6)
-    return [t * scale for t in tensors] if scale < 1 else list(tensors)
+        return vector
+    norm = gradient.norm()
+    unit = gradient / norm
+    return torch.where(norm > max_norm, (max_norm / norm) * (vector - unit * (unit * vector).sum()), vector)
 
 
-def add_float64(totals: list[torch.Tensor], grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor]):
-    """totals += grads, in float64 (missing gradients are zeros); `totals` starts empty."""
-    if not totals:
-        totals.extend(torch.zeros_like(p, dtype=torch.float64) for p in params)
-    for total, grad in zip(totals, grads):
-        if grad is not None:
-            total += grad
+def joint_clip_scales(groups: Sequence[Sequence[torch.Tensor]], max_norm: float) -> list[torch.Tensor]:
+    """The SA-VAE authors' clipping factor of each group of tensors: max_norm / (the group's norm + 1e-6) where that
+    is below 1, else 1; norms in float64, each factor a 0-dimensional tensor on the tensors' device."""
+    norms = torch._foreach_norm([t for group in groups for t in group], 2, dtype=torch.float64)
+    if len(groups) == 1:
+        totals = torch.linalg.vector_norm(torch.stack(norms)) if len(norms) > 1 else norms[0]
+    elif all(len(group) == 1 for group in groups):
+        totals = torch.stack(norms)
+    else:
+        raise ValueError("joint_clip_scales takes one group of tensors, or groups of one tensor each")
+    scales = torch.full_like(totals, max_norm).div_(totals + 1e-6).clamp_(max=1.0)
+    return [scales] if len(groups) == 1 else list(scales.unbind())
 
 
-class UnrolledSVI:
+def shifted(points: Sequence[torch.Tensor], directions: Sequence[torch.Tensor], r: float) -> list[torch.Tensor]:
+    """points + r directions, as new leaves that require grad (where a difference quotient is evaluated)."""
+    with torch.no_grad():
+        return [x.requires_grad_() for x in torch._foreach_add(list(points), torch._foreach_mul(list(directions), r))]
+
+
+def subtract(totals: list[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
+    """totals -= values, where an empty `totals` stands for zeros (one operation for all tensors)."""
+    if not values:
+        return
+    if totals:
+        torch._foreach_sub_(totals, list(values))
+    else:
+        totals.extend(torch._foreach_neg(list(values)))
+
+
+def zeros_for_missing(grads: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Gradients with None (a tensor the loss does not use) replaced by zeros."""
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, like)]
+
+
+class ClipCounts:
+    """How often each clip of a reverse pass was active, kept on the device (read with `read`, e.g. in a
+    benchmark or a test): per clip, the active count and the number of evaluations."""
+
+    def __init__(self) -> None:
+        self.active: dict[str, torch.Tensor] = {}
+        self.evaluated: dict[str, int] = {}
+
+    def add(self, name: str, scale: torch.Tensor) -> None:
+        fired = (scale < 1).to(torch.int64)
+        self.active[name] = self.active[name] + fired if name in self.active else fired
+        self.evaluated[name] = self.evaluated.get(name, 0) + 1
+
+    def read(self) -> dict[str, tuple[int, int]]:
+        """{clip: (times active, times evaluated)}."""
+        return {name: (int(self.active[name]), count) for name, count in self.evaluated.items()}
+
+
+class UnrolledSVI(ABC):
     """K steps of SVI with momentum on (mean, logvar), and the gradients of a loss at the refined posterior with
-    respect to the starting posterior and the decoder's parameters (see the module docstring)."""
+    respect to the starting posterior and the decoder's parameters (see the module docstring). A subclass is one way
+    of computing the reverse pass: what its forward steps record (`forward_step`) and its products (`reverse_step`).
+    """
+
+    name: str
 
     def __init__(
         self,
@@ -147,39 +169,19 @@ class UnrolledSVI:
         lr: float = 1.0,
         momentum: float = 0.5,
         max_grad_norm: float = 5.0,
-        hessian_products: HessianProducts = "exact",
         finite_difference_step: float = 1e-5,
     ):
-        if hessian_products not in HESSIAN_PRODUCTS:
-            raise ValueError(f"hessian_products must be one of {', '.join(HESSIAN_PRODUCTS)}, not {hessian_products!r}")
         self.steps, self.lr, self.momentum, self.max_grad_norm = steps, lr, momentum, max_grad_norm
-        self.hessian_products, self.finite_difference_step = hessian_products, finite_difference_step
-        # When a Counter: how many times each clip of the reverse pass was active ("official" mode), for benchmarks.
-        self.clip_counts: Counter[str] | None = None
-
-    def counted_clip(self, name: str, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """`clip_jointly`, counted in `clip_counts` under `name` when it is active."""
-        clipped = clip_jointly(tensors, self.max_grad_norm)
-        if self.clip_counts is not None:
-            self.clip_counts[name] += int(any(a is not b for a, b in zip(clipped, tensors)))
-            self.clip_counts[f"{name} (evaluated)"] += 1
-        return clipped
-
-    @property
-    def official(self) -> bool:
-        return self.hessian_products == "official"
+        self.finite_difference_step = finite_difference_step
+        # When set: how often each clip of the reverse pass was active ("official" mode), for benchmarks and tests.
+        self.clip_counts: ClipCounts | None = None
 
     def precision(self, device: torch.device) -> AbstractContextManager:
-        """IEEE float32 gradient evaluations for finite differences; the run's precision otherwise."""
-        if self.hessian_products != "exact":
-            return ieee_float32(device)
+        """The context of every gradient evaluation: the run's precision, unless a strategy needs another."""
         return nullcontext()
 
     def clip(self, g_mean: torch.Tensor, g_logvar: torch.Tensor) -> list[torch.Tensor]:
-        """The forward pass's clipping: mean and log-variance gradients each to `max_grad_norm` (with the authors'
-        scale in "official" mode)."""
-        if self.official:
-            return [*clip_jointly([g_mean], self.max_grad_norm), *clip_jointly([g_logvar], self.max_grad_norm)]
+        """The forward pass's clipping: mean and log-variance gradients each to `max_grad_norm`."""
         return [clip_norm(g_mean, self.max_grad_norm), clip_norm(g_logvar, self.max_grad_norm)]
 
     def raw_gradients(
@@ -191,136 +193,80 @@ class UnrolledSVI:
         params: Sequence[torch.Tensor] = (),
         create_graph: bool = False,
     ) -> tuple:
-        """grad of the objective (unclipped) with respect to mean, logvar and `params`, on streams seeded by `seed`."""
+        """grad of the objective (unclipped) with respect to mean, logvar and `params`, on streams seeded by `seed`;
+        None for a parameter the objective does not use."""
         with seeded(seed, mean.device), self.precision(mean.device):
             loss = objective(mean, logvar)
         return torch.autograd.grad(loss, (mean, logvar, *params), create_graph=create_graph, allow_unused=True)
 
+    def forward_step(
+        self, trace: SVITrace | None, mean: torch.Tensor, logvar: torch.Tensor, seed: int, objective: Objective
+    ) -> list[torch.Tensor]:
+        """The clipped gradient (mean, logvar) of one forward step at lambda_k = (mean, logvar) (leaves that require
+        grad), recording in `trace` what the reverse pass will need (nothing when `trace` is None)."""
+        return self.clip(*self.raw_gradients(objective, mean, logvar, seed))
+
+    @abstractmethod
+    def reverse_step(
+        self, trace: SVITrace, k: int, vector: list[torch.Tensor], param_grads: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """(J_lambda(g_k)^T v) for v = `vector` at step k, as [mean part, logvar part]; the parameters' part
+        J_theta(g_k)^T v is subtracted from `param_grads` here (`subtract`: empty stands for zeros) or summed for
+        `finish`."""
+
+    def adjoint(self, adjoint: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The new lambda-adjoint of a reverse step (the authors' code clips it)."""
+        return adjoint
+
+    def finish(self, trace: SVITrace, param_grads: list[torch.Tensor]) -> None:  # noqa: B027 (most need nothing)
+        """What is left to do to `param_grads` after the last reverse step."""
+
     def refine(
-        self, objective: Objective, mean: torch.Tensor, logvar: torch.Tensor, params: Sequence[torch.Tensor] = ()
+        self,
+        objective: Objective,
+        mean: torch.Tensor,
+        logvar: torch.Tensor,
+        params: Sequence[torch.Tensor] = (),
+        double_backward: Context = nullcontext,
+        for_backward: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, SVITrace]:
-        """lambda_K from lambda_0 = (mean, logvar) (detached); one seed per step is drawn from torch's generator.
-        `params`: the parameters `backward` will be asked about (finite differences keep their gradients here)."""
+        """lambda_K from lambda_0 = (mean, logvar) (detached); the K steps' seeds are drawn from torch's generator.
+        `params`: the parameters `backward` will be asked about; `double_backward`: the context the decoder's
+        double backward must run in (`Decoder.double_backward_context`); `for_backward`: whether `backward` follows
+        (if not, nothing is recorded)."""
         mean, logvar = at_least_float32(mean.detach()), at_least_float32(logvar.detach())
-        momentum_mean, momentum_logvar = torch.zeros_like(mean), torch.zeros_like(logvar)
-        differences = self.hessian_products != "exact"
-        trace = SVITrace()
+        momenta = [torch.zeros_like(mean), torch.zeros_like(logvar)]
+        trace = SVITrace(objective, list(params), double_backward)
+        # One draw of K values, the same numbers and the same generator state as K draws of one.
+        seeds: list[int] = torch.randint(2**62, (self.steps,)).tolist() if self.steps else []
         with torch.enable_grad():
-            for _ in range(self.steps):
-                seed = int(torch.randint(2**62, ()))
+            for seed in seeds:
                 trace.means.append(mean)
                 trace.logvars.append(logvar)
                 trace.seeds.append(seed)
-                g_mean, g_logvar, *param_grads = self.raw_gradients(
-                    objective, mean.requires_grad_(), logvar.requires_grad_(), seed, params if differences else ()
+                gradients = self.forward_step(
+                    trace if for_backward else None, mean.requires_grad_(), logvar.requires_grad_(), seed, objective
                 )
-                clipped = self.clip(g_mean, g_logvar)
-                if self.official:
-                    trace.gradients.append((clipped[0], clipped[1]))
-                    trace.param_gradients.append(
-                        [torch.zeros_like(p) if g is None else g for p, g in zip(params, param_grads)]
-                    )
-                elif differences:
-                    trace.gradients.append((g_mean, g_logvar))
-                    add_float64(trace.param_gradient_sum, param_grads, params)
-                momentum_mean = self.momentum * momentum_mean - clipped[0]
-                momentum_logvar = self.momentum * momentum_logvar - clipped[1]
-                mean = (mean + self.lr * momentum_mean).detach()
-                logvar = (logvar + self.lr * momentum_logvar).detach()
+                with torch.no_grad():
+                    momenta = list(torch._foreach_sub(torch._foreach_mul(momenta, self.momentum), gradients))
+                    mean, logvar = torch._foreach_add([mean, logvar], torch._foreach_mul(momenta, self.lr))
         return mean, logvar, trace
 
     def backward(
-        self,
-        objective: Objective,
-        trace: SVITrace,
-        grad_mean: torch.Tensor,
-        grad_logvar: torch.Tensor,
-        params: Sequence[torch.Tensor],
+        self, trace: SVITrace, grad_mean: torch.Tensor, grad_logvar: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """(dL/dmean_0, dL/dlogvar_0, the part of dL/dparams that flows through the SVI steps) from
-        dL/dlambda_K = (grad_mean, grad_logvar). `params` must be those given to `refine`."""
+        """(dL/dmean_0, dL/dlogvar_0, the part of dL/dparams that flows through the SVI steps, for the `params` given
+        to `refine`) from dL/dlambda_K = (grad_mean, grad_logvar)."""
         adjoint = [at_least_float32(grad_mean.detach()), at_least_float32(grad_logvar.detach())]
         adjoint_momentum = [torch.zeros_like(adjoint[0]), torch.zeros_like(adjoint[1])]
-        count = len(trace.seeds)
-        stored: list[tuple[torch.Tensor, torch.Tensor] | None] = [*trace.gradients] or [None] * count
-        stored_params: list[list[torch.Tensor] | None] = [*trace.param_gradients] or [None] * count
-        steps = zip(
-            reversed(trace.means),
-            reversed(trace.logvars),
-            reversed(trace.seeds),
-            reversed(stored),
-            reversed(stored_params),
-        )
-        perturbed_sum: list[torch.Tensor] = []
-        param_grads = [torch.zeros_like(p) for p in params]
-        products: Sequence[torch.Tensor | None]
+        param_grads: list[torch.Tensor] = []  # empty: zeros
         with torch.enable_grad():
-            for mean, logvar, seed, gradients, stored_param_grads in steps:
-                adjoint_momentum = [a_p + self.lr * a for a_p, a in zip(adjoint_momentum, adjoint)]
-                if gradients is None:
-                    products = self.exact_products(objective, mean, logvar, seed, adjoint_momentum, params)
-                    for total, product in zip(param_grads, products[2:]):
-                        if product is not None:
-                            total -= product
-                elif self.official and stored_param_grads is not None:
-                    products = self.official_products(
-                        objective, mean, logvar, seed, adjoint_momentum, params, gradients, stored_param_grads
-                    )
-                    for total, product in zip(param_grads, products[2:]):
-                        total -= product
-                else:
-                    r = self.finite_difference_step
-                    w = [clip_norm_vjp(g, a_p, self.max_grad_norm) for g, a_p in zip(gradients, adjoint_momentum)]
-                    shifted = [(x + r * w_x).detach().requires_grad_() for x, w_x in zip((mean, logvar), w)]
-                    g_mean, g_logvar, *perturbed = self.raw_gradients(objective, shifted[0], shifted[1], seed, params)
-                    products = [(g_mean - gradients[0]) / r, (g_logvar - gradients[1]) / r]
-                    add_float64(perturbed_sum, perturbed, params)
-                adjoint = [a - cast(torch.Tensor, product) for a, product in zip(adjoint, products[:2])]
-                if self.official:
-                    adjoint = self.counted_clip("lambda adjoint", adjoint)
-                adjoint_momentum = [self.momentum * a_p for a_p in adjoint_momentum]
-        if perturbed_sum:
-            r = self.finite_difference_step
-            for total, plus, base in zip(param_grads, perturbed_sum, trace.param_gradient_sum):
-                total -= ((plus - base) / r).to(total.dtype)
+            for k in reversed(range(len(trace.seeds))):
+                adjoint_momentum = list(torch._foreach_add(adjoint_momentum, torch._foreach_mul(adjoint, self.lr)))
+                products = self.reverse_step(trace, k, adjoint_momentum, param_grads)
+                adjoint = self.adjoint(list(torch._foreach_sub(adjoint, products)))
+                adjoint_momentum = list(torch._foreach_mul(adjoint_momentum, self.momentum))
+        self.finish(trace, param_grads)
+        if not param_grads:
+            param_grads = [torch.zeros_like(p) for p in trace.params]
         return adjoint[0], adjoint[1], param_grads
-
-    def official_products(
-        self,
-        objective: Objective,
-        mean: torch.Tensor,
-        logvar: torch.Tensor,
-        seed: int,
-        vector: Sequence[torch.Tensor],
-        params: Sequence[torch.Tensor],
-        gradients: tuple[torch.Tensor, torch.Tensor],
-        param_gradients: Sequence[torch.Tensor],
-    ) -> list[torch.Tensor]:
-        """The authors' clipped difference quotients (H_lambda v, H_theta v) along v = `vector` at one step."""
-        r = self.finite_difference_step
-        shifted = [(x + r * v).detach().requires_grad_() for x, v in zip((mean, logvar), vector)]
-        raw = self.raw_gradients(objective, shifted[0], shifted[1], seed, params)
-        perturbed = self.counted_clip(
-            "perturbed gradient", [torch.zeros_like(x) if g is None else g for x, g in zip((*shifted, *params), raw)]
-        )
-        lambda_products = [(g - base) / r for g, base in zip(perturbed[:2], gradients)]
-        param_products = self.counted_clip(
-            "H_theta v", [(g - base) / r for g, base in zip(perturbed[2:], param_gradients)]
-        )
-        return [*lambda_products, *param_products]
-
-    def exact_products(
-        self,
-        objective: Objective,
-        mean: torch.Tensor,
-        logvar: torch.Tensor,
-        seed: int,
-        vector: Sequence[torch.Tensor],
-        params: Sequence[torch.Tensor],
-    ) -> tuple:
-        """J(g)^T vector with respect to (mean, logvar, *params) by double backward, g = clip(grad f) at a step."""
-        mean, logvar = mean.detach().requires_grad_(), logvar.detach().requires_grad_()
-        with torch.backends.cudnn.flags(enabled=False), sdpa_kernel(SDPBackend.MATH):
-            raw = self.raw_gradients(objective, mean, logvar, seed, create_graph=True)
-            clipped = [clip_norm(part, self.max_grad_norm) for part in raw]
-            return torch.autograd.grad(clipped, (mean, logvar, *params), vector, allow_unused=True)

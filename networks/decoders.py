@@ -12,6 +12,7 @@ contract: `networks/contract.py`), and initialises itself: a new decoder subclas
 
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import ClassVar, cast
 
 import torch
@@ -70,6 +71,12 @@ class Decoder(CompleteModule):
         """The parameters that the authors' code keeps outside its decoder module (`model.dec`), which their SVI
         therefore leaves out (`hessian_products: official`): none, unless a decoder says otherwise."""
         return []
+
+    def double_backward_context(self) -> AbstractContextManager:
+        """The context a second derivative of this decoder must be taken in (SA-VAE's exact reverse pass): none for
+        convolutions, linear layers and elementwise functions, whose double backward runs on the fast kernels of
+        their first; a decoder built on a kernel without one (cuDNN's LSTM, fused attention) names the fallback."""
+        return nullcontext()
 
 
 DecoderPart = Callable[[DataSpec, int, bool], Decoder]  # a model's `decoder`: (data, latent_dim, latent_skip) -> it

@@ -7,6 +7,7 @@ state), into teacher-forced logits, the log-likelihood with padding masked out, 
 """
 
 from abc import abstractmethod
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -106,6 +107,10 @@ class LSTMDecoder(TextDecoder):
         )
         self.output = nn.Linear(hidden + self.latent_width(num_layers, latent_dim), self.vocab_size)
         init_uniform(self, init_range)
+
+    def double_backward_context(self) -> AbstractContextManager:
+        """cuDNN off: its LSTM kernel has no double backward (PyTorch's own LSTM cells have)."""
+        return torch.backends.cudnn.flags(enabled=False)
 
     def decode_steps(self, inputs: torch.Tensor, z: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
         """The state is each LSTM layer's (h, c)."""

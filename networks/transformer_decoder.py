@@ -19,6 +19,7 @@ contributions. Sampling keeps each block's keys and values (a cache), so a token
 """
 
 import math
+from contextlib import AbstractContextManager
 from typing import Any, Literal, cast
 
 import torch
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from jsonargparse.typing import ClosedUnitInterval, PositiveFloat, PositiveInt
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from networks.contract import DataSpec
 from networks.text_decoders import TextDecoder
@@ -152,6 +154,10 @@ class TransformerDecoder(TextDecoder):
         for block in cast(list[Block], list(self.blocks)):
             for branch_output in (block.attention.projection, cast(nn.Linear, block.mlp[-1])):
                 nn.init.normal_(branch_output.weight, 0.0, std / math.sqrt(2 * self.num_layers))
+
+    def double_backward_context(self) -> AbstractContextManager:
+        """Attention on PyTorch's math kernel: the fused attention kernels have no double backward."""
+        return sdpa_kernel(SDPBackend.MATH)
 
     def decode_steps(self, inputs: torch.Tensor, z: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
         """The state is the position reached and each block's keys and values."""
