@@ -124,9 +124,10 @@ class SVI(PosteriorRefinement):
         """
         if hessian_products not in STRATEGIES:
             raise ValueError(f"hessian_products must be one of {', '.join(STRATEGIES)}, not {hessian_products!r}")
-        self.svi = STRATEGIES[hessian_products](steps, lr, momentum, max_grad_norm)
-        if isinstance(self.svi, ExactSVI):
-            self.svi.step_graphs = step_graphs
+        if hessian_products == "exact":
+            self.svi: UnrolledSVI = ExactSVI(steps, lr, momentum, max_grad_norm, step_graphs=step_graphs)
+        else:
+            self.svi = STRATEGIES[hessian_products](steps, lr, momentum, max_grad_norm)
         self.diagnostics_posterior, self.validation_beta = diagnostics_posterior, validation_beta
 
     def objective(self, model: ModelWithParts, x: torch.Tensor, beta: float) -> Objective:
@@ -170,10 +171,13 @@ class SVI(PosteriorRefinement):
             loss, [refined_mean, refined_logvar, *params], allow_unused=True, materialize_grads=True
         )
         grad_mean0, grad_logvar0, through = self.svi.backward(trace, grad_mean, grad_logvar)
-        svi_ids = {id(p) for p in svi_params}
-        at_svi = [gradient for param, gradient in zip(params, gradients) if id(param) in svi_ids]
-        if at_svi:
-            torch._foreach_add_(at_svi, through)  # the gradient at lambda_K plus what flows through the steps
+        # The gradient at lambda_K plus what flows through the steps (out of place: autograd's results may alias).
+        through_svi = dict(zip(map(id, svi_params), through))
+        indices = [i for i, param in enumerate(params) if id(param) in through_svi]
+        if indices:
+            totals = torch._foreach_add([gradients[i] for i in indices], [through_svi[id(params[i])] for i in indices])
+            for i, total in zip(indices, totals):
+                gradients[i] = total
         surrogate = InjectedGradients.apply([grad_mean0, grad_logvar0, *gradients], mean, logvar, *params)
         with torch.no_grad():
             amortized = model.elbo_terms(x, mean, logvar, noise) if self.svi.steps else refined

@@ -52,7 +52,7 @@ class SVITrace:
     logvars: list[torch.Tensor] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     records: list[Any] = field(default_factory=list)  # the strategy's, one per step
-    totals: list[torch.Tensor] = field(default_factory=list)  # the strategy's sums over the forward steps
+    totals: list[torch.Tensor] = field(default_factory=list)  # sums over the forward steps (finite differences)
     shifted_totals: list[torch.Tensor] = field(default_factory=list)  # and over the reverse steps
 
 
@@ -123,7 +123,8 @@ def shifted(points: Sequence[torch.Tensor], directions: Sequence[torch.Tensor], 
 
 
 def subtract(totals: list[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
-    """totals -= values, where an empty `totals` stands for zeros (one operation for all tensors)."""
+    """totals -= values, where an empty `totals` stands for zeros (one operation for all tensors; a zero comes out as
+    -0 rather than 0 - 0 = +0, which no arithmetic that follows tells apart)."""
     if not values:
         return
     if totals:
@@ -214,7 +215,7 @@ class UnrolledSVI(ABC):
         J_theta(g_k)^T v is subtracted from `param_grads` here (`subtract`: empty stands for zeros) or summed for
         `finish`."""
 
-    def adjoint(self, adjoint: list[torch.Tensor]) -> list[torch.Tensor]:
+    def clip_adjoint(self, adjoint: list[torch.Tensor]) -> list[torch.Tensor]:
         """The new lambda-adjoint of a reverse step (the authors' code clips it)."""
         return adjoint
 
@@ -233,7 +234,7 @@ class UnrolledSVI(ABC):
         """lambda_K from lambda_0 = (mean, logvar) (detached); the K steps' seeds are drawn from torch's generator.
         `params`: the parameters `backward` will be asked about; `double_backward`: the context the decoder's
         double backward must run in (`Decoder.double_backward_context`); `for_backward`: whether `backward` follows
-        (if not, nothing is recorded)."""
+        (if not, the trace holds only the lambda_k and the seeds)."""
         mean, logvar = at_least_float32(mean.detach()), at_least_float32(logvar.detach())
         momenta = [torch.zeros_like(mean), torch.zeros_like(logvar)]
         trace = SVITrace(objective, list(params), double_backward)
@@ -264,7 +265,7 @@ class UnrolledSVI(ABC):
             for k in reversed(range(len(trace.seeds))):
                 adjoint_momentum = list(torch._foreach_add(adjoint_momentum, torch._foreach_mul(adjoint, self.lr)))
                 products = self.reverse_step(trace, k, adjoint_momentum, param_grads)
-                adjoint = self.adjoint(list(torch._foreach_sub(adjoint, products)))
+                adjoint = self.clip_adjoint(list(torch._foreach_sub(adjoint, products)))
                 adjoint_momentum = list(torch._foreach_mul(adjoint_momentum, self.momentum))
         self.finish(trace, param_grads)
         if not param_grads:

@@ -4,9 +4,13 @@ H_theta,lambda w). The gradient of the forward algorithm to rounding; recommende
 
 The double backward runs in the context the decoder names (`Decoder.double_backward_context`: cuDNN off for an LSTM,
 whose cuDNN kernel has no double backward; the math attention kernel for a Transformer; nothing for convolutions).
-Step k's graph is either kept from the forward pass or recomputed from lambda_k with the step's seed (one graph in
-memory at a time, a forward and a first backward more per reverse step): `step_graphs` "keep", "recompute", or "auto",
-which keeps them when K graphs of the size of the first take at most half the memory available.
+The forward steps run in that context too, so that a recomputed step runs the kernels (and draws the dropout masks)
+of the step it recomputes. Step k's graph is either kept from the forward pass or recomputed from lambda_k with the
+step's seed (one graph in memory at a time, a forward and a first backward more per reverse step): `step_graphs`
+"keep", "recompute", or "auto", which keeps them when K - 1 more graphs of the size of the first (its saved tensors,
+counted while it is built) fit in half the memory still available. On a GPU the products use the run's convolution
+precision (TF32 where PyTorch allows it, as in the rest of the training step); unlike a difference quotient, an
+exact product does not amplify that rounding.
 """
 
 import os
@@ -58,7 +62,9 @@ class ExactSVI(UnrolledSVI):
 
     name = "exact"
 
-    step_graphs: StepGraphs = "auto"
+    def __init__(self, *args, step_graphs: StepGraphs = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.step_graphs = step_graphs
 
     def differentiable_step(
         self, trace: SVITrace, mean: torch.Tensor, logvar: torch.Tensor, seed: int, objective: Objective
@@ -75,11 +81,15 @@ class ExactSVI(UnrolledSVI):
     def forward_step(
         self, trace: SVITrace | None, mean: torch.Tensor, logvar: torch.Tensor, seed: int, objective: Objective
     ) -> list[torch.Tensor]:
-        """Records step k's graph (mean, logvar, clipped gradient), or None where the reverse pass recomputes it."""
-        if trace is None or not self.keeps_graph(trace):
-            if trace is not None:
-                trace.records.append(None)
+        """Records step k's graph (mean, logvar, clipped gradient), or None where the reverse pass recomputes it. A
+        step the reverse pass will differentiate runs in the decoder's double-backward context either way, so that a
+        recomputation runs the kernels (and draws the dropout masks) of the step it recomputes."""
+        if trace is None:
             return super().forward_step(None, mean, logvar, seed, objective)
+        if not self.keeps_graph(trace):
+            trace.records.append(None)
+            with trace.double_backward():
+                return super().forward_step(None, mean, logvar, seed, objective)
         measuring, saved = self.step_graphs == "auto" and not trace.records, [0]
         with counting_saved_bytes(saved) if measuring else nullcontext():
             clipped = self.differentiable_step(trace, mean, logvar, seed, objective)

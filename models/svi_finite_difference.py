@@ -29,7 +29,7 @@ def add_float64(totals: list[torch.Tensor], grads: Sequence[torch.Tensor | None]
     grads = zeros_for_missing(grads, like)
     if not totals:
         totals.extend(torch.zeros_like(t, dtype=torch.float64) for t in like)
-    if totals:
+    if grads:
         torch._foreach_add_(totals, grads)
 
 

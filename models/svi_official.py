@@ -39,7 +39,7 @@ class OfficialSVI(UnrolledSVI):
     def precision(self, device: torch.device) -> AbstractContextManager:
         return ieee_float32(device)
 
-    def clipped(self, tensors: Sequence[torch.Tensor], counted: str = "") -> list[torch.Tensor]:
+    def joint_clip(self, tensors: Sequence[torch.Tensor], counted: str = "") -> list[torch.Tensor]:
         """The tensors scaled by the authors' joint factor (kept where max_grad_norm <= 0); counted under `counted`
         in `clip_counts` when one is set."""
         if self.max_grad_norm <= 0:
@@ -75,11 +75,11 @@ class OfficialSVI(UnrolledSVI):
         r, (gradients, stored_param_grads) = self.finite_difference_step, trace.records[k]
         point = shifted((trace.means[k], trace.logvars[k]), vector, r)
         raw = self.raw_gradients(trace.objective, point[0], point[1], trace.seeds[k], trace.params)
-        perturbed = self.clipped(zeros_for_missing(raw, (*point, *trace.params)), "perturbed gradient")
+        perturbed = self.joint_clip(zeros_for_missing(raw, (*point, *trace.params)), "perturbed gradient")
         if trace.params:
             quotients = torch._foreach_div(torch._foreach_sub(perturbed[2:], stored_param_grads), r)
-            subtract(param_grads, self.clipped(quotients, "H_theta v"))
+            subtract(param_grads, self.joint_clip(quotients, "H_theta v"))
         return list(torch._foreach_div(torch._foreach_sub(perturbed[:2], list(gradients)), r))
 
-    def adjoint(self, adjoint: list[torch.Tensor]) -> list[torch.Tensor]:
-        return self.clipped(adjoint, "lambda adjoint")
+    def clip_adjoint(self, adjoint: list[torch.Tensor]) -> list[torch.Tensor]:
+        return self.joint_clip(adjoint, "lambda adjoint")

@@ -73,9 +73,10 @@ def test_the_pixelcnn_reverse_pass_keeps_cudnn_on():
 
 
 def test_the_lstm_reverse_pass_turns_cudnn_off():
-    """cuDNN's LSTM has no double backward: every LSTM call whose graph the reverse pass differentiates twice (the
-    recomputed steps, or the forward steps whose graphs it keeps) runs with cuDNN disabled, and only those."""
-    for step_graphs, phase_with_graphs in (("recompute", "backward"), ("keep", "refine")):
+    """cuDNN's LSTM has no double backward: every LSTM call of the SVI's steps in training (the forward steps, whose
+    graphs the reverse pass keeps or recomputes, and the recomputations) runs with cuDNN disabled, and only those:
+    not the loss at the refined posterior, nor an evaluation's steps."""
+    for step_graphs in ("recompute", "keep"):
         model = small_model(VAE, "lstm", steps=3, hessian_products="exact", step_graphs=step_graphs)
         dispatched, phase, calls = Dispatched(), [""], []
         watched(model.refinement.svi, dispatched, phase)
@@ -85,8 +86,14 @@ def test_the_lstm_reverse_pass_turns_cudnn_off():
 
         for lstm in model.decoder.lstms:
             lstm.register_forward_pre_hook(record)
-        model.refinement.training_loss(model, example_batch("lstm"), beta=0.7)
-        assert any(where == phase_with_graphs for where, _ in calls)
+        tokens = example_batch("lstm")
+        model.refinement.training_loss(model, tokens, beta=0.7)
+        phases = {where for where, _ in calls}
+        assert phases == {"refine", "backward", ""} if step_graphs == "recompute" else {"refine", ""}
         for where, enabled in calls:
-            assert enabled == (where != phase_with_graphs), (step_graphs, where)
+            assert enabled == (where == ""), (step_graphs, where)
+        calls.clear()
+        model.eval()
+        model.evaluate({"x": tokens, "index": torch.arange(len(tokens))})
+        assert calls and all(enabled for _, enabled in calls)
         assert torch.backends.cudnn.enabled
