@@ -49,6 +49,7 @@ def measure(name: str, mode: str | None, batch_size: int, svi_steps: int, repeat
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from benchmarks.common import SA_MODELS, binary_images, build
+    from benchmarks.train_throughput import svi_train_step, train_step
     from models import VAE, SkipVAE
     from models.refinement import SVI
 
@@ -62,14 +63,9 @@ def measure(name: str, mode: str | None, batch_size: int, svi_steps: int, repeat
 
     def step() -> None:
         if refinement is not None:
-            loss, _ = refinement.training_loss(model, x, beta=1.0)
+            svi_train_step(model, optimizer, x)
         else:
-            out = model(x)
-            loss = (out["recon"] + out["kl"]).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
+            train_step(model, optimizer, x, torch.float32)
 
     class Dispatches(TorchDispatchMode):
         def __init__(self) -> None:

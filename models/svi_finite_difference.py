@@ -34,7 +34,8 @@ def add_float64(totals: list[torch.Tensor], grads: Sequence[torch.Tensor | None]
 
 
 class FiniteDifferenceSVI(UnrolledSVI):
-    """Finite-difference products of the exact gradient (r = `finite_difference_step`)."""
+    """Finite-difference products of the exact gradient (r = `finite_difference_step`). Its forward steps also take
+    the parameters' gradients, which `record` keeps as the reverse pass needs them (a subclass: the authors')."""
 
     name = "finite_difference"
 
@@ -44,13 +45,23 @@ class FiniteDifferenceSVI(UnrolledSVI):
     def forward_step(
         self, trace: SVITrace | None, mean: torch.Tensor, logvar: torch.Tensor, seed: int, objective: Objective
     ) -> list[torch.Tensor]:
-        """Records the unclipped lambda-gradient; adds the parameters' gradients to their float64 sum."""
         if trace is None:
             return super().forward_step(None, mean, logvar, seed, objective)
         g_mean, g_logvar, *param_grads = self.raw_gradients(objective, mean, logvar, seed, trace.params)
-        trace.records.append((g_mean, g_logvar))
+        clipped = self.clip(g_mean, g_logvar)
+        self.record(trace, [g_mean, g_logvar], clipped, param_grads)
+        return clipped
+
+    def record(
+        self,
+        trace: SVITrace,
+        gradients: list[torch.Tensor],
+        clipped: list[torch.Tensor],
+        param_grads: Sequence[torch.Tensor | None],
+    ) -> None:
+        """Keeps the unclipped lambda-gradient; adds the parameters' gradients to their float64 sum."""
+        trace.records.append(tuple(gradients))
         add_float64(trace.totals, param_grads, trace.params)
-        return self.clip(g_mean, g_logvar)
 
     def reverse_step(
         self, trace: SVITrace, k: int, vector: list[torch.Tensor], param_grads: list[torch.Tensor]

@@ -15,29 +15,17 @@ Gradient evaluations run in IEEE float32 (`models.svi.ieee_float32`).
 """
 
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 
 import torch
 
-from models.svi import (
-    Objective,
-    SVITrace,
-    UnrolledSVI,
-    ieee_float32,
-    joint_clip_scales,
-    shifted,
-    subtract,
-    zeros_for_missing,
-)
+from models.svi import SVITrace, joint_clip_scales, shifted, subtract, zeros_for_missing
+from models.svi_finite_difference import FiniteDifferenceSVI
 
 
-class OfficialSVI(UnrolledSVI):
+class OfficialSVI(FiniteDifferenceSVI):
     """The authors' finite differences with their three extra clips (`clip_counts` counts when each is active)."""
 
     name = "official"
-
-    def precision(self, device: torch.device) -> AbstractContextManager:
-        return ieee_float32(device)
 
     def joint_clip(self, tensors: Sequence[torch.Tensor], counted: str = "") -> list[torch.Tensor]:
         """The tensors scaled by the authors' joint factor (kept where max_grad_norm <= 0); counted under `counted`
@@ -57,16 +45,15 @@ class OfficialSVI(UnrolledSVI):
             torch._foreach_mul([g_mean, g_logvar], joint_clip_scales([[g_mean], [g_logvar]], self.max_grad_norm))
         )
 
-    def forward_step(
-        self, trace: SVITrace | None, mean: torch.Tensor, logvar: torch.Tensor, seed: int, objective: Objective
-    ) -> list[torch.Tensor]:
-        """Records the clipped lambda-gradient and the parameters' unclipped gradients of the step."""
-        if trace is None:
-            return super().forward_step(None, mean, logvar, seed, objective)
-        g_mean, g_logvar, *param_grads = self.raw_gradients(objective, mean, logvar, seed, trace.params)
-        clipped = self.clip(g_mean, g_logvar)
+    def record(
+        self,
+        trace: SVITrace,
+        gradients: list[torch.Tensor],
+        clipped: list[torch.Tensor],
+        param_grads: Sequence[torch.Tensor | None],
+    ) -> None:
+        """Keeps the clipped lambda-gradient and the parameters' unclipped gradients of the step."""
         trace.records.append((clipped, zeros_for_missing(param_grads, trace.params)))
-        return clipped
 
     def reverse_step(
         self, trace: SVITrace, k: int, vector: list[torch.Tensor], param_grads: list[torch.Tensor]
@@ -83,3 +70,6 @@ class OfficialSVI(UnrolledSVI):
 
     def clip_adjoint(self, adjoint: list[torch.Tensor]) -> list[torch.Tensor]:
         return self.joint_clip(adjoint, "lambda adjoint")
+
+    def finish(self, trace: SVITrace, param_grads: list[torch.Tensor]) -> None:
+        """Nothing: each reverse step has subtracted its own clipped H_theta v."""
