@@ -5,6 +5,7 @@ the code at git revision REV (a temporary worktree), interleaved with this tree'
 
     python benchmarks/svi_proxies.py [--against REV] [--batch-size 8] [--svi-steps 5] [--repeats 5]
                                      [--timing-batch-size 50] [--timing-svi-steps 20] [--timing-rounds 2]
+                                     [--timings-only]
 
 Part 1, proxies (PixelCNN of the MNIST configs, fp32, batch 8, K = 5): for VAE and for SAVAE and SkipSAVAE in each
 reverse-pass mode, one training step (loss, backward, gradient clipping, Adam) after a warm-up step, under a
@@ -177,6 +178,7 @@ def main() -> None:
     parser.add_argument("--timing-batch-size", type=int, default=50)
     parser.add_argument("--timing-svi-steps", type=int, default=20)
     parser.add_argument("--timing-rounds", type=int, default=2, help="0: leave part 2 out")
+    parser.add_argument("--timings-only", action="store_true", help="leave part 1 out")
     parser.add_argument("--measure", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -195,7 +197,8 @@ def main() -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(scratch), args.against], check=True)
         trees = {args.against: scratch, "this": ROOT}
     try:
-        proxies(trees, args)
+        if not args.timings_only:
+            proxies(trees, args)
         if args.timing_rounds:
             timings(trees, args)
     finally:
