@@ -98,7 +98,7 @@ class SVI(PosteriorRefinement):
         hessian_products: HessianProducts = "exact",
         diagnostics_posterior: Literal["encoder", "refined"] = "encoder",
         validation_beta: Literal["one", "current"] = "one",
-        step_graphs: StepGraphs = "auto",
+        step_graphs: StepGraphs = "recompute",
     ):
         """
         Args:
@@ -117,10 +117,10 @@ class SVI(PosteriorRefinement):
             validation_beta: the KL weight of the SVI objective in validation: "one" (the ELBO's) or "current", the
                 KL schedule's at that step, as the paper code's text models do (below 1 during the warm-up). Test
                 runs always use 1, as theirs do.
-            step_graphs: with "exact" products, whether the reverse pass keeps each step's graph from the forward
-                pass ("keep") or recomputes it ("recompute": one step's graph in memory at a time, a forward and a
-                first backward more per step); "auto" keeps them when K graphs fit in half the free memory. The
-                other modes take no graphs.
+            step_graphs: with "exact" products, whether the reverse pass recomputes each step's graph
+                ("recompute", the default: one step's graph in memory at a time, a forward and a first backward more
+                per step) or keeps it from the forward pass ("keep": K graphs in memory); "auto" keeps them when
+                they fit in half the free memory (see `models/svi_exact.py`). The other modes take no graphs.
         """
         if hessian_products not in STRATEGIES:
             raise ValueError(f"hessian_products must be one of {', '.join(STRATEGIES)}, not {hessian_products!r}")

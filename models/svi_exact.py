@@ -7,9 +7,14 @@ whose cuDNN kernel has no double backward; the math attention kernel for a Trans
 The forward steps run in that context too, so that a recomputed step runs the kernels (and draws the dropout masks)
 of the step it recomputes. Step k's graph is either kept from the forward pass or recomputed from lambda_k with the
 step's seed (one graph in memory at a time, a forward and a first backward more per reverse step): `step_graphs`
-"keep", "recompute", or "auto", which keeps them when K - 1 more graphs of the size of the first (its saved tensors,
-counted while it is built) fit in half the memory still available. On a GPU the products use the run's convolution
-precision (TF32 where PyTorch allows it, as in the rest of the training step); unlike a difference quotient, an
+"recompute" (the default), "keep", or "auto", which keeps them when K - 1 more graphs of twice the size of the first's
+saved tensors (counted while it is built) fit in half the memory still available. Measured on a 2-core CPU (MNIST
+PixelCNN, batch 50, K = 20, fp32): "keep" needed more than 24 GiB; "auto" chose to recompute and took 41 s a step
+against 32 s, the cost of building and measuring the first graph; where the graphs fit (small batches, a GPU's
+memory) keeping them saves the recomputation (batch 8, K = 5: 1.06 s against 1.34 s a step).
+
+On a GPU the products use the run's convolution precision (TF32 where PyTorch allows it, as in the rest of the
+training step); unlike a difference quotient, an
 exact product does not amplify that rounding.
 """
 
@@ -62,7 +67,7 @@ class ExactSVI(UnrolledSVI):
 
     name = "exact"
 
-    def __init__(self, *args, step_graphs: StepGraphs = "auto", **kwargs):
+    def __init__(self, *args, step_graphs: StepGraphs = "recompute", **kwargs):
         super().__init__(*args, **kwargs)
         self.step_graphs = step_graphs
 
@@ -93,7 +98,8 @@ class ExactSVI(UnrolledSVI):
         measuring, saved = self.step_graphs == "auto" and not trace.records, [0]
         with counting_saved_bytes(saved) if measuring else nullcontext():
             clipped = self.differentiable_step(trace, mean, logvar, seed, objective)
-        fits = not measuring or saved[0] * (self.steps - 1) <= available_bytes(mean.device) // 2
+        # Saved tensors undercount what a graph holds (PixelCNN, batch 50: 787 MiB counted, about 1.3 GiB held).
+        fits = not measuring or 2 * saved[0] * (self.steps - 1) <= available_bytes(mean.device) // 2
         trace.records.append((mean, logvar, clipped) if fits else None)
         return [part.detach() for part in clipped]
 
